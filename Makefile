@@ -1,0 +1,42 @@
+# Every target sets up .venv on first use: a fresh machine needs only python3 and make.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-repeat lint format type bench run clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the package with its dev extra
+
+test: $(STAMP)  ## run the test suite
+	$(PY) -m pytest
+
+lint: $(STAMP)  ## ruff check + format check
+	$(PY) -m ruff check indexer_service tests benchmarks
+	$(PY) -m ruff format --check indexer_service tests benchmarks
+
+format: $(STAMP)  ## apply ruff fixes and formatting
+	$(PY) -m ruff check --fix indexer_service tests benchmarks
+	$(PY) -m ruff format indexer_service tests benchmarks
+
+type: $(STAMP)  ## mypy --strict on the package
+	$(PY) -m mypy
+
+bench: $(STAMP)  ## run the benchmarks (not part of the tests)
+	$(PY) -m benchmarks
+
+run: $(STAMP)  ## start the service on the OpenCode storage
+	$(VENV)/bin/indexer-service run $(ARGS)
+
+clean:  ## remove .venv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage build *.egg-info

@@ -1,0 +1,1 @@
+"""Keep a DuckDB analytics database in sync with OpenCode storage."""
