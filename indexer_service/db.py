@@ -196,7 +196,9 @@ class Database:
                 ctype = col.type.replace(" NOT NULL", "")
                 con.execute(f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {col.name} {ctype}")
             for name, cols in table.indexes:
-                con.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table.name} ({', '.join(cols)})")
+                con.execute(
+                    f"CREATE INDEX IF NOT EXISTS {name} ON {table.name} ({', '.join(cols)})"
+                )
         return _schema_fingerprint(con) != before
 
 

@@ -1,0 +1,111 @@
+"""Settings: one frozen dataclass with documented defaults; `from_env()` reads ``INDEXER_*``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .db import default_db_path
+from .errors import ConfigError
+from .logs import LEVELS
+
+
+def default_storage_path() -> Path:
+    """``$OPENCODE_STORAGE``, else OpenCode's own default ``$XDG_DATA_HOME/opencode/storage``."""
+    if env := os.environ.get("OPENCODE_STORAGE"):
+        return Path(env).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "opencode" / "storage"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service can be told. Invalid values raise `ConfigError` naming the setting."""
+
+    storage_path: Path = field(default_factory=default_storage_path)
+    """The OpenCode storage tree to index."""
+    db_path: Path = field(default_factory=default_db_path)
+    """The DuckDB database file the service owns."""
+    window_ms: float = 200.0
+    """A batch is cut at most this long after its first file arrived."""
+    max_files: int = 100
+    """A batch is cut as soon as it holds this many distinct files."""
+    max_batch_files: int = 2_000
+    """Batches waiting for a worker are merged up to this size (bulk loads, bursts)."""
+    max_pending: int = 100_000
+    """Files waiting (pending + in ready batches) before producers are made to wait."""
+    workers: int = field(default_factory=lambda: os.cpu_count() or 2)
+    """Concurrent batch workers (parsing runs in threads; database writes are serialized)."""
+    reconcile_interval: float = 30.0
+    """Seconds between reconciliation scans of the whole tree."""
+    full_scan_every: int = 10
+    """Every Nth scan stats every file; the others skip directories whose mtime is unchanged."""
+    shutdown_timeout: float = 10.0
+    """Seconds a clean shutdown may take to flush and write what is in flight."""
+    watch: bool = True
+    """Follow changes with a file watcher (off: reconciliation only)."""
+    log_format: str = "auto"
+    """``auto`` (console on a TTY, else JSON), ``console`` or ``json``."""
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "storage_path", Path(self.storage_path).expanduser())
+        object.__setattr__(self, "db_path", Path(self.db_path).expanduser())
+        positive = ("window_ms", "reconcile_interval", "shutdown_timeout")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("max_files", "workers", "full_scan_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.max_batch_files < self.max_files:
+            raise ConfigError(
+                f"max_batch_files ({self.max_batch_files}) must be >= max_files ({self.max_files})"
+            )
+        if self.max_pending < self.max_batch_files:
+            raise ConfigError(
+                f"max_pending ({self.max_pending}) must be >= max_batch_files "
+                f"({self.max_batch_files})"
+            )
+        if self.log_format not in ("auto", "console", "json"):
+            raise ConfigError(f"log_format must be auto, console or json, not {self.log_format!r}")
+        if self.log_level not in LEVELS:
+            raise ConfigError(
+                f"log_level must be one of {', '.join(LEVELS)}, not {self.log_level!r}"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``INDEXER_<NAME>`` variables (e.g. ``INDEXER_WINDOW_MS=100``), then
+        keyword overrides; anything unset keeps its default."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"INDEXER_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(f.name, raw, f.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _convert(name: str, raw: str, typ: Any) -> Any:
+    kind = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise ConfigError(f"INDEXER_{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw
