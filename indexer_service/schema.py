@@ -59,7 +59,148 @@ FILE_INDEX = Table(
     indexes=(("idx_file_index_status", ("status",)),),
 )
 
-RECORD_TABLES: tuple[Table, ...] = ()
-"""Tables holding the OpenCode records; filled in by the record loading stage."""
+# Record tables: one row per record file (per array item for todos and session_diffs). Column
+# meanings are in docs/schema.md; `records.py` holds the SQL that fills each column. Ids of parents
+# come from the path (`Location.parent`); `raw` is the whole document (the item for arrays), so
+# fields without a column stay queryable. Times are UTC TIMESTAMPs, durations milliseconds.
+RECORD_TABLES: tuple[Table, ...] = (
+    Table(
+        name="projects",
+        columns=_cols(
+            ("id", "VARCHAR NOT NULL"),
+            ("worktree", "VARCHAR"),
+            ("vcs", "VARCHAR"),
+            ("name", "VARCHAR"),
+            ("created_at", "TIMESTAMP"),
+            ("updated_at", "TIMESTAMP"),
+            ("initialized_at", "TIMESTAMP"),
+            ("file_path", "VARCHAR"),
+            ("raw", "JSON"),
+        ),
+        primary_key=("id",),
+    ),
+    Table(
+        name="sessions",
+        columns=_cols(
+            ("id", "VARCHAR NOT NULL"),
+            ("project_id", "VARCHAR"),  # from the directory, not the JSON
+            ("parent_id", "VARCHAR"),
+            ("slug", "VARCHAR"),
+            ("version", "VARCHAR"),
+            ("title", "VARCHAR"),
+            ("directory", "VARCHAR"),
+            ("created_at", "TIMESTAMP"),
+            ("updated_at", "TIMESTAMP"),
+            ("compacting_at", "TIMESTAMP"),
+            ("archived_at", "TIMESTAMP"),
+            ("additions", "BIGINT"),
+            ("deletions", "BIGINT"),
+            ("files_changed", "BIGINT"),
+            ("share_url", "VARCHAR"),
+            ("file_path", "VARCHAR"),
+            ("raw", "JSON"),
+        ),
+        primary_key=("id",),
+    ),
+    Table(
+        name="messages",
+        columns=_cols(
+            ("id", "VARCHAR NOT NULL"),
+            ("session_id", "VARCHAR"),  # from the directory
+            ("role", "VARCHAR"),
+            ("parent_id", "VARCHAR"),
+            ("agent", "VARCHAR"),
+            ("mode", "VARCHAR"),
+            ("provider_id", "VARCHAR"),
+            ("model_id", "VARCHAR"),
+            ("variant", "VARCHAR"),
+            ("created_at", "TIMESTAMP"),
+            ("completed_at", "TIMESTAMP"),
+            ("duration_ms", "BIGINT"),
+            ("cost", "DOUBLE"),
+            *(
+                (f"tokens_{k}", "BIGINT")
+                for k in ("total", "input", "output", "reasoning", "cache_read", "cache_write")
+            ),
+            ("finish", "VARCHAR"),
+            ("error_name", "VARCHAR"),
+            ("error_message", "VARCHAR"),
+            ("is_summary", "BOOLEAN"),
+            ("title", "VARCHAR"),
+            ("cwd", "VARCHAR"),
+            ("root", "VARCHAR"),
+            ("file_path", "VARCHAR"),
+            ("raw", "JSON"),
+        ),
+        primary_key=("id",),
+    ),
+    Table(
+        name="parts",
+        columns=_cols(
+            ("id", "VARCHAR NOT NULL"),
+            ("message_id", "VARCHAR"),  # from the directory
+            ("session_id", "VARCHAR"),
+            ("type", "VARCHAR"),
+            ("synthetic", "BOOLEAN"),
+            ("call_id", "VARCHAR"),
+            ("tool", "VARCHAR"),
+            ("tool_status", "VARCHAR"),
+            ("tool_input", "JSON"),
+            ("title", "VARCHAR"),
+            ("error", "VARCHAR"),
+            ("start_at", "TIMESTAMP"),
+            ("end_at", "TIMESTAMP"),
+            ("compacted_at", "TIMESTAMP"),
+            ("duration_ms", "BIGINT"),
+            ("reason", "VARCHAR"),
+            ("cost", "DOUBLE"),
+            *(
+                (f"tokens_{k}", "BIGINT")
+                for k in ("total", "input", "output", "reasoning", "cache_read", "cache_write")
+            ),
+            ("snapshot", "VARCHAR"),
+            ("task_session_id", "VARCHAR"),
+            ("subagent_type", "VARCHAR"),
+            ("prompt", "VARCHAR"),
+            ("description", "VARCHAR"),
+            ("command", "VARCHAR"),
+            ("agent", "VARCHAR"),
+            ("mime", "VARCHAR"),
+            ("filename", "VARCHAR"),
+            ("file_path", "VARCHAR"),
+            ("raw", "JSON"),
+        ),
+        primary_key=("id",),
+    ),
+    Table(
+        name="todos",
+        columns=_cols(
+            ("session_id", "VARCHAR NOT NULL"),  # from the file name
+            ("position", "INTEGER NOT NULL"),
+            ("id", "VARCHAR"),
+            ("content", "VARCHAR"),
+            ("status", "VARCHAR"),
+            ("priority", "VARCHAR"),
+            ("file_path", "VARCHAR"),
+            ("raw", "JSON"),
+        ),
+        primary_key=("session_id", "position"),
+    ),
+    Table(
+        name="session_diffs",
+        columns=_cols(
+            ("session_id", "VARCHAR NOT NULL"),  # from the file name
+            ("file", "VARCHAR NOT NULL"),
+            ("position", "INTEGER"),
+            ("status", "VARCHAR"),
+            ("additions", "BIGINT"),
+            ("deletions", "BIGINT"),
+            ("file_path", "VARCHAR"),
+            ("raw", "JSON"),
+        ),
+        primary_key=("session_id", "file"),
+    ),
+)
+"""Tables holding the OpenCode records, filled by `loader.Loader` with rows from `records`."""
 
 ALL_TABLES: tuple[Table, ...] = (FILE_INDEX, *RECORD_TABLES)

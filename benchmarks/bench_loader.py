@@ -1,0 +1,175 @@
+"""Bulk-load throughput of the Loader through the WorkerPool, against a read+orjson ceiling.
+
+    python -m benchmarks.bench_loader [--files 100000] [--batch 2000] [--workers N] [--runs 3]
+
+Generates a synthetic storage tree once (cached under /tmp), then per run: the ceiling (plain
+``open().read()`` + ``orjson.loads`` of every file, one thread), then a load of the whole tree
+into a fresh on-disk DuckDB file through `WorkerPool` with batches as the accumulator coalesces
+them in bulk mode. Prints files/s, the loader/ceiling ratio, phase times and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import anyio
+import orjson
+
+from indexer_service.db import Database
+from indexer_service.loader import BatchResult, Loader, WorkerPool
+from indexer_service.logs import configure_logging
+from indexer_service.synthetic import generate_tree
+from indexer_service.tracker import FileTracker
+
+
+def _generate(root: Path, files: int) -> None:
+    generate_tree(root, files=files)
+
+
+def tree(files: int) -> Path:
+    """The cached tree of about ``files`` files (generated in a child process, not counted
+    in this process's peak RSS)."""
+    base = Path(tempfile.gettempdir()) / "indexer-bench" / f"tree-{files}"
+    root, done = base / "storage", base / ".complete"
+    if not done.exists():
+        print(f"generating {files:,} files under {root} ...", flush=True)
+        proc = multiprocessing.get_context("spawn").Process(target=_generate, args=(root, files))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            sys.exit(f"tree generation failed ({proc.exitcode})")
+        done.touch()
+    return root
+
+
+def list_files(root: Path) -> list[str]:
+    out: list[str] = []
+    for d, _, names in os.walk(root):
+        out += [os.path.join(d, n) for n in names]
+    return out
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def ceiling(paths: Sequence[str]) -> float:
+    """Seconds to read and parse every file with plain Python (what any loader must do)."""
+    start = time.perf_counter()
+    for p in paths:
+        with open(p, "rb") as f:
+            data = f.read()
+        try:
+            orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return time.perf_counter() - start
+
+
+async def _load(pool: WorkerPool, paths: Sequence[str], batch: int) -> list[str]:
+    requeued: list[str] = []
+
+    async def batches() -> AsyncIterator[Sequence[str]]:
+        for i in range(0, len(paths), batch):
+            yield paths[i : i + batch]
+
+    async def requeue(more: list[str]) -> None:
+        requeued.extend(more)
+
+    await pool.run(batches(), requeue)
+    return requeued
+
+
+def load(
+    root: Path, paths: Sequence[str], db_path: Path, args: argparse.Namespace
+) -> dict[str, float]:
+    for f in (db_path, db_path.with_name(db_path.name + ".wal")):
+        f.unlink(missing_ok=True)
+    results: list[BatchResult] = []
+    with Database(db_path) as db:
+        if args.checkpoint_threshold:
+            db.cursor().execute(f"SET checkpoint_threshold = '{args.checkpoint_threshold}'")
+        loader = Loader(db, FileTracker(db), root)
+        pool = WorkerPool(loader, workers=args.workers, on_batch_done=results.append)
+        cpu0 = _cpu()
+        start = time.perf_counter()
+        requeued = anyio.run(_load, pool, paths, args.batch)
+        seconds = time.perf_counter() - start
+        cpu = _cpu() - cpu0
+        loader.close()
+        start = time.perf_counter()
+        db.checkpoint()  # fold the WAL into the file: work a larger threshold defers
+        checkpoint = time.perf_counter() - start
+        indexed = sum(r.indexed for r in results)
+        stats = pool.get_stats()
+    return {
+        "seconds": seconds,
+        "files_per_s": len(paths) / seconds,
+        "cpu_us": cpu / len(paths) * 1e6,
+        "checkpoint_s": checkpoint,
+        "indexed": indexed,
+        "errors": sum(r.errors for r in results),
+        "skipped": sum(r.skipped for r in results),
+        "requeued": len(requeued),
+        "read_s": stats["read_seconds"],
+        "parse_s": stats["parse_seconds"],
+        "write_s": stats["write_seconds"],
+        "db_mb": db_path.stat().st_size / 1e6,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=2_000, help="files per batch (bulk mode: 2000)")
+    ap.add_argument("--workers", type=int, default=None, help="default: CPU count")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--checkpoint-threshold", default=None, help="DuckDB checkpoint_threshold, e.g. 1GB"
+    )
+    ap.add_argument("--db", type=Path, default=None, help="database file (default: in /tmp)")
+    args = ap.parse_args(argv)
+    configure_logging(level="info")
+
+    root = tree(args.files)
+    paths = list_files(root)
+    db_path = args.db or Path(tempfile.gettempdir()) / "indexer-bench" / "bench_loader.duckdb"
+    print(
+        f"{len(paths):,} files, {sum(os.path.getsize(p) for p in paths) / 1e6:,.0f} MB; "
+        f"batch {args.batch}, workers {args.workers or os.cpu_count()}, "
+        f"checkpoint_threshold {args.checkpoint_threshold or 'default'}"
+    )
+    rates, ratios = [], []
+    for run in range(1, args.runs + 1):
+        ceil = len(paths) / ceiling(paths)
+        r = load(root, paths, db_path, args)
+        rates.append(r["files_per_s"])
+        ratios.append(r["files_per_s"] / ceil)
+        print(
+            f"run {run}: loader {r['files_per_s']:,.0f} files/s ({r['seconds']:.2f} s), "
+            f"ceiling {ceil:,.0f} files/s, ratio {ratios[-1]:.2f} | indexed {r['indexed']:,} "
+            f"errors {r['errors']} skipped {r['skipped']} requeued {r['requeued']} | "
+            f"thread time read {r['read_s']:.1f}s parse {r['parse_s']:.1f}s "
+            f"write {r['write_s']:.1f}s | CPU {r['cpu_us']:.0f} us/file | "
+            f"then checkpoint {r['checkpoint_s']:.2f}s, db {r['db_mb']:,.0f} MB",
+            flush=True,
+        )
+    print(
+        f"loader files/s: best {max(rates):,.0f}, median {statistics.median(rates):,.0f}; "
+        f"ratio: best {max(ratios):.2f}, median {statistics.median(ratios):.2f}; "
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()

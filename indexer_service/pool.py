@@ -1,0 +1,157 @@
+"""WorkerPool: N workers take batches and run them through a `Loader`, reads overlapping writes.
+
+Each worker prepares its batch (read + extract) in a thread, then writes it in a thread behind a
+``CapacityLimiter(1)``: DuckDB allows one writer per row, and one writer thread keeps the GIL
+free for the next batch's read while DuckDB executes. At most ``workers`` batches are in
+flight (the hand-off stream has no buffer), so memory stays flat however far the database
+falls behind: the producer simply waits.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections import deque
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+if TYPE_CHECKING:
+    from .loader import BatchResult, Loader
+
+__all__ = ["WorkerPool"]
+
+log = structlog.get_logger(__name__)
+
+Requeue = Callable[[list[str]], Awaitable[None]]
+_COUNTERS = "batches files_indexed files_errors files_deleted files_skipped files_requeued".split()
+
+
+class WorkerPool:
+    """Runs batches through ``loader`` with ``workers`` concurrent workers (default: CPU count)."""
+
+    def __init__(
+        self,
+        loader: Loader,
+        workers: int | None = None,
+        *,
+        on_batch_done: Callable[[BatchResult], None] | None = None,
+    ) -> None:
+        self.loader = loader
+        self.workers = max(1, workers or os.cpu_count() or 2)
+        self.on_batch_done = on_batch_done
+        self._prepare_limiter = anyio.CapacityLimiter(self.workers)
+        self._write_limiter = anyio.CapacityLimiter(1)
+        self._counts: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self._seconds = {"read": 0.0, "parse": 0.0, "write": 0.0}
+        self._latency_ms: deque[float] = deque(maxlen=1024)
+        self._busy = 0
+
+    async def run(
+        self,
+        batches: AsyncIterable[Sequence[str]],
+        requeue: Requeue,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Consume ``batches`` until it ends; return once every batch taken is written.
+
+        Paths to read again go to ``requeue`` from a separate task, so a full queue upstream
+        cannot stall the workers. An error writing a batch (the database failing) is raised.
+        """
+        send, receive = anyio.create_memory_object_stream[tuple[Sequence[str], float]](0)
+        async with anyio.create_task_group() as tg:
+            with receive:
+                for _ in range(self.workers):
+                    tg.start_soon(self._worker, receive.clone(), requeue, tg)
+            task_status.started()
+            async with send:
+                async for paths in batches:
+                    if paths:
+                        self._busy += 1  # counted from here, so idle means nothing in flight
+                        await send.send((paths, time.perf_counter()))
+
+    async def _worker(
+        self,
+        receive: MemoryObjectReceiveStream[tuple[Sequence[str], float]],
+        requeue: Requeue,
+        tg: TaskGroup,
+    ) -> None:
+        async with receive:
+            async for paths, taken in receive:
+                try:
+                    prepared = await anyio.to_thread.run_sync(
+                        self.loader.prepare, paths, limiter=self._prepare_limiter
+                    )
+                    result = await anyio.to_thread.run_sync(
+                        self.loader.write, prepared, limiter=self._write_limiter
+                    )
+                except Exception:
+                    self._busy -= 1
+                    log.exception("batch_failed", files=len(paths))
+                    raise
+                self._record(result, (time.perf_counter() - taken) * 1000)
+                if result.requeue:
+                    self._busy += 1
+                    tg.start_soon(self._requeue, requeue, result.requeue)
+                self._busy -= 1
+                if self.on_batch_done is not None:
+                    self.on_batch_done(result)
+
+    async def _requeue(self, requeue: Requeue, paths: list[str]) -> None:
+        try:
+            await requeue(paths)
+        except Exception as exc:  # e.g. the queue closed at shutdown: the next scan finds them
+            log.warning("requeue_failed", files=len(paths), error=repr(exc))
+        finally:
+            self._busy -= 1
+
+    def _record(self, r: BatchResult, ms: float) -> None:
+        c = self._counts
+        c["batches"] += 1
+        c["files_indexed"] += r.indexed
+        c["files_errors"] += r.errors
+        c["files_deleted"] += r.deleted
+        c["files_skipped"] += r.skipped
+        c["files_requeued"] += len(r.requeue)
+        self._seconds["read"] += r.read_seconds
+        self._seconds["parse"] += r.parse_seconds
+        self._seconds["write"] += r.write_seconds
+        self._latency_ms.append(ms)
+        log.debug(
+            "batch_indexed",
+            files=r.files,
+            indexed=r.indexed,
+            errors=r.errors,
+            deleted=r.deleted,
+            skipped=r.skipped,
+            requeued=len(r.requeue),
+            read_ms=round(r.read_seconds * 1000, 1),
+            parse_ms=round(r.parse_seconds * 1000, 1),
+            write_ms=round(r.write_seconds * 1000, 1),
+            ms=round(ms, 1),
+        )
+
+    def get_stats(self) -> dict[str, Any]:
+        """Counters since start, busy workers, and latency of the last 1,024 batches (ms)."""
+        lat = sorted(self._latency_ms)
+        latency: dict[str, float] = {}
+        if lat:
+            latency = {
+                "mean": round(statistics.fmean(lat), 1),
+                "p50": round(lat[len(lat) // 2], 1),
+                "p95": round(lat[min(len(lat) - 1, int(len(lat) * 0.95))], 1),
+                "max": round(lat[-1], 1),
+            }
+        return {
+            "workers": self.workers,
+            "busy": self._busy,
+            **self._counts,
+            **{f"{k}_seconds": round(v, 3) for k, v in self._seconds.items()},
+            "batch_ms": latency,
+        }

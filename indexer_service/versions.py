@@ -1,0 +1,130 @@
+"""File versions: read a file whole at one known version, and know which versions were written.
+
+OpenCode rewrites files in place, many times a second while a session streams. A read is kept
+only if the file did not change while it was read (`read_file`), and a batch may not write a
+version older than one another batch already wrote (`WriteLog`).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["FileChanged", "NotAFile", "Version", "WriteLog", "current_version", "read_file"]
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """What identifies one version of a file: an in-place rewrite changes mtime or size."""
+
+    mtime: float
+    mtime_ns: int
+    size: int
+    ino: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Version:
+        return cls(st.st_mtime, st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class FileChanged(Exception):
+    """Raised when a file changed while it was read; neither version may be indexed."""
+
+
+class NotAFile(Exception):
+    """Raised when a path exists but is not a regular file (treated like a deleted file)."""
+
+
+def _read_fd(fd: int, size: int) -> bytes:
+    """Read up to ``size + 1`` bytes: one more than expected shows that the file grew."""
+    data = os.read(fd, size + 1)
+    while len(data) < size:  # short read: go on until EOF
+        more = os.read(fd, size + 1 - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def read_file(path: str) -> tuple[bytes, Version]:
+    """The whole file and its version: fstat before the read, fstat again after it.
+
+    Raises `FileChanged` if the file was modified during the read, `NotAFile`, or the
+    `OSError` of opening it. A file replaced by rename meanwhile was still read whole at one
+    version (the replacement is a new file, with its own event).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise NotAFile(path)
+        data = _read_fd(fd, before.st_size)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if len(data) != before.st_size or (after.st_mtime_ns, after.st_size) != (
+        before.st_mtime_ns,
+        before.st_size,
+    ):
+        raise FileChanged(path)
+    return data, Version.of(before)
+
+
+def current_version(path: str) -> Version | None:
+    """The version on disk now; None if there is no regular file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return Version.of(st) if stat.S_ISREG(st.st_mode) else None
+
+
+class WriteLog:
+    """Which write last touched each path, so a batch re-stats only the paths that another
+    batch wrote after this one read them: only those can hold a newer version.
+
+    ``begin()`` before reading returns a ticket; ``contended(ticket, paths)`` (under the write
+    lock) says which paths to check; ``written(ticket, paths)`` records the write. Tickets older
+    than ``horizon`` writes (e.g. of a batch that was never written) check every path.
+    """
+
+    def __init__(self, horizon: int = 256) -> None:
+        self.horizon = horizon
+        self._gen = 0  # writes done
+        self._last: dict[str, int] = {}  # path -> the write that last included it
+        self._reading: Counter[int] = Counter()  # tickets of batches not yet written
+        self._lock = threading.Lock()
+
+    def begin(self) -> int:
+        with self._lock:
+            self._reading[self._gen] += 1
+            return self._gen
+
+    def contended(self, ticket: int, paths: Iterable[str]) -> set[str] | None:
+        """Paths written since ``ticket``; None when the ticket is too old to tell."""
+        with self._lock:
+            if ticket < self._gen - self.horizon:
+                return None
+            last = self._last
+            return {p for p in paths if last.get(p, -1) > ticket}
+
+    def written(self, ticket: int, paths: Iterable[str]) -> None:
+        with self._lock:
+            self._gen += 1
+            gen = self._gen
+            for p in paths:
+                self._last[p] = gen
+            reading = self._reading
+            reading[ticket] -= 1
+            if reading[ticket] <= 0:
+                del reading[ticket]
+            floor = max(min(reading, default=gen), gen - self.horizon)
+            for t in [t for t in reading if t < gen - self.horizon]:
+                del reading[t]
+            # Nobody can need entries at or below the oldest ticket still reading.
+            if len(self._last) > 4096:
+                self._last = {p: g for p, g in self._last.items() if g > floor}

@@ -1,0 +1,510 @@
+"""Loader and WorkerPool: real storage files in tmp_path, a real DuckDB file."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from indexer_service import versions
+from indexer_service.db import Database
+from indexer_service.loader import BatchResult, Loader, WorkerPool
+from indexer_service.synthetic import Malformed, TreeSpec, add_noise, corrupt, generate_tree
+from indexer_service.tracker import FileTracker
+
+T0 = 1_795_903_779_310
+SES, MSG, PID = "ses_ddbcb0e73ffecYcMoaR3ZExEmE", "msg_22434f2b50016D30FVyj3AyQOa", "p" * 40
+TABLES = {"project": "projects", "session": "sessions", "message": "messages", "part": "parts",
+          "todo": "todos", "session_diff": "session_diffs"}  # fmt: skip
+
+
+def ts(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Path:
+    root = tmp_path / "storage"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    with Database(tmp_path / "index.duckdb") as db:
+        yield db
+
+
+@pytest.fixture
+def loader(db: Database, storage: Path) -> Iterator[Loader]:
+    loader = Loader(db, FileTracker(db), storage)
+    yield loader
+    loader.close()
+
+
+def put(root: Path, rel: str, doc: object) -> str:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    return str(path)
+
+
+def part_doc(pid: str = "prt_1", **fields: Any) -> dict[str, Any]:
+    return {"id": pid, "sessionID": SES, "messageID": MSG, "type": "text", **fields}
+
+
+def put_part(root: Path, pid: str = "prt_1", **fields: Any) -> str:
+    return put(root, f"part/{MSG}/{pid}.json", part_doc(pid, **fields))
+
+
+def rows(db: Database, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    return db.cursor().execute(sql, list(params)).fetchall()
+
+
+def entry(db: Database, path: str) -> tuple[Any, ...]:
+    """(status, error_message, record_id, file_type, mtime_ns, size); () if not indexed."""
+    found = rows(
+        db,
+        "SELECT status, error_message, record_id, file_type, mtime_ns, size "
+        "FROM file_index WHERE file_path = ?",
+        path,
+    )
+    return found[0] if found else ()
+
+
+def all_files(root: Path) -> list[str]:
+    return sorted(str(p) for p in root.rglob("*") if p.is_file())
+
+
+# -- round trip --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tree") / "storage"
+    generate_tree(root, TreeSpec(sessions=6, seed=3, messages_per_session=12, crashed_ratio=0.3, error_ratio=0.3))  # fmt: skip
+    return root
+
+
+def test_generated_tree_round_trips(tmp_path: Path, tree: Path) -> None:
+    """Every record file of a generated tree becomes rows whose raw JSON equals the file, with
+    one file_index entry per file naming its type and record id."""
+    files = [p for p in all_files(tree) if p.endswith(".json")]
+    with Database(tmp_path / "index.duckdb") as db:
+        loader = Loader(db, FileTracker(db), tree)
+        result = loader.load_batch(all_files(tree))
+        loader.close()
+        assert (result.errors, result.deleted, result.requeue) == (0, 0, [])
+        assert result.indexed == len(files) and result.skipped == 1  # storage/migration
+        index = {r[0]: r[1:] for r in rows(db, "SELECT file_path, status, record_id, file_type, size FROM file_index")}  # fmt: skip
+        for ftype, table in TABLES.items():
+            typed = [p for p in files if Path(p).relative_to(tree).parts[0] == ftype]
+            assert typed and result.by_type[ftype] == len(typed)
+            stored: dict[str, list[Any]] = {}
+            for path, raw in rows(db, f"SELECT file_path, raw FROM {table}"):
+                stored.setdefault(path, []).append(orjson.loads(raw))
+            for path in typed:
+                doc = orjson.loads(Path(path).read_bytes())
+                want = doc if isinstance(doc, list) else [doc]
+                assert sorted(stored.get(path, []), key=repr) == sorted(want, key=repr), path
+                assert index[path] == ("indexed", Path(path).stem, ftype, os.path.getsize(path))
+
+
+def _part_expected(doc: dict[str, Any]) -> dict[str, Any]:
+    state = doc.get("state") or {}
+    st, t = state.get("time") or {}, doc.get("time") or {}
+    start, end = st.get("start", t.get("start")), st.get("end", t.get("end"))
+    tokens = doc.get("tokens") or {}
+    inp = state.get("input") or {}
+    task = doc.get("tool") == "task"
+    return {
+        "type": doc["type"], "session_id": doc["sessionID"], "message_id": doc["messageID"],
+        "tool": doc.get("tool"), "call_id": doc.get("callID"), "tool_status": state.get("status"),
+        "title": state.get("title"), "error": state.get("error") or (doc.get("error") or {}).get("data", {}).get("message"),
+        "start_at": ts(start if start is not None else t.get("created")), "end_at": ts(end),
+        "duration_ms": end - start if start is not None and end is not None else None,
+        "reason": doc.get("reason"), "cost": doc.get("cost"), "tokens_input": tokens.get("input"),
+        "tokens_cache_read": (tokens.get("cache") or {}).get("read"),
+        "task_session_id": (state.get("metadata") or {}).get("sessionId"),
+        "subagent_type": inp.get("subagent_type") if task else None,
+        "tool_input": inp if "input" in state else None,
+    }  # fmt: skip
+
+
+def _message_expected(doc: dict[str, Any]) -> dict[str, Any]:
+    model, tokens, t = doc.get("model") or {}, doc.get("tokens") or {}, doc["time"]
+    return {
+        "role": doc["role"], "agent": doc.get("agent", doc.get("mode")),
+        "provider_id": doc.get("providerID", model.get("providerID")),
+        "model_id": doc.get("modelID", model.get("modelID")), "cost": doc.get("cost"),
+        "tokens_output": tokens.get("output"), "tokens_total": tokens.get("total"),
+        "tokens_cache_write": (tokens.get("cache") or {}).get("write"), "finish": doc.get("finish"),
+        "created_at": ts(t["created"]), "completed_at": ts(t.get("completed")),
+        "error_name": (doc.get("error") or {}).get("name"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("table", "expected"), [("parts", _part_expected), ("messages", _message_expected)])  # fmt: skip
+def test_typed_columns_equal_the_json(
+    tmp_path: Path, tree: Path, table: str, expected: Any
+) -> None:
+    """For every part and message of a generated tree, the typed columns hold the JSON values
+    (times as TIMESTAMP, durations in ms)."""
+    with Database(tmp_path / "index.duckdb") as db:
+        loader = Loader(db, FileTracker(db), tree)
+        loader.load_batch(all_files(tree))
+        cur = db.cursor()
+        cur.execute(f"SELECT * FROM {table}")
+        names = [d[0] for d in cur.description]
+        found = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        assert found
+        for row in found:
+            want = expected(orjson.loads(row["raw"]))
+            if row.get("tool_input") is not None:
+                row["tool_input"] = orjson.loads(row["tool_input"])
+            assert {k: row[k] for k in want} == want, row["file_path"]
+        loader.close()
+
+
+# -- rewrites ----------------------------------------------------------------------------------
+
+
+def test_rewrite_replaces_the_row(db: Database, storage: Path, loader: Loader) -> None:
+    """A rewritten file replaces its row (one row, the new values, the new version indexed)."""
+    path = put_part(storage, text="a", time={"start": T0})
+    loader.load_batch([path])
+    put_part(storage, text="a longer answer", time={"start": T0, "end": T0 + 9})
+    result = loader.load_batch([path])
+    assert result.indexed == 1
+    got = rows(db, "SELECT raw->>'text', duration_ms FROM parts")
+    assert got == [("a longer answer", 9)]
+    assert entry(db, path)[5] == os.path.getsize(path)
+
+
+def test_todo_list_shrinking_removes_positions(db: Database, storage: Path, loader: Loader) -> None:
+    """A todo file rewritten with fewer items leaves only the new positions; an empty list
+    leaves none but stays indexed."""
+    items = [{"id": str(i), "content": f"task {i}", "status": "pending", "priority": "low"} for i in range(3)]  # fmt: skip
+    path = put(storage, f"todo/{SES}.json", items)
+    loader.load_batch([path])
+    assert rows(db, "SELECT position, id FROM todos ORDER BY 1") == [(0, "0"), (1, "1"), (2, "2")]
+    put(storage, f"todo/{SES}.json", [{**items[2], "status": "completed"}])
+    loader.load_batch([path])
+    assert rows(db, "SELECT session_id, position, id, status FROM todos") == [(SES, 0, "2", "completed")]  # fmt: skip
+    put(storage, f"todo/{SES}.json", [])
+    assert loader.load_batch([path]).indexed == 1
+    assert rows(db, "SELECT count(*) FROM todos") == [(0,)]
+    assert entry(db, path)[:3] == ("indexed", None, SES)
+
+
+def test_session_diff_entries_removed(db: Database, storage: Path, loader: Loader) -> None:
+    """A diff entry that disappears from a rewritten session_diff file loses its row."""
+    diff = {"before": "", "after": "x\n", "additions": 1, "deletions": 0, "status": "added"}
+    path = put(
+        storage, f"session_diff/{SES}.json", [{"file": "a.py", **diff}, {"file": "b.py", **diff}]
+    )
+    other = put(storage, "session_diff/ses_other.json", [{"file": "a.py", **diff}])
+    loader.load_batch([path, other])
+    put(storage, f"session_diff/{SES}.json", [{"file": "b.py", **diff, "additions": 5}])
+    loader.load_batch([path])
+    got = rows(db, "SELECT session_id, file, additions FROM session_diffs ORDER BY ALL")
+    assert got == [(SES, "b.py", 5), ("ses_other", "a.py", 1)]
+
+
+# -- malformed files ---------------------------------------------------------------------------
+
+MESSAGES = {
+    Malformed.EMPTY: r"empty file",
+    Malformed.TRUNCATED: r"truncated JSON at byte \d+",
+    Malformed.NUL_FILLED: r"NUL bytes",
+    Malformed.INVALID_UTF8: r"invalid UTF-8 at byte \d+",
+    Malformed.WRONG_TOP_LEVEL: r"expected an object, got array",
+    Malformed.MISSING_ID: r'missing "id"',
+    Malformed.TRAILING_GARBAGE: r"trailing data after JSON at byte \d+",
+}
+
+
+@pytest.mark.parametrize("kind", list(Malformed))
+def test_malformed_file_is_an_error_and_keeps_its_last_good_rows(
+    db: Database, storage: Path, loader: Loader, kind: Malformed
+) -> None:
+    """A broken rewrite gets status 'error' with a message saying what is wrong; the rows of
+    the last good version stay, and the rest of the batch is indexed."""
+    path = put_part(storage, text="good")
+    loader.load_batch([path])
+    corrupt(Path(path), kind, seed=4)
+    neighbour = put_part(storage, "prt_2", text="fine")
+    result = loader.load_batch([path, neighbour])
+    assert (result.errors, result.indexed) == (1, 1)
+    status, message, record_id, *_ = entry(db, path)
+    assert status == "error" and record_id == "prt_1"
+    assert message is not None
+    assert re.fullmatch(MESSAGES[kind], message), message
+    assert rows(db, "SELECT id, raw->>'text' FROM parts ORDER BY 1") == [("prt_1", "good"), ("prt_2", "fine")]  # fmt: skip
+
+
+def test_array_file_of_the_wrong_shape_is_an_error(
+    db: Database, storage: Path, loader: Loader
+) -> None:
+    """A todo file holding an object, or a diff item without a file, is an error."""
+    todo = put(storage, f"todo/{SES}.json", {"id": "1"})
+    diff = put(storage, f"session_diff/{SES}.json", [{"status": "added"}])
+    assert loader.load_batch([todo, diff]).errors == 2
+    assert entry(db, todo)[1] == "expected an array, got object"
+    assert entry(db, diff)[1] == 'item 0: missing "file"'
+
+
+def test_permission_denied_is_an_error_not_a_crash(
+    db: Database, storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that cannot be opened gets status 'error' with the reason; the batch goes on."""
+    locked, fine = put_part(storage, "prt_locked"), put_part(storage, "prt_fine")
+    read = versions.read_file
+
+    def deny(path: str) -> tuple[bytes, versions.Version]:
+        if path == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return read(path)
+
+    monkeypatch.setattr("indexer_service.loader.read_file", deny)
+    result = loader.load_batch([locked, fine])
+    assert (result.errors, result.indexed) == (1, 1)
+    assert entry(db, locked)[:2] == ("error", "cannot read: Permission denied")
+
+
+# -- deletions and skipped files ---------------------------------------------------------------
+
+RECORDS = {
+    "project": (f"project/{PID}.json", {"id": PID, "worktree": "/w", "time": {"created": T0}}),
+    "session": (f"session/{PID}/{SES}.json", {"id": SES, "projectID": PID, "title": "t", "time": {"created": T0}}),
+    "message": (f"message/{SES}/{MSG}.json", {"id": MSG, "sessionID": SES, "role": "user", "time": {"created": T0}}),
+    "part": (f"part/{MSG}/prt_1.json", part_doc()),
+    "todo": (f"todo/{SES}.json", [{"id": "1", "content": "c", "status": "pending", "priority": "low"}]),
+    "session_diff": (f"session_diff/{SES}.json", [{"file": "a.py", "additions": 1, "deletions": 0}]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("file_type", list(RECORDS))
+def test_deleting_a_file_removes_its_rows(
+    db: Database, storage: Path, loader: Loader, file_type: str
+) -> None:
+    """A path that no longer exists loses its rows and its file_index entry."""
+    rel, doc = RECORDS[file_type]
+
+    def other(text: str) -> str:
+        ids = ((SES, "ses_keep"), (PID, "q" * 40), (MSG, "msg_keep"), ("prt_1", "prt_keep"))
+        for old, new in ids:
+            text = text.replace(old, new)
+        return text
+
+    path = put(storage, rel, doc)
+    keep = put(storage, other(rel), orjson.loads(other(orjson.dumps(doc).decode())))
+    loader.load_batch([path, keep])
+    table = TABLES[file_type]
+    assert rows(db, f"SELECT count(*) FROM {table}") == [(2,)]
+    os.unlink(path)
+    result = loader.load_batch([path])
+    assert (result.deleted, result.indexed) == (1, 0)
+    assert rows(db, f"SELECT file_path FROM {table}") == [(keep,)]
+    assert entry(db, path) == () and entry(db, keep) != ()
+
+
+def test_deleting_one_of_two_copies_keeps_the_row_the_other_wrote(
+    db: Database, storage: Path, loader: Loader
+) -> None:
+    """A session file under two project directories: deleting the copy whose row was replaced
+    leaves the other copy's row."""
+    old = put(storage, f"session/{PID}/{SES}.json", {"id": SES, "title": "old"})
+    loader.load_batch([old])
+    new = put(storage, f"session/{'q' * 40}/{SES}.json", {"id": SES, "title": "new"})
+    loader.load_batch([new])
+    os.unlink(old)
+    loader.load_batch([old])
+    assert rows(db, "SELECT title, project_id FROM sessions") == [("new", "q" * 40)]
+
+
+def test_other_files_are_skipped_and_counted(db: Database, storage: Path, loader: Loader) -> None:
+    """session_share, share, permission, migration, 0.x temp files, non-JSON files and paths
+    outside the root are counted as skipped and never indexed or errors."""
+    noise = [str(p) for p in add_noise(storage)]
+    extra = [str(storage / "part" / MSG / "notes.txt"), "/elsewhere/part/m/prt_1.json"]
+    Path(extra[0]).parent.mkdir(parents=True)
+    Path(extra[0]).write_text("x")
+    result = loader.load_batch([*noise, *extra])
+    assert (result.skipped, result.indexed, result.errors) == (len(noise) + 2, 0, 0)
+    assert rows(db, "SELECT count(*) FROM file_index") == [(0,)]
+
+
+# -- versions and transactions -----------------------------------------------------------------
+
+
+def test_file_changed_while_read_is_requeued(
+    db: Database, storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file rewritten between the stat and the read is indexed with neither version: it is
+    returned for requeueing and its last indexed rows stay."""
+    path = put_part(storage, text="v1")
+    loader.load_batch([path])
+    read_fd = versions._read_fd
+
+    def rewrite_first(fd: int, size: int) -> bytes:
+        put_part(storage, text="v2 is longer")
+        return read_fd(fd, size)
+
+    monkeypatch.setattr(versions, "_read_fd", rewrite_first)
+    result = loader.load_batch([path])
+    assert (result.requeue, result.indexed, result.errors) == ([path], 0, 0)
+    assert rows(db, "SELECT raw->>'text' FROM parts") == [("v1",)]
+    assert entry(db, path)[5] != os.path.getsize(path)
+
+
+def test_stale_read_never_overwrites_a_newer_version(
+    db: Database, storage: Path, loader: Loader
+) -> None:
+    """A batch read before a rewrite, written after a later batch wrote the new version, leaves
+    the new version in place and requeues the file."""
+    path = put_part(storage, text="old")
+    stale = loader.prepare([path])
+    put_part(storage, text="new version")
+    loader.load_batch([path])
+    result = loader.write(stale)
+    assert (result.requeue, result.indexed) == ([path], 0)
+    assert rows(db, "SELECT raw->>'text' FROM parts") == [("new version",)]
+    assert entry(db, path)[4] == os.stat(path).st_mtime_ns
+
+
+def test_stale_delete_never_removes_a_recreated_file(
+    db: Database, storage: Path, loader: Loader
+) -> None:
+    """A deletion seen before the file came back does not remove the rows written since."""
+    path = put_part(storage, text="first")
+    loader.load_batch([path])
+    os.unlink(path)
+    stale = loader.prepare([path])
+    put_part(storage, text="second")
+    loader.load_batch([path])
+    result = loader.write(stale)
+    assert (result.requeue, result.deleted) == ([path], 0)
+    assert rows(db, "SELECT raw->>'text' FROM parts") == [("second",)]
+
+
+def test_failed_write_leaves_nothing_of_the_batch(
+    db: Database, storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the file_index update fails after the rows were upserted, neither the rows nor the
+    file_index entries of that batch are visible, and the previous state is intact."""
+    a, b = put_part(storage, "prt_a", text="a1"), put_part(storage, "prt_b", text="b1")
+    loader.load_batch([a, b])
+    before = rows(db, "SELECT * FROM file_index ORDER BY ALL"), rows(db, "SELECT * FROM parts ORDER BY id")  # fmt: skip
+    put_part(storage, "prt_a", text="a2 changed")
+    c = put_part(storage, "prt_c", text="c1")
+    os.unlink(b)
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(loader.tracker, "mark_indexed_batch", fail)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        loader.load_batch([a, b, c])
+    after = rows(db, "SELECT * FROM file_index ORDER BY ALL"), rows(db, "SELECT * FROM parts ORDER BY id")  # fmt: skip
+    assert after == before
+    monkeypatch.undo()
+    assert loader.load_batch([a, b, c]).indexed == 2
+    assert rows(db, "SELECT id, raw->>'text' FROM parts ORDER BY 1") == [("prt_a", "a2 changed"), ("prt_c", "c1")]  # fmt: skip
+
+
+def test_ten_concurrent_batches_end_with_the_newest_version(
+    db: Database, storage: Path, loader: Loader
+) -> None:
+    """Ten batches that read the same files at ten successive versions, written concurrently
+    in any order, leave the newest version, with file_index matching the files on disk."""
+    paths = [put_part(storage, f"prt_{i}", text="v0") for i in range(20)]
+    prepared = []
+    for version in range(1, 11):
+        for i in range(20):
+            put_part(storage, f"prt_{i}", text=f"v{version}" + "!" * version)
+        prepared.append(loader.prepare(paths))
+    results: list[BatchResult] = []
+    threads = [threading.Thread(target=lambda p=p: results.append(loader.write(p))) for p in reversed(prepared)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    requeued = sorted({p for r in results for p in r.requeue})
+    if requeued:
+        loader.load_batch(requeued)
+    assert rows(db, "SELECT DISTINCT raw->>'text' FROM parts") == [("v10!!!!!!!!!!",)]
+    for path in paths:
+        assert entry(db, path)[4:] == (os.stat(path).st_mtime_ns, os.path.getsize(path))
+
+
+# -- worker pool -------------------------------------------------------------------------------
+
+
+async def _batches(paths: Sequence[str], size: int) -> AsyncIterator[Sequence[str]]:
+    for i in range(0, len(paths), size):
+        yield paths[i : i + size]
+
+
+async def test_worker_pool_consumes_batches_and_requeues(
+    db: Database, storage: Path, loader: Loader, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool writes every batch of an async iterable, hands files that changed while read
+    to requeue, reports each batch to on_batch_done and ends idle."""
+    paths = [put_part(storage, f"prt_{i:03d}", text=str(i)) for i in range(50)]
+    changing = paths[7]
+    read_fd = versions._read_fd
+
+    def rewrite_once(fd: int, size: int) -> bytes:
+        if os.readlink(f"/proc/self/fd/{fd}") == changing and not requeued:
+            put_part(storage, "prt_007", text="changed meanwhile")
+        return read_fd(fd, size)
+
+    monkeypatch.setattr(versions, "_read_fd", rewrite_once)
+    requeued: list[str] = []
+    done: list[BatchResult] = []
+
+    async def requeue(more: list[str]) -> None:
+        requeued.extend(more)
+
+    pool = WorkerPool(loader, workers=3, on_batch_done=done.append)
+    await pool.run(_batches(paths, 8), requeue)
+    assert requeued == [changing]
+    assert len(done) == 7 and sum(r.indexed for r in done) == 49
+    stats = pool.get_stats()
+    assert (stats["batches"], stats["files_indexed"], stats["files_requeued"], stats["busy"]) == (
+        7,
+        49,
+        1,
+        0,
+    )
+    assert stats["batch_ms"]["max"] >= stats["batch_ms"]["p50"] > 0
+    await pool.run(_batches(requeued, 8), requeue)
+    assert rows(db, "SELECT raw->>'text' FROM parts WHERE id = 'prt_007'") == [
+        ("changed meanwhile",)
+    ]
+
+
+async def test_worker_pool_raises_when_a_write_fails(
+    storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch the database cannot take fails the pool instead of being dropped silently."""
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("database gone")
+
+    monkeypatch.setattr(loader.tracker, "mark_indexed_batch", fail)
+
+    async def requeue(more: list[str]) -> None:
+        raise AssertionError("nothing to requeue")
+
+    with pytest.raises(ExceptionGroup) as caught:
+        await WorkerPool(loader, workers=2).run(_batches([put_part(storage)], 1), requeue)
+    assert caught.group_contains(RuntimeError, match="database gone")
