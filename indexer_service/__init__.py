@@ -1,6 +1,7 @@
 """Keep a DuckDB analytics database continuously and exactly in sync with OpenCode storage."""
 
 from ._version import __version__
+from .accumulator import AccumulatorConfig, FileBatchAccumulator
 from .db import Database
 from .errors import (
     ConfigError,
@@ -10,17 +11,23 @@ from .errors import (
     ParseError,
     SchemaVersionError,
 )
+from .reconciler import Reconciler
+from .service import IndexerService
 from .settings import Settings
 from .tracker import FileTracker
 
 __all__ = [
+    "AccumulatorConfig",
     "ConfigError",
     "Database",
     "DatabaseError",
     "DatabaseLockedError",
+    "FileBatchAccumulator",
     "FileTracker",
     "IndexerError",
+    "IndexerService",
     "ParseError",
+    "Reconciler",
     "SchemaVersionError",
     "Settings",
     "__version__",

@@ -1,0 +1,226 @@
+"""IndexerService: the pipeline wired into one async context manager.
+
+    watcher ─┐
+             ├─► FileBatchAccumulator ─► WorkerPool ─► Loader ─► DuckDB (rows + file_index)
+    reconciler (initial backfill, then every interval; deletions take the same path)
+
+Every task lives in one anyio task group. Shutdown stops the producers first (watcher,
+reconciler), then flushes the accumulator so the workers finish what was detected, then
+checkpoints and closes the database, all within ``settings.shutdown_timeout``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Self
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from .accumulator import AccumulatorConfig, FileBatchAccumulator
+from .db import Database
+from .loader import BatchResult, Loader
+from .pool import WorkerPool
+from .reconciler import Reconciler
+from .settings import Settings
+from .tracker import FileTracker
+from .watcher import StorageWatcher
+
+log = structlog.get_logger(__name__)
+
+
+class IndexerService(anyio.AsyncContextManagerMixin):
+    """Keep the database at ``settings.db_path`` in sync with ``settings.storage_path``.
+
+    ``async with IndexerService(settings) as svc:`` opens and migrates the database, starts the
+    watcher, runs the initial reconciliation (the backfill of an existing tree), then follows
+    changes until the block exits. It never blocks the event loop: DuckDB and file I/O run in
+    worker threads.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        periodic_reconcile: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._periodic = periodic_reconcile
+        self._clock = clock
+        self._db = Database(settings.db_path)
+        self._tracker = FileTracker(self._db)
+        self._acc = FileBatchAccumulator(
+            AccumulatorConfig(
+                window_ms=settings.window_ms,
+                max_files=settings.max_files,
+                max_pending=settings.max_pending,
+                max_coalesced_files=settings.max_batch_files,
+            ),
+            clock=clock,
+        )
+        self._loader = Loader(self._db, self._tracker, settings.storage_path)
+        self._pool = WorkerPool(
+            self._loader, workers=settings.workers, on_batch_done=self._batch_done
+        )
+        self._reconciler = Reconciler(
+            settings.storage_path,
+            self._db,
+            interval_seconds=settings.reconcile_interval,
+            full_scan_every=settings.full_scan_every,
+            on_missing_files=self._enqueue_paths,
+            on_deleted_files=self._enqueue_paths,
+        )
+        self._watcher = StorageWatcher(settings.storage_path, self._acc.add_many)
+        self._progress = anyio.Event()
+        self._initial_done = anyio.Event()
+        self._started_at: float | None = None
+        self._state = "stopped"
+        self._counts: dict[str, dict[str, int]] = {}
+        self._backfill = {"total": 0, "done": 0, "finished": False}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncIterator[Self]:
+        self._state = "starting"
+        await anyio.to_thread.run_sync(self._db.open)
+        log.info(
+            "service_starting",
+            storage=str(self.settings.storage_path),
+            db=str(self.settings.db_path),
+            workers=self.settings.workers,
+        )
+        try:
+            async with anyio.create_task_group() as consumers:
+                await consumers.start(self._acc.run)
+                pool_done = anyio.Event()
+                consumers.start_soon(self._consume, pool_done)
+                consumers.start_soon(self._refresh_counts_loop)
+                async with anyio.create_task_group() as producers:
+                    await self._start_producers(producers)
+                    self._started_at = self._clock()
+                    self._state = "running"
+                    try:
+                        yield self
+                    finally:
+                        self._state = "stopping"
+                        producers.cancel_scope.cancel()
+                with anyio.move_on_after(self.settings.shutdown_timeout, shield=True) as scope:
+                    await self._acc.stop()
+                    await pool_done.wait()
+                if scope.cancelled_caught:
+                    log.warning(
+                        "shutdown_timeout",
+                        seconds=self.settings.shutdown_timeout,
+                        action="unwritten batches are picked up by the next start's reconcile",
+                    )
+                consumers.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close_db)
+            self._state = "stopped"
+            log.info("service_stopped")
+
+    async def _start_producers(self, tg: TaskGroup) -> None:
+        # Watch first, then scan: a change made while the initial scan runs is seen by one of them.
+        if self.settings.watch:
+            await tg.start(self._watcher.run)
+        tg.start_soon(self._initial_scan)
+        if self._periodic:
+            await tg.start(self._reconciler.run)
+
+    async def _initial_scan(self) -> None:
+        """The backfill: everything on disk that file_index does not match, through the same
+        accumulator and workers as live changes (in large coalesced batches)."""
+        try:
+            found = await self._reconciler.scan_now()
+            self._backfill["total"] = len(found)
+        finally:
+            self._initial_done.set()
+
+    def _close_db(self) -> None:
+        if self._db.is_open:
+            try:
+                self._db.checkpoint()
+            finally:
+                self._db.close()
+
+    async def _consume(self, done: anyio.Event) -> None:
+        try:
+            await self._pool.run(self._batches(), self._enqueue_paths)
+        finally:
+            done.set()
+
+    async def _batches(self) -> AsyncIterator[Sequence[str]]:
+        async for batch in self._acc:
+            yield batch.paths
+
+    async def _enqueue_paths(self, paths: Sequence[str | Path]) -> None:
+        await self._acc.add_many(paths)
+
+    def _batch_done(self, result: BatchResult) -> None:
+        if not self._backfill["finished"]:
+            self._backfill["done"] += result.indexed + result.errors + result.deleted
+        self._progress.set()
+        self._progress = anyio.Event()
+
+    async def _refresh_counts_loop(self) -> None:
+        """Keep `stats()["files"]` fresh without a query on the event loop: at most once a second
+        after batches were written."""
+        while True:
+            await self.file_counts()
+            await self._progress.wait()
+            await anyio.sleep(1.0)
+
+    # -- API ---------------------------------------------------------------------------------
+
+    def _idle(self) -> bool:
+        acc = self._acc.get_stats()
+        return acc["pending"] == 0 and acc["ready"] == 0 and self._pool.get_stats()["busy"] == 0
+
+    async def drain(self) -> None:
+        """Return once everything detected so far is written to the database."""
+        while True:
+            await self._acc.force_flush()
+            if self._idle():
+                return
+            await self._progress.wait()
+
+    async def wait_until_synced(self) -> None:
+        """Return once what is on disk now is queryable: the backfill is written, then a fresh
+        scan finds what the watcher may have missed meanwhile, and that is written too."""
+        await self._initial_done.wait()
+        await self.drain()
+        await self._reconciler.scan_now()
+        await self.drain()
+        self._backfill["finished"] = True
+
+    async def file_counts(self) -> dict[str, dict[str, int]]:
+        """``{file_type: {status: count}}`` read from `file_index` now."""
+        self._counts = await anyio.to_thread.run_sync(self._tracker.counts_by_type)
+        return self._counts
+
+    @property
+    def db(self) -> Database:
+        return self._db
+
+    def stats(self) -> dict[str, Any]:
+        """One dict: accumulator, workers, reconciler, watcher, file counts, uptime."""
+        uptime = 0.0 if self._started_at is None else self._clock() - self._started_at
+        return {
+            "state": self._state,
+            "uptime_s": round(uptime, 3),
+            "storage_path": str(self.settings.storage_path),
+            "db_path": str(self.settings.db_path),
+            "backfill": dict(self._backfill),
+            "accumulator": self._acc.get_stats(),
+            "workers": self._pool.get_stats(),
+            "reconciler": self._reconciler.get_stats(),
+            "watcher": self._watcher.get_stats(),
+            "files": self._counts,
+        }

@@ -1,0 +1,79 @@
+"""Shared fixtures: generated storage trees, database paths, settings, and tree/index checks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from indexer_service.db import Database
+from indexer_service.layout import classify
+from indexer_service.settings import Settings
+from indexer_service.synthetic import TreeSpec, TreeSummary, generate_tree
+
+
+def indexable_files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` the service must index: path -> (mtime_ns, size)."""
+    out: dict[str, tuple[int, int]] = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if classify(str(root), path) is not None:
+                st = os.stat(path)
+                out[path] = (st.st_mtime_ns, st.st_size)
+    return out
+
+
+def indexed_files(db_path: Path) -> dict[str, tuple[int, int, str]]:
+    """file_index as path -> (mtime_ns, size, status), read from a closed database file."""
+    with Database(db_path, read_only=True) as db:
+        rows = db.cursor().execute("SELECT file_path, mtime_ns, size, status FROM file_index")
+        return {p: (m, s, st) for p, m, s, st in rows.fetchall()}
+
+
+def assert_index_matches_tree(root: Path, db_path: Path) -> None:
+    """The database describes exactly the files on disk, each at its current version."""
+    on_disk = indexable_files(root)
+    in_db = indexed_files(db_path)
+    assert set(in_db) == set(on_disk), (
+        f"missing {len(set(on_disk) - set(in_db))}, extra {len(set(in_db) - set(on_disk))}"
+    )
+    stale = [p for p, (m, s) in on_disk.items() if in_db[p][:2] != (m, s)]
+    assert not stale, f"{len(stale)} stale rows, e.g. {stale[:3]}"
+
+
+TreeFactory = Callable[..., TreeSummary]
+
+
+@pytest.fixture
+def storage_tree(tmp_path: Path) -> TreeFactory:
+    """Build a synthetic OpenCode storage tree under tmp_path (``storage/``)."""
+
+    def make(sessions: int = 3, seed: int = 0, **spec: object) -> TreeSummary:
+        return generate_tree(tmp_path / "storage", TreeSpec(sessions=sessions, seed=seed, **spec))  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "db" / "index.duckdb"
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, db_path: Path) -> Callable[..., Settings]:
+    """Settings for a service on tmp_path's storage tree and database."""
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "storage_path": tmp_path / "storage",
+            "db_path": db_path,
+            "workers": 2,
+            "reconcile_interval": 3600.0,
+        }
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return make
