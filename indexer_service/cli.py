@@ -1,17 +1,65 @@
-"""The ``indexer-service`` command line: argument parsing, logging setup, exit codes."""
+"""The ``indexer-service`` command line: argument parsing, logging setup, signals, exit codes.
+
+The library raises; only this module turns errors into exit codes and installs signal handlers.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
 
 from ._version import __version__
+from .cli_read import READ_COMMANDS, add_read_commands, run_read_command
+from .errors import IndexerError
+from .logs import configure_logging
+from .settings import Settings
+
+log = structlog.get_logger("indexer_service.cli")
 
 DESCRIPTION = """\
 Keep a DuckDB analytics database continuously and exactly in sync with OpenCode's JSON
 storage tree (~/.local/share/opencode/storage).
+
+commands:
+  run     follow the storage tree and keep the database in sync until stopped (Ctrl-C)
+  index   one-shot: bring the database in line with the tree, print a summary, exit
+  status  counts by file type and status, latest errors, activity, whether a service runs
+  query   run one read-only SELECT (through the running service, or on the file directly)
 """
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        type=Path,
+        metavar="DIR",
+        help="OpenCode storage tree (default: $OPENCODE_STORAGE or ~/.local/share/opencode/storage)",
+    )
+    p.add_argument(
+        "--db",
+        type=Path,
+        metavar="FILE",
+        help="DuckDB database file (default: ~/.local/share/indexer-service/index.duckdb)",
+    )
+    p.add_argument("--workers", type=int, help="concurrent batch workers (default: CPU count)")
+    p.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        help="log renderer (default: console on a TTY, JSON lines otherwise)",
+    )
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,10 +67,52 @@ def build_parser() -> argparse.ArgumentParser:
         prog="indexer-service",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every option can also be set as an INDEXER_<NAME> environment variable.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the service in the foreground")
+    _common(run)
+    run.add_argument("--window-ms", type=float, help="batch window in ms (default: 200)")
+    run.add_argument("--max-files", type=int, help="files per batch (default: 100)")
+    run.add_argument(
+        "--reconcile-interval", type=float, metavar="S", help="seconds between scans (default: 30)"
+    )
+    run.add_argument(
+        "--shutdown-timeout", type=float, metavar="S", help="clean shutdown budget (default: 10)"
+    )
+    run.add_argument("--no-watch", action="store_true", help="no file watcher: periodic scans only")
+
+    index = sub.add_parser("index", help="one-shot: sync the database with the tree, then exit")
+    _common(index)
+    index.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_read_commands(sub)
     return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        "storage_path": args.storage,
+        "db_path": args.db,
+        "workers": args.workers,
+        "log_format": args.log_format,
+        "log_level": args.log_level,
+    }
+    for name in ("window_ms", "max_files", "reconcile_interval", "shutdown_timeout"):
+        overrides[name] = getattr(args, name, None)
+    if getattr(args, "no_watch", False):
+        overrides["watch"] = False
+    return Settings.from_env(**overrides)
+
+
+def _check_storage(path: Path) -> None:
+    if not path.is_dir():
+        raise IndexerError(
+            f"storage directory {path} does not exist (is OpenCode installed? pass --storage DIR)"
+        )
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise IndexerError(f"storage directory {path} is not readable by this user")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,5 +120,119 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stdout)
-        return 0
-    return 0
+        return EXIT_OK
+    try:
+        if args.command in READ_COMMANDS:
+            return run_read_command(args)
+        settings = _settings(args)
+        configure_logging(settings.log_format, settings.log_level)  # type: ignore[arg-type]
+        _check_storage(settings.storage_path)
+        if args.command == "run":
+            return anyio.run(_run, settings)
+        return anyio.run(_index, settings, args.json)
+    except (IndexerError, BaseExceptionGroup) as exc:
+        error = _indexer_error(exc)
+        if error is None:
+            raise
+        print(f"indexer-service: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _indexer_error(exc: BaseException) -> IndexerError | None:
+    """The IndexerError behind ``exc``, looking inside task-group exception groups."""
+    if isinstance(exc, IndexerError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _indexer_error(inner)) is not None:
+                return found
+    return None
+
+
+async def _signals(service_scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if service_scope.cancel_called:
+                if signum == signal.SIGINT:
+                    # DuckDB's WAL makes every committed batch durable; what was in flight is
+                    # found again by the next start's reconciliation.
+                    print("indexer-service: interrupted again, exiting now", file=sys.stderr)
+                    os._exit(EXIT_INTERRUPTED)
+                continue
+            log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            service_scope.cancel()
+
+
+async def _run(settings: Settings) -> int:
+    from .service import IndexerService
+
+    async with anyio.create_task_group() as tg:
+        service_scope = anyio.CancelScope()
+        tg.start_soon(_signals, service_scope)
+        with service_scope:
+            async with IndexerService(settings) as svc:
+                if sys.stderr.isatty():
+                    tg.start_soon(_progress, svc)
+                await svc.wait_until_synced()
+                log.info("backfill_done", **svc.stats()["backfill"])
+                await anyio.sleep_forever()
+        tg.cancel_scope.cancel()
+    return EXIT_OK
+
+
+async def _progress(svc: Any) -> None:
+    """A one-line backfill progress display on a TTY."""
+    started = time.monotonic()
+    while True:
+        await anyio.sleep(0.5)
+        bf = svc.stats()["backfill"]
+        done, total = bf["done"], max(bf["total"], 1)
+        rate = done / max(time.monotonic() - started, 1e-6)
+        eta = (total - done) / rate if rate > 0 else 0
+        sys.stderr.write(
+            f"\rbackfill {done:,}/{bf['total']:,} files  {rate:,.0f} files/s  ETA {eta:,.0f}s  "
+        )
+        sys.stderr.flush()
+        if bf["finished"]:
+            sys.stderr.write("\n")
+            return
+
+
+async def _index(settings: Settings, as_json: bool) -> int:
+    from .service import IndexerService
+
+    started = time.monotonic()
+    svc_settings = Settings(**{**settings.__dict__, "watch": False})
+    async with IndexerService(svc_settings, periodic_reconcile=False) as svc:
+        await svc.wait_until_synced()
+        counts = await svc.file_counts()
+        stats = svc.stats()
+    elapsed = time.monotonic() - started
+    processed = stats["workers"].get("files_indexed", 0) + stats["workers"].get("files_errors", 0)
+    summary = {
+        "storage": str(settings.storage_path),
+        "db": str(settings.db_path),
+        "files": counts,
+        "processed": processed,
+        "seconds": round(elapsed, 3),
+        "files_per_s": round(processed / elapsed, 1) if elapsed > 0 else 0.0,
+    }
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    return EXIT_OK
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    files: dict[str, dict[str, int]] = summary["files"]
+    statuses = sorted({s for by in files.values() for s in by})
+    print(f"{'type':<14}" + "".join(f"{s:>12}" for s in statuses))
+    for ftype, by in sorted(files.items()):
+        print(f"{ftype:<14}" + "".join(f"{by.get(s, 0):>12,}" for s in statuses))
+    print(
+        f"processed {summary['processed']:,} files in {summary['seconds']:.1f}s "
+        f"({summary['files_per_s']:,.0f} files/s)"
+    )
