@@ -55,13 +55,12 @@ def _writer(root: str, rate: float, seconds: float, files: int, out: str) -> Non
             ahead = count / rate - elapsed
             if ahead > 0:
                 time.sleep(ahead)
-        before = len(written)
-        paths = w.write_step(session)
+        w.write_step(session)
         if w.last_text_part is not None and count % 3 == 0:
-            w.stream_text(w.last_text_part, deltas=5)
-        count += len(paths) + (len(written) - before - len(paths))
-        if count % 2_000 < len(paths):
+            w.stream_text(w.last_text_part, deltas=5)  # streamed rewrites, as OpenCode does
+        if count // 2_000 != len(written) // 2_000:
             session = w.new_session()
+        count = len(written)  # distinct files written so far
     with open(out, "w") as f:
         for p, t in written.items():
             f.write(f"{t}\t{p}\n")
