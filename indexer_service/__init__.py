@@ -11,6 +11,7 @@ from .errors import (
     ParseError,
     SchemaVersionError,
 )
+from .query import QueryError, QueryFailed, QueryRefused, QueryResult, QueryTimeout
 from .reconciler import Reconciler
 from .service import IndexerService
 from .settings import Settings
@@ -27,6 +28,11 @@ __all__ = [
     "IndexerError",
     "IndexerService",
     "ParseError",
+    "QueryError",
+    "QueryFailed",
+    "QueryRefused",
+    "QueryResult",
+    "QueryTimeout",
     "Reconciler",
     "SchemaVersionError",
     "Settings",

@@ -6,6 +6,7 @@ The library raises; only this module turns errors into exit codes and installs s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -83,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-timeout", type=float, metavar="S", help="clean shutdown budget (default: 10)"
     )
     run.add_argument("--no-watch", action="store_true", help="no file watcher: periodic scans only")
+    run.add_argument(
+        "--http-port", type=int, metavar="PORT", help="HTTP API port on 127.0.0.1 (default: 8765)"
+    )
+    run.add_argument("--http-host", metavar="ADDR", help="HTTP API address (default: 127.0.0.1)")
+    run.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --http-host (plain HTTP: the token travels in clear)",
+    )
+    run.add_argument("--no-http", action="store_true", help="serve no HTTP API")
 
     index = sub.add_parser("index", help="one-shot: sync the database with the tree, then exit")
     _common(index)
@@ -103,6 +114,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides[name] = getattr(args, name, None)
     if getattr(args, "no_watch", False):
         overrides["watch"] = False
+    if getattr(args, "no_http", False):
+        overrides["http_enabled"] = False
+    if getattr(args, "allow_remote", False):
+        overrides["http_allow_remote"] = True
+    overrides["http_port"] = getattr(args, "http_port", None)
+    overrides["http_host"] = getattr(args, "http_host", None)
     return Settings.from_env(**overrides)
 
 
@@ -204,7 +221,7 @@ async def _index(settings: Settings, as_json: bool) -> int:
     from .service import IndexerService
 
     started = time.monotonic()
-    svc_settings = Settings(**{**settings.__dict__, "watch": False})
+    svc_settings = dataclasses.replace(settings, watch=False)
     async with IndexerService(svc_settings, periodic_reconcile=False) as svc:
         await svc.wait_until_synced()
         counts = await svc.file_counts()

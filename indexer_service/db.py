@@ -70,7 +70,13 @@ class Database:
         elif not self.path.exists():
             raise DatabaseError(self.path, "no such file")
         try:
-            self._con = duckdb.connect(str(self.path), read_only=self.read_only)
+            self._con = duckdb.connect(
+                str(self.path),
+                read_only=self.read_only,
+                # the service reads only its own file: no file, network or extension access
+                # (read-only queries rely on it; storage, WAL and temp spill are unaffected)
+                config={"enable_external_access": False},
+            )
         except duckdb.Error as exc:
             raise _open_error(self.path, exc) from exc
         try:

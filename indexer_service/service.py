@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Self
 
@@ -22,9 +23,12 @@ import structlog
 from anyio.abc import TaskGroup
 
 from .accumulator import AccumulatorConfig, FileBatchAccumulator
+from .api import serve_api
 from .db import Database
 from .loader import BatchResult, Loader
+from .metrics import Metrics
 from .pool import WorkerPool
+from .query import Params, QueryResult, ReadOnlyQueries
 from .reconciler import Reconciler
 from .settings import Settings
 from .tracker import FileTracker
@@ -82,6 +86,10 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         self._state = "stopped"
         self._counts: dict[str, dict[str, int]] = {}
         self._backfill = {"total": 0, "done": 0, "finished": False}
+        self.metrics = Metrics()
+        self._queries = ReadOnlyQueries(
+            self._db, max_rows=settings.query_max_rows, timeout_s=settings.query_timeout_s
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -101,6 +109,17 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 pool_done = anyio.Event()
                 consumers.start_soon(self._consume, pool_done)
                 consumers.start_soon(self._refresh_counts_loop)
+                if self.settings.http_enabled:
+                    await consumers.start(
+                        partial(
+                            serve_api,
+                            self,
+                            db_path=self.settings.db_path,
+                            host=self.settings.http_host,
+                            port=self.settings.http_port,
+                            allow_remote=self.settings.http_allow_remote,
+                        )
+                    )
                 async with anyio.create_task_group() as producers:
                     await self._start_producers(producers)
                     self._started_at = self._clock()
@@ -164,6 +183,12 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         await self._acc.add_many(paths)
 
     def _batch_done(self, result: BatchResult) -> None:
+        self.metrics.batch_done(
+            indexed_by_type=result.by_type,
+            errors=result.errors,
+            deleted=result.deleted,
+            seconds=result.read_seconds + result.parse_seconds + result.write_seconds,
+        )
         if not self._backfill["finished"]:
             self._backfill["done"] += result.indexed + result.errors + result.deleted
         self._progress.set()
@@ -204,6 +229,18 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         """``{file_type: {status: count}}`` read from `file_index` now."""
         self._counts = await anyio.to_thread.run_sync(self._tracker.counts_by_type)
         return self._counts
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, reason) for ``/healthz``: healthy while the pipeline runs."""
+        if self._state != "running":
+            return False, f"pipeline is {self._state}"
+        return True, "running"
+
+    async def query(
+        self, sql: str, params: Params = None, *, max_rows: int | None = None
+    ) -> QueryResult:
+        """Run one read-only SELECT on the live index (see `query.run_query`); off the loop."""
+        return await self._queries.query(sql, params, max_rows=max_rows)
 
     @property
     def db(self) -> Database:

@@ -51,11 +51,26 @@ class Settings:
     log_format: str = "auto"
     """``auto`` (console on a TTY, else JSON), ``console`` or ``json``."""
     log_level: str = "info"
+    http_enabled: bool = True
+    """Serve the HTTP API (health, status, metrics, read-only queries)."""
+    http_host: str = "127.0.0.1"
+    """Address the API listens on; a non-loopback address needs ``http_allow_remote``."""
+    http_port: int = 8765
+    """Port of the API (0: any free port)."""
+    http_allow_remote: bool = False
+    """Allow binding the API to a non-loopback address (plain HTTP: the token travels in clear)."""
+    query_max_rows: int = 10_000
+    """Rows a read-only query returns at most (the result says ``truncated``)."""
+    query_timeout_s: float = 30.0
+    """Seconds a read-only query may run before it is interrupted."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "storage_path", Path(self.storage_path).expanduser())
-        object.__setattr__(self, "db_path", Path(self.db_path).expanduser())
-        positive = ("window_ms", "reconcile_interval", "shutdown_timeout")
+        # absolute (not resolved: a symlinked storage keeps the paths the watcher reports)
+        for name in ("storage_path", "db_path"):
+            object.__setattr__(
+                self, name, Path(os.path.abspath(Path(getattr(self, name)).expanduser()))
+            )
+        positive = ("window_ms", "reconcile_interval", "shutdown_timeout", "query_timeout_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -71,6 +86,10 @@ class Settings:
                 f"max_pending ({self.max_pending}) must be >= max_batch_files "
                 f"({self.max_batch_files})"
             )
+        if not 0 <= self.http_port <= 65535:
+            raise ConfigError(f"http_port must be 0..65535, got {self.http_port!r}")
+        if self.query_max_rows < 0:
+            raise ConfigError(f"query_max_rows must be >= 0, got {self.query_max_rows!r}")
         if self.log_format not in ("auto", "console", "json"):
             raise ConfigError(f"log_format must be auto, console or json, not {self.log_format!r}")
         if self.log_level not in LEVELS:

@@ -47,6 +47,12 @@ def assert_index_matches_tree(root: Path, db_path: Path) -> None:
 TreeFactory = Callable[..., TreeSummary]
 
 
+@pytest.fixture(autouse=True)
+def _ephemeral_http_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Services started by tests (in process or as subprocesses) listen on a free port."""
+    monkeypatch.setenv("INDEXER_HTTP_PORT", "0")
+
+
 @pytest.fixture
 def storage_tree(tmp_path: Path) -> TreeFactory:
     """Build a synthetic OpenCode storage tree under tmp_path (``storage/``)."""
@@ -72,6 +78,7 @@ def make_settings(tmp_path: Path, db_path: Path) -> Callable[..., Settings]:
             "db_path": db_path,
             "workers": 2,
             "reconcile_interval": 3600.0,
+            "http_port": 0,
         }
         values.update(overrides)
         return Settings(**values)  # type: ignore[arg-type]

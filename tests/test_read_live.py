@@ -1,24 +1,16 @@
 """Reading the index while the real service indexes a tree: in-process and HTTP queries each
-see one consistent snapshot, and agree once the service is synced.
-
-`Served` adapts `IndexerService` to the API's protocol until the service provides ``query``,
-``health`` and ``metrics`` itself.
-"""
+see one consistent snapshot, and agree once the service is synced."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 
-from indexer_service.api import serve_api
 from indexer_service.client import find_service
-from indexer_service.metrics import Metrics
-from indexer_service.query import Params, QueryResult, ReadOnlyQueries
+from indexer_service.query import QueryResult
 from indexer_service.service import IndexerService
 from indexer_service.settings import Settings
 from indexer_service.synthetic import generate_tree
@@ -35,27 +27,6 @@ SELECT
 """
 
 
-class Served:
-    """`IndexerService` seen through the API's protocol."""
-
-    def __init__(self, svc: IndexerService) -> None:
-        self.svc = svc
-        self.metrics = Metrics()
-        self.queries = ReadOnlyQueries(svc.db, timeout_s=30)
-
-    def stats(self) -> dict[str, Any]:
-        return self.svc.stats()
-
-    def health(self) -> tuple[bool, str]:
-        state = str(self.svc.stats()["state"])
-        return state == "running", state
-
-    async def query(
-        self, sql: str, params: Params = None, *, max_rows: int | None = None
-    ) -> QueryResult:
-        return await self.queries.query(sql, params, max_rows=max_rows)
-
-
 @pytest.mark.timeout(300)
 async def test_queries_during_heavy_indexing_are_consistent(tmp_path: Path) -> None:
     """While the backfill of ~6,000 files runs, in-process and HTTP readers never see a file
@@ -63,7 +34,11 @@ async def test_queries_during_heavy_indexing_are_consistent(tmp_path: Path) -> N
     storage = tmp_path / "storage"
     tree = generate_tree(storage, files=6_000)
     settings = Settings(
-        storage_path=storage, db_path=tmp_path / "index.duckdb", workers=2, log_level="warning"
+        storage_path=storage,
+        db_path=tmp_path / "index.duckdb",
+        workers=2,
+        log_level="warning",
+        http_port=0,
     )
     seen: dict[str, list[int]] = {"in_process": [], "http": []}
     done = anyio.Event()
@@ -77,24 +52,20 @@ async def test_queries_during_heavy_indexing_are_consistent(tmp_path: Path) -> N
             seen[name].append(indexed)
 
     async with IndexerService(settings, periodic_reconcile=False) as svc:
-        served = Served(svc)
-        async with anyio.create_task_group() as tg:
-            await tg.start(partial(serve_api, served, db_path=settings.db_path, port=0))
-            client = await anyio.to_thread.run_sync(find_service, settings.db_path)
+        client = await anyio.to_thread.run_sync(find_service, settings.db_path)
+        assert client is not None
+
+        async def via_http(sql: str) -> QueryResult:
             assert client is not None
+            return await anyio.to_thread.run_sync(client.query, sql)
 
-            async def via_http(sql: str) -> QueryResult:
-                assert client is not None
-                return await anyio.to_thread.run_sync(client.query, sql)
-
-            async with anyio.create_task_group() as readers:
-                readers.start_soon(read, "in_process", served.query)
-                readers.start_soon(read, "http", via_http)
-                await svc.wait_until_synced()
-                done.set()
-            final_local = (await served.query(CONSISTENCY_SQL)).rows
-            final_http = (await via_http(CONSISTENCY_SQL)).rows
-            tg.cancel_scope.cancel()
+        async with anyio.create_task_group() as readers:
+            readers.start_soon(read, "in_process", svc.query)
+            readers.start_soon(read, "http", via_http)
+            await svc.wait_until_synced()
+            done.set()
+        final_local = (await svc.query(CONSISTENCY_SQL)).rows
+        final_http = (await via_http(CONSISTENCY_SQL)).rows
     assert final_local == final_http
     indexed = final_local[0][0]
     assert indexed >= tree.files - tree.counts.get("other", 0) - 5  # a few may be malformed
