@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the package with its dev extra
 
-test: $(STAMP)  ## run the test suite
-	$(PY) -m pytest
+test: $(STAMP)  ## run the test suite with branch coverage (fails under 90%)
+	$(PY) -m pytest --cov --cov-report=term
+
+test-repeat: $(STAMP)  ## the whole suite 10 times, each in a new random order
+	for i in 1 2 3 4 5 6 7 8 9 10; do $(PY) -m pytest -q -p randomly -p no:cacheprovider || exit 1; done
 
 lint: $(STAMP)  ## ruff check + format check
 	$(PY) -m ruff check indexer_service tests benchmarks
