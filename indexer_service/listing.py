@@ -158,7 +158,7 @@ class TreeLister:
         return pa.RecordBatch.from_pylist(rows, schema=SCHEMA)
 
     def confirm_gone(self, rels: Sequence[str], failed: Sequence[str]) -> tuple[list[str], int]:
-        """(the indexable files a stat says do not exist, outside ``failed`` directories; how
+        """(the indexable files a stat says are not there, outside ``failed`` directories; how
         many could not be checked)."""
         skip = tuple(d + "/" for d in failed)
         gone, unknown = [], 0
@@ -166,7 +166,8 @@ class TreeLister:
             if (skip and rel.startswith(skip)) or classify_relative(rel) is None:
                 continue
             try:
-                os.stat(f"{self.root}/{rel}")
+                if not st_mode.S_ISREG(os.stat(f"{self.root}/{rel}").st_mode):
+                    gone.append(rel)  # replaced by a directory or a device: not a file
             except _GONE:
                 gone.append(rel)
             except OSError:

@@ -16,7 +16,7 @@ When a change the watcher missed is seen (I = ``interval_seconds``, N = ``full_s
   row of a file never listed): at the next *full* pass, which stats every file. A full pass is due
   every Nth scan (5 min by default) but waits until the previous one's CPU time divided by
   ``full_scan_cpu_share`` (1% of a core) has passed: late by at most max(N x I, C / share), about
-  5 min with 100k files and 13 min with 1M files here (a stat costs ~4 us on this VM);
+  5 min with 100k files and 15 min with 1M files here (a stat costs ~4 us on this VM);
 * a directory whose mtime is within 2 s of a scan is listed again at the next one (a second change
   in the same timestamp tick would not move its mtime).
 """
@@ -171,13 +171,13 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         self._stopped: anyio.Event | None = None
         self._entered = False
         self._missing_logged = False
-        counters = ("scans_full", "scans_partial", "scans_failed", "full_scans_postponed")
-        self._stats: dict[str, Any] = dict.fromkeys(counters, 0) | {
-            **dict.fromkeys(("last_scan_at", "last_scan_full", "last_full_cpu_s")),
-            **dict.fromkeys(("last_duration_s", "files_listed", "dirs_listed", "dirs_checked"), 0),
-            **{"errors": 0, "errors_total": 0, "storage_missing": False},
-            **{"last": dict.fromkeys(_KINDS, 0), "total": dict.fromkeys(_KINDS, 0)},
-        }
+        self._stats: dict[str, Any] = {
+            "scans_full": 0, "scans_partial": 0, "scans_failed": 0, "full_scans_postponed": 0,
+            "last_scan_at": None, "last_scan_full": None, "last_duration_s": 0.0,
+            "last_full_cpu_s": None, "files_listed": 0, "dirs_listed": 0, "dirs_checked": 0,
+            "errors": 0, "errors_total": 0, "storage_missing": False,
+            "last": dict.fromkeys(_KINDS, 0), "total": dict.fromkeys(_KINDS, 0),
+        }  # fmt: skip
 
     # -- lifecycle ---------------------------------------------------------------------------
 
