@@ -144,6 +144,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         scandir: Scandir = os.scandir,
+        on_scan_done: Callable[[float, dict[str, int]], None] | None = None,
     ) -> None:
         if not interval_seconds > 0:
             raise ConfigError(f"interval_seconds must be > 0, got {interval_seconds!r}")
@@ -159,6 +160,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         self._db = db
         self._on_missing = on_missing_files
         self._on_deleted = on_deleted_files
+        self._on_scan_done = on_scan_done  # (duration_s, counts by kind), e.g. for metrics
         self._clock = clock
         self._sleep = sleep
         self._root = str(self.storage_path)
@@ -373,6 +375,8 @@ class Reconciler(anyio.AsyncContextManagerMixin):
             "reconcile_done", full=listing.full, ms=round(duration * 1000, 1), files=files,
             dirs_listed=listing.dirs_listed, errors=errors, **res.counts,
         )  # fmt: skip
+        if self._on_scan_done is not None:
+            self._on_scan_done(duration, dict(res.counts))
 
     def get_stats(self) -> dict[str, Any]:
         """Scans done (full, partial, failed), the last scan's time, duration, files listed and

@@ -78,6 +78,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             full_scan_every=settings.full_scan_every,
             on_missing_files=self._enqueue_paths,
             on_deleted_files=self._enqueue_paths,
+            on_scan_done=self._scan_done,
         )
         self._watcher = StorageWatcher(settings.storage_path, self._acc.add_many)
         self._progress = anyio.Event()
@@ -182,6 +183,15 @@ class IndexerService(anyio.AsyncContextManagerMixin):
     async def _enqueue_paths(self, paths: Sequence[str | Path]) -> None:
         await self._acc.add_many(paths)
 
+    def _scan_done(self, duration_s: float, counts: dict[str, int]) -> None:
+        self.metrics.reconcile_done(
+            duration_s,
+            new=counts.get("new", 0),
+            modified=counts.get("modified", 0),
+            retried=counts.get("retried", 0),
+            deleted=counts.get("deleted", 0),
+        )
+
     def _batch_done(self, result: BatchResult) -> None:
         self.metrics.batch_done(
             indexed_by_type=result.by_type,
@@ -214,14 +224,17 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             await self._acc.force_flush()
             if self._idle():
                 return
-            await self._progress.wait()
+            # woken by each written batch; the timeout re-checks work that ends without one
+            # (a re-queue handing files back to the accumulator)
+            with anyio.move_on_after(0.25):
+                await self._progress.wait()
 
     async def wait_until_synced(self) -> None:
         """Return once what is on disk now is queryable: the backfill is written, then a fresh
         scan finds what the watcher may have missed meanwhile, and that is written too."""
         await self._initial_done.wait()
         await self.drain()
-        await self._reconciler.scan_now()
+        await self._reconciler.scan_now(full=True)  # also stats files in unchanged directories
         await self.drain()
         self._backfill["finished"] = True
 
