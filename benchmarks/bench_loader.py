@@ -58,6 +58,15 @@ def list_files(root: Path) -> list[str]:
     return out
 
 
+def _rss_mb() -> float:
+    """Current resident set size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -100,7 +109,13 @@ def load(
         if args.checkpoint_threshold:
             db.cursor().execute(f"SET checkpoint_threshold = '{args.checkpoint_threshold}'")
         loader = Loader(db, FileTracker(db), root)
-        pool = WorkerPool(loader, workers=args.workers, on_batch_done=results.append)
+        rss: list[float] = []
+
+        def done(result: BatchResult) -> None:
+            results.append(result)
+            rss.append(_rss_mb())
+
+        pool = WorkerPool(loader, workers=args.workers, on_batch_done=done)
         cpu0 = _cpu()
         start = time.perf_counter()
         requeued = anyio.run(_load, pool, paths, args.batch)
@@ -112,6 +127,8 @@ def load(
         checkpoint = time.perf_counter() - start
         indexed = sum(r.indexed for r in results)
         stats = pool.get_stats()
+        duck_mb = db.cursor().execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()")
+        duck_mb = duck_mb.fetchall()[0][0] / 1e6
     return {
         "seconds": seconds,
         "files_per_s": len(paths) / seconds,
@@ -125,6 +142,9 @@ def load(
         "parse_s": stats["parse_seconds"],
         "write_s": stats["write_seconds"],
         "db_mb": db_path.stat().st_size / 1e6,
+        "rss_first": rss[0],
+        "rss_max": max(rss),
+        "duckdb_mb": duck_mb,
     }
 
 
@@ -138,16 +158,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--checkpoint-threshold", default=None, help="DuckDB checkpoint_threshold, e.g. 1GB"
     )
     ap.add_argument("--db", type=Path, default=None, help="database file (default: in /tmp)")
+    ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval")
     args = ap.parse_args(argv)
     configure_logging(level="info")
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
 
     root = tree(args.files)
     paths = list_files(root)
+    ceiling(paths)  # warm the page cache: every run below reads warm files
     db_path = args.db or Path(tempfile.gettempdir()) / "indexer-bench" / "bench_loader.duckdb"
     print(
         f"{len(paths):,} files, {sum(os.path.getsize(p) for p in paths) / 1e6:,.0f} MB; "
         f"batch {args.batch}, workers {args.workers or os.cpu_count()}, "
-        f"checkpoint_threshold {args.checkpoint_threshold or 'default'}"
+        f"checkpoint_threshold {args.checkpoint_threshold or 'default'}; "
+        f"RSS before loading {_rss_mb():,.0f} MB"
     )
     rates, ratios = [], []
     for run in range(1, args.runs + 1):
@@ -161,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"errors {r['errors']} skipped {r['skipped']} requeued {r['requeued']} | "
             f"thread time read {r['read_s']:.1f}s parse {r['parse_s']:.1f}s "
             f"write {r['write_s']:.1f}s | CPU {r['cpu_us']:.0f} us/file | "
-            f"then checkpoint {r['checkpoint_s']:.2f}s, db {r['db_mb']:,.0f} MB",
+            f"then checkpoint {r['checkpoint_s']:.2f}s, db {r['db_mb']:,.0f} MB | RSS after "
+            f"batch 1 {r['rss_first']:,.0f} MB, max {r['rss_max']:,.0f} MB "
+            f"(DuckDB buffers {r['duckdb_mb']:,.0f} MB)",
             flush=True,
         )
     print(

@@ -1,22 +1,29 @@
 """Loader: a batch of storage paths -> record rows and `file_index` entries in one transaction.
 
-`Loader.prepare` (any thread, concurrently) stats and reads each file, then extracts typed rows
-for the whole batch in SQL (`records.Extractor`). `Loader.write` (serialized) re-checks every file
-version and upserts rows, deletions and `file_index` in one transaction, so after a crash a
-batch's rows and its `file_index` entries are both there or both absent. `WorkerPool` overlaps
-the two phases of consecutive batches.
+`Loader.prepare` (any thread, several at once) stats and reads each file, then extracts typed
+rows for the whole batch in SQL (`records.Extractor`). `Loader.write` (serialized) upserts the
+rows, applies deletions and updates `file_index` in one transaction, so after a crash a batch's
+rows and its `file_index` entries are both there or both absent. `WorkerPool` (`pool.py`)
+overlaps the read/extract of one batch with the write of another.
 
-Design, measured on the 2-core machine (100k-file synthetic tree, batches of 2,000; details in
-`benchmarks/bench_loader.py` and docs/schema.md):
+Choices, measured on the 2-core machine (100k-file synthetic tree, 336 MB, batches of 2,000;
+CPU microseconds per file, `benchmarks/bench_loader.py` and prototypes):
 
-* Python reads files fastest on ONE thread: 57k files/s; 2 threads 43k/s, 4 threads 28k/s
-  (GIL convoy on syscall-heavy loops). Processes would need the contents copied back.
-* Extraction in DuckDB SQL (``from_json`` over an Arrow table of raw texts, C++ with the GIL
-  released): 45-90k files/s, versus orjson + building columns in Python: 22k/s on the GIL.
-* Writing: DuckDB allows one writer per row, so writes are serialized (a lock here, a
-  ``CapacityLimiter(1)`` in the pool). Storing the raw document dominates the insert; giving it
-  to DuckDB typed ``arrow.json`` avoids a second parse on the cast to JSON (33k -> 44k rows/s).
-* Pipelining: while batch N is written (DuckDB, GIL free), batch N+1 is read and extracted.
+* Extract in DuckDB, not Python: ``from_json`` over an Arrow table of the raw texts costs
+  12-20 us/file with the GIL released; ``orjson.loads`` + building columns in Python costs
+  16 + 29 us/file holding the GIL. Validation comes free: a file that gives no row is then
+  diagnosed with orjson, only on that path.
+* Read on threads, not processes: one thread reads at 23 us/file; processes cost 10 us/file in
+  this process (unpickling) plus 24 in the child. More reading threads do not help (GIL:
+  1 thread 57k files/s, 2 threads 43k/s, 4 threads 28k/s).
+* One writer: DuckDB rejects two open transactions on the same row ("Conflict on update").
+  Plain ``INSERT`` costs 22 us/row against 39 for ``INSERT OR REPLACE`` (the raw column is
+  copied twice), so a batch first tries ``INSERT`` and falls back when a row exists. Raw JSON
+  goes in typed ``arrow.json``, so DuckDB does not parse it again (about 20% faster inserts).
+* Write cost is dominated by DuckDB's checkpoints: with the default 16 MB
+  ``checkpoint_threshold`` a write costs 65-90 us/file (each checkpoint rewrites the open row
+  group), with 1 GB 41-50. That setting belongs to `Database`.
+* Batches of 5,000 cost ~10% less per file than 2,000 (per-statement overhead).
 """
 
 from __future__ import annotations
@@ -108,15 +115,25 @@ class Loader:
         self.db = db
         self.tracker = tracker
         self.root = os.path.abspath(os.fspath(storage_root))
-        self._extractor = Extractor()
+        self._extractor: Extractor | None = None  # created on first use
+        self._extractor_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._writes = WriteLog()
         self._conflicts = 0  # consecutive batches whose plain INSERT hit an existing row
         self._replace_for = 0  # batches left to write with INSERT OR REPLACE
 
     def close(self) -> None:
-        """Release the in-memory extraction database."""
-        self._extractor.close()
+        """Release the in-memory extraction database (a later batch opens it again)."""
+        with self._extractor_lock:
+            extractor, self._extractor = self._extractor, None
+        if extractor is not None:
+            extractor.close()
+
+    def _get_extractor(self) -> Extractor:
+        with self._extractor_lock:
+            if self._extractor is None:
+                self._extractor = Extractor()
+            return self._extractor
 
     def load_batch(self, paths: Sequence[str]) -> BatchResult:
         """Read, extract and write one batch (`prepare` then `write`)."""
@@ -197,7 +214,7 @@ class Loader:
         )
         rows = None
         if files:
-            extracted = self._extractor.extract(spec, batch)
+            extracted = self._get_extractor().extract(spec, batch)
             for row, message in extracted.bad.items():
                 failed.setdefault(files[row], message)
             rows = extracted.rows

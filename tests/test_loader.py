@@ -93,28 +93,36 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_generated_tree_round_trips(tmp_path: Path, tree: Path) -> None:
-    """Every record file of a generated tree becomes rows whose raw JSON equals the file, with
-    one file_index entry per file naming its type and record id."""
-    files = [p for p in all_files(tree) if p.endswith(".json")]
-    with Database(tmp_path / "index.duckdb") as db:
+@pytest.fixture(scope="module")
+def loaded(
+    tmp_path_factory: pytest.TempPathFactory, tree: Path
+) -> Iterator[tuple[Database, BatchResult]]:
+    """The generated tree loaded in one batch (read-only for the tests that use it)."""
+    with Database(tmp_path_factory.mktemp("db") / "index.duckdb") as db:
         loader = Loader(db, FileTracker(db), tree)
         result = loader.load_batch(all_files(tree))
         loader.close()
-        assert (result.errors, result.deleted, result.requeue) == (0, 0, [])
-        assert result.indexed == len(files) and result.skipped == 1  # storage/migration
-        index = {r[0]: r[1:] for r in rows(db, "SELECT file_path, status, record_id, file_type, size FROM file_index")}  # fmt: skip
-        for ftype, table in TABLES.items():
-            typed = [p for p in files if Path(p).relative_to(tree).parts[0] == ftype]
-            assert typed and result.by_type[ftype] == len(typed)
-            stored: dict[str, list[Any]] = {}
-            for path, raw in rows(db, f"SELECT file_path, raw FROM {table}"):
-                stored.setdefault(path, []).append(orjson.loads(raw))
-            for path in typed:
-                doc = orjson.loads(Path(path).read_bytes())
-                want = doc if isinstance(doc, list) else [doc]
-                assert sorted(stored.get(path, []), key=repr) == sorted(want, key=repr), path
-                assert index[path] == ("indexed", Path(path).stem, ftype, os.path.getsize(path))
+        yield db, result
+
+
+def test_generated_tree_round_trips(tree: Path, loaded: tuple[Database, BatchResult]) -> None:
+    """Every file of a generated tree gives rows whose raw equals the file, and its file_index entry."""
+    files = [p for p in all_files(tree) if p.endswith(".json")]
+    db, result = loaded
+    assert (result.errors, result.deleted, result.requeue) == (0, 0, [])
+    assert result.indexed == len(files) and result.skipped == 1  # storage/migration
+    index = {r[0]: r[1:] for r in rows(db, "SELECT file_path, status, record_id, file_type, size FROM file_index")}  # fmt: skip
+    for ftype, table in TABLES.items():
+        typed = [p for p in files if Path(p).relative_to(tree).parts[0] == ftype]
+        assert typed and result.by_type[ftype] == len(typed)
+        stored: dict[str, list[Any]] = {}
+        for path, raw in rows(db, f"SELECT file_path, raw FROM {table}"):
+            stored.setdefault(path, []).append(orjson.loads(raw))
+        for path in typed:
+            doc = orjson.loads(Path(path).read_bytes())
+            want = doc if isinstance(doc, list) else [doc]
+            assert sorted(stored.get(path, []), key=repr) == sorted(want, key=repr), path
+            assert index[path] == ("indexed", Path(path).stem, ftype, os.path.getsize(path))
 
 
 def _part_expected(doc: dict[str, Any]) -> dict[str, Any]:
@@ -153,24 +161,20 @@ def _message_expected(doc: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("table", "expected"), [("parts", _part_expected), ("messages", _message_expected)])  # fmt: skip
 def test_typed_columns_equal_the_json(
-    tmp_path: Path, tree: Path, table: str, expected: Any
+    loaded: tuple[Database, BatchResult], table: str, expected: Any
 ) -> None:
-    """For every part and message of a generated tree, the typed columns hold the JSON values
-    (times as TIMESTAMP, durations in ms)."""
-    with Database(tmp_path / "index.duckdb") as db:
-        loader = Loader(db, FileTracker(db), tree)
-        loader.load_batch(all_files(tree))
-        cur = db.cursor()
-        cur.execute(f"SELECT * FROM {table}")
-        names = [d[0] for d in cur.description]
-        found = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-        assert found
-        for row in found:
-            want = expected(orjson.loads(row["raw"]))
-            if row.get("tool_input") is not None:
-                row["tool_input"] = orjson.loads(row["tool_input"])
-            assert {k: row[k] for k in want} == want, row["file_path"]
-        loader.close()
+    """Typed columns of every generated part and message hold the JSON values (times as TIMESTAMP)."""
+    db, _ = loaded
+    cur = db.cursor()
+    cur.execute(f"SELECT * FROM {table}")
+    names = [d[0] for d in cur.description]
+    found = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    assert found
+    for row in found:
+        want = expected(orjson.loads(row["raw"]))
+        if row.get("tool_input") is not None:
+            row["tool_input"] = orjson.loads(row["tool_input"])
+        assert {k: row[k] for k in want} == want, row["file_path"]
 
 
 # -- rewrites ----------------------------------------------------------------------------------
@@ -189,8 +193,7 @@ def test_rewrite_replaces_the_row(db: Database, storage: Path, loader: Loader) -
 
 
 def test_todo_list_shrinking_removes_positions(db: Database, storage: Path, loader: Loader) -> None:
-    """A todo file rewritten with fewer items leaves only the new positions; an empty list
-    leaves none but stays indexed."""
+    """A shorter todo list leaves only its positions; an empty list leaves none but stays indexed."""
     items = [{"id": str(i), "content": f"task {i}", "status": "pending", "priority": "low"} for i in range(3)]  # fmt: skip
     path = put(storage, f"todo/{SES}.json", items)
     loader.load_batch([path])
@@ -235,8 +238,7 @@ MESSAGES = {
 def test_malformed_file_is_an_error_and_keeps_its_last_good_rows(
     db: Database, storage: Path, loader: Loader, kind: Malformed
 ) -> None:
-    """A broken rewrite gets status 'error' with a message saying what is wrong; the rows of
-    the last good version stay, and the rest of the batch is indexed."""
+    """A broken rewrite gets status 'error' with a precise message and keeps its last good rows."""
     path = put_part(storage, text="good")
     loader.load_batch([path])
     corrupt(Path(path), kind, seed=4)
@@ -319,8 +321,7 @@ def test_deleting_a_file_removes_its_rows(
 def test_deleting_one_of_two_copies_keeps_the_row_the_other_wrote(
     db: Database, storage: Path, loader: Loader
 ) -> None:
-    """A session file under two project directories: deleting the copy whose row was replaced
-    leaves the other copy's row."""
+    """Deleting one of two copies of a session file keeps the row the other copy wrote."""
     old = put(storage, f"session/{PID}/{SES}.json", {"id": SES, "title": "old"})
     loader.load_batch([old])
     new = put(storage, f"session/{'q' * 40}/{SES}.json", {"id": SES, "title": "new"})
@@ -331,8 +332,7 @@ def test_deleting_one_of_two_copies_keeps_the_row_the_other_wrote(
 
 
 def test_other_files_are_skipped_and_counted(db: Database, storage: Path, loader: Loader) -> None:
-    """session_share, share, permission, migration, 0.x temp files, non-JSON files and paths
-    outside the root are counted as skipped and never indexed or errors."""
+    """Shares, permissions, migration, temp, non-JSON and outside files are skipped and counted."""
     noise = [str(p) for p in add_noise(storage)]
     extra = [str(storage / "part" / MSG / "notes.txt"), "/elsewhere/part/m/prt_1.json"]
     Path(extra[0]).parent.mkdir(parents=True)
@@ -348,8 +348,7 @@ def test_other_files_are_skipped_and_counted(db: Database, storage: Path, loader
 def test_file_changed_while_read_is_requeued(
     db: Database, storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file rewritten between the stat and the read is indexed with neither version: it is
-    returned for requeueing and its last indexed rows stay."""
+    """A file rewritten between stat and read is requeued, indexed with neither version."""
     path = put_part(storage, text="v1")
     loader.load_batch([path])
     read_fd = versions._read_fd
@@ -368,8 +367,7 @@ def test_file_changed_while_read_is_requeued(
 def test_stale_read_never_overwrites_a_newer_version(
     db: Database, storage: Path, loader: Loader
 ) -> None:
-    """A batch read before a rewrite, written after a later batch wrote the new version, leaves
-    the new version in place and requeues the file."""
+    """A batch read before a rewrite never overwrites the newer version another batch wrote."""
     path = put_part(storage, text="old")
     stale = loader.prepare([path])
     put_part(storage, text="new version")
@@ -398,8 +396,7 @@ def test_stale_delete_never_removes_a_recreated_file(
 def test_failed_write_leaves_nothing_of_the_batch(
     db: Database, storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """If the file_index update fails after the rows were upserted, neither the rows nor the
-    file_index entries of that batch are visible, and the previous state is intact."""
+    """A failure after the upserts leaves nothing of the batch and the previous state intact."""
     a, b = put_part(storage, "prt_a", text="a1"), put_part(storage, "prt_b", text="b1")
     loader.load_batch([a, b])
     before = rows(db, "SELECT * FROM file_index ORDER BY ALL"), rows(db, "SELECT * FROM parts ORDER BY id")  # fmt: skip
@@ -423,8 +420,7 @@ def test_failed_write_leaves_nothing_of_the_batch(
 def test_ten_concurrent_batches_end_with_the_newest_version(
     db: Database, storage: Path, loader: Loader
 ) -> None:
-    """Ten batches that read the same files at ten successive versions, written concurrently
-    in any order, leave the newest version, with file_index matching the files on disk."""
+    """Ten batches reading ten successive versions, written concurrently, leave the newest."""
     paths = [put_part(storage, f"prt_{i}", text="v0") for i in range(20)]
     prepared = []
     for version in range(1, 11):
@@ -456,14 +452,13 @@ async def _batches(paths: Sequence[str], size: int) -> AsyncIterator[Sequence[st
 async def test_worker_pool_consumes_batches_and_requeues(
     db: Database, storage: Path, loader: Loader, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The pool writes every batch of an async iterable, hands files that changed while read
-    to requeue, reports each batch to on_batch_done and ends idle."""
+    """The pool writes every batch, requeues files that changed while read, and ends idle."""
     paths = [put_part(storage, f"prt_{i:03d}", text=str(i)) for i in range(50)]
     changing = paths[7]
     read_fd = versions._read_fd
 
     def rewrite_once(fd: int, size: int) -> bytes:
-        if os.readlink(f"/proc/self/fd/{fd}") == changing and not requeued:
+        if os.fstat(fd).st_ino == os.stat(changing).st_ino and not requeued:
             put_part(storage, "prt_007", text="changed meanwhile")
         return read_fd(fd, size)
 

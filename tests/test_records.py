@@ -226,8 +226,7 @@ def tool(status: str, name: str = "read", **state: Any) -> dict[str, Any]:
 
 
 def test_tool_part_states(extractor: Extractor) -> None:
-    """Pending, running, completed and error tool parts: status, input, output title, error,
-    times and duration in typed columns."""
+    """Pending, running, completed and error tool parts fill status, input, title, error, times."""
     inp = {"filePath": "/home/dev/project/app.py"}
     docs = {
         "pending": tool("pending", input={}, raw=""),
@@ -280,8 +279,7 @@ def test_task_tool_part_gives_the_delegation(extractor: Extractor) -> None:
 
 
 def test_every_other_part_type(extractor: Extractor) -> None:
-    """Text, reasoning, step-start, step-finish, patch, file, agent, subtask, compaction, retry
-    and snapshot parts each fill their columns and keep the whole document in raw."""
+    """Every other part type fills its columns and keeps the whole document in raw."""
     docs = [
         part("text", text="Hi", synthetic=True, time={"start": T0, "end": T0 + 2}),
         part("reasoning", text="Plan.", metadata={"anthropic": {"signature": "x"}}, time={"start": T0, "end": T0 + 45}),
@@ -406,8 +404,7 @@ def test_diagnose_says_what_is_wrong(data: bytes, file_type: str, message: str) 
 
 
 def test_bad_documents_are_reported_not_extracted(extractor: Extractor) -> None:
-    """Invalid JSON, an array and a mismatched id give no rows and are reported by index;
-    the valid documents of the same batch are extracted."""
+    """Invalid, non-object and mismatched-id documents give no rows; the rest are extracted."""
     good = pretty(part("text", pid="prt_ok", text="fine"))
     files = [
         (b'{"id": "prt_bad", "type": ', "prt_bad"),
@@ -431,8 +428,7 @@ def test_bad_documents_are_reported_not_extracted(extractor: Extractor) -> None:
 
 
 def test_out_of_range_times_and_odd_types_do_not_fail(extractor: Extractor) -> None:
-    """Absurd timestamps become NULL and values of the wrong JSON type are coerced or NULL,
-    instead of failing the batch."""
+    """Absurd timestamps become NULL and wrongly typed values are coerced or NULL."""
     doc = part(
         "step-finish",
         cost="free",
@@ -447,8 +443,7 @@ def test_out_of_range_times_and_odd_types_do_not_fail(extractor: Extractor) -> N
 def test_a_batch_duckdb_rejects_is_retried_file_by_file(
     extractor: Extractor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """When DuckDB fails a whole batch, each file is extracted alone and only the one that
-    fails is reported, with DuckDB's message."""
+    """A batch DuckDB rejects is retried file by file; only the failing file is reported."""
     run = Extractor._run
 
     def flaky(self: Extractor, spec: records.RecordSpec, batch: pa.Table) -> records.Extracted:
