@@ -40,7 +40,7 @@ class WorkerPool:
         loader: Loader,
         workers: int | None = None,
         *,
-        on_batch_done: Callable[[BatchResult], None] | None = None,
+        on_batch_done: Callable[[BatchResult, Sequence[str]], None] | None = None,
     ) -> None:
         self.loader = loader
         self.workers = max(1, workers or os.cpu_count() or 2)
@@ -101,7 +101,7 @@ class WorkerPool:
                     tg.start_soon(self._requeue, requeue, result.requeue)
                 self._busy -= 1
                 if self.on_batch_done is not None:
-                    self.on_batch_done(result)
+                    self.on_batch_done(result, paths)
 
     async def _requeue(self, requeue: Requeue, paths: list[str]) -> None:
         try:

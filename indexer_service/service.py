@@ -37,6 +37,17 @@ from .watcher import StorageWatcher
 log = structlog.get_logger(__name__)
 
 
+class _TimedPaths(tuple[str, ...]):
+    """A batch's paths plus the accumulator clock time its oldest file arrived."""
+
+    first_added: float
+
+    def __new__(cls, paths: tuple[str, ...], first_added: float) -> _TimedPaths:
+        self = super().__new__(cls, paths)
+        self.first_added = first_added
+        return self
+
+
 class IndexerService(anyio.AsyncContextManagerMixin):
     """Keep the database at ``settings.db_path`` in sync with ``settings.storage_path``.
 
@@ -164,6 +175,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             self._initial_done.set()
 
     def _close_db(self) -> None:
+        self._loader.close()
         if self._db.is_open:
             try:
                 self._db.checkpoint()
@@ -178,7 +190,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
 
     async def _batches(self) -> AsyncIterator[Sequence[str]]:
         async for batch in self._acc:
-            yield batch.paths
+            yield _TimedPaths(batch.paths, batch.first_added)
 
     async def _enqueue_paths(self, paths: Sequence[str | Path]) -> None:
         await self._acc.add_many(paths)
@@ -192,12 +204,15 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             deleted=counts.get("deleted", 0),
         )
 
-    def _batch_done(self, result: BatchResult) -> None:
+    def _batch_done(self, result: BatchResult, paths: Sequence[str]) -> None:
+        # the oldest file of the batch: from the accumulator receiving it to its commit
+        first = getattr(paths, "first_added", None)
         self.metrics.batch_done(
             indexed_by_type=result.by_type,
             errors=result.errors,
             deleted=result.deleted,
             seconds=result.read_seconds + result.parse_seconds + result.write_seconds,
+            latencies_s=() if first is None else (self._clock() - first,),
         )
         if not self._backfill["finished"]:
             self._backfill["done"] += result.indexed + result.errors + result.deleted

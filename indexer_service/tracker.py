@@ -8,11 +8,13 @@ database, and a status: ``indexed``, ``error`` (with a message, retried with bac
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import duckdb
 import pyarrow as pa
 
 from .db import Database
@@ -86,6 +88,12 @@ def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None)
 
 
+def _unregister(cur: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop a registered Arrow view without masking the error that aborted the transaction."""
+    with contextlib.suppress(duckdb.Error):
+        cur.unregister(name)
+
+
 def same_version_sql(stored: str, seen: str) -> str:
     """SQL: the stored row describes the same file version as the one seen on disk."""
     return (
@@ -153,7 +161,7 @@ class FileTracker:
                 {"now": now},
             )
         finally:
-            cur.unregister("_indexed_batch")
+            _unregister(cur, "_indexed_batch")
 
     def mark_error(
         self,
@@ -211,7 +219,7 @@ class FileTracker:
                 },
             )
         finally:
-            cur.unregister("_failed_batch")
+            _unregister(cur, "_failed_batch")
 
     def mark_pending(self, paths: Iterable[str]) -> int:
         """Mark known files as waiting to be (re)indexed; unknown paths need no row to be pending."""

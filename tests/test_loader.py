@@ -469,7 +469,7 @@ async def test_worker_pool_consumes_batches_and_requeues(
     async def requeue(more: list[str]) -> None:
         requeued.extend(more)
 
-    pool = WorkerPool(loader, workers=3, on_batch_done=done.append)
+    pool = WorkerPool(loader, workers=3, on_batch_done=lambda r, _paths: done.append(r))
     await pool.run(_batches(paths, 8), requeue)
     assert requeued == [changing]
     assert len(done) == 7 and sum(r.indexed for r in done) == 49
