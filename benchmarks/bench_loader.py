@@ -111,7 +111,7 @@ def load(
         loader = Loader(db, FileTracker(db), root)
         rss: list[float] = []
 
-        def done(result: BatchResult) -> None:
+        def done(result: BatchResult, _paths: Sequence[str]) -> None:
             results.append(result)
             rss.append(_rss_mb())
 
