@@ -36,6 +36,7 @@ commands:
   index   one-shot: bring the database in line with the tree, print a summary, exit
   status  counts by file type and status, latest errors, activity, whether a service runs
   query   run one read-only SELECT (through the running service, or on the file directly)
+  report  daily/monthly usage, sessions, models, tools: tokens, cost, errors (read-only)
 """
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

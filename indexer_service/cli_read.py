@@ -1,6 +1,6 @@
-"""``indexer-service status`` and ``indexer-service query``: read the index while it is served.
+"""``indexer-service status``, ``query`` and ``report``: read the index while it is served.
 
-Both ask the running service over its HTTP API when one holds the database (found through
+All ask the running service over its HTTP API when one holds the database (found through
 ``<db>.api.json``), and otherwise open the database file read-only. A process that holds the
 file without serving the API leaves no way in; that is reported as an error.
 """
@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+from .analytics import REPORTS, ReportFilters, collect_report, format_report, parse_date
 from .client import ServiceClient, find_service
 from .db import Database
 from .errors import ConfigError, DatabaseLockedError, IndexerError
@@ -23,13 +25,13 @@ from .settings import Settings
 
 __all__ = ["READ_COMMANDS", "add_read_commands", "run_read_command"]
 
-READ_COMMANDS = ("status", "query")
+READ_COMMANDS = ("status", "query", "report")
 
 _DB_HELP = "DuckDB database file (default: ~/.local/share/indexer-service/index.duckdb)"
 
 
 def add_read_commands(sub: Any) -> None:
-    """Add ``status`` and ``query`` to the CLI's subparsers."""
+    """Add ``status``, ``query`` and ``report`` to the CLI's subparsers."""
     status = sub.add_parser(
         "status", help="counts by type and status, latest errors, activity; service or not"
     )
@@ -51,9 +53,26 @@ def add_read_commands(sub: Any) -> None:
         "--timeout", type=float, metavar="S", help="time limit without a service (default: 30)"
     )
 
+    report = sub.add_parser("report", help="usage, cost, sessions, models, tools (analytics views)")
+    report.add_argument("kind", choices=REPORTS, help="which report")
+    report.add_argument("--since", type=_date, metavar="DATE", help="from this UTC day on")
+    report.add_argument("--until", type=_date, metavar="DATE", help="up to this UTC day")
+    report.add_argument(
+        "--project", metavar="DIR", help="sessions in DIR or under it (or a project id)"
+    )
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.add_argument("--db", type=Path, metavar="FILE", help=_DB_HELP)
+
+
+def _date(text: str) -> date:
+    try:
+        return parse_date(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
 
 def run_read_command(args: argparse.Namespace) -> int:
-    """Run ``status`` or ``query``; errors are raised as `IndexerError` for the CLI to map."""
+    """Run ``status``, ``query`` or ``report``; errors are raised as `IndexerError` for the CLI."""
     configure_logging("auto", "warning")
     settings = Settings.from_env(db_path=args.db)
     db_path = settings.db_path
@@ -62,6 +81,8 @@ def run_read_command(args: argparse.Namespace) -> int:
         report = _status(client, db_path, args.errors)
         _out(json.dumps(report, indent=2) if args.json else format_status(report))
         return 0
+    if args.command == "report":
+        return _report(client, db_path, args)
     params = _params(args.params)
     max_rows = args.max_rows or int(getattr(settings, "query_max_rows", DEFAULT_MAX_ROWS))
     timeout_s = args.timeout or float(getattr(settings, "query_timeout_s", DEFAULT_TIMEOUT_S))
@@ -100,6 +121,21 @@ def _open_direct(db_path: Path) -> Database:
             f"database {db_path} is held by {holder}, which serves no HTTP API to read through "
             "(was it started with the API disabled?); stop it or enable its API"
         ) from None
+
+
+def _report(client: ServiceClient | None, db_path: Path, args: argparse.Namespace) -> int:
+    filters = ReportFilters(args.since, args.until, args.project)
+    if client is not None:
+        result = collect_report(client.query, args.kind, filters)
+    else:
+        with _open_direct(db_path) as db:
+
+            def direct(sql: str, params: Params) -> QueryResult:
+                return run_query(db, sql, params, max_rows=DEFAULT_MAX_ROWS)
+
+            result = collect_report(direct, args.kind, filters)
+    _out(json.dumps(result.to_json(), indent=2) if args.json else format_report(result))
+    return 0
 
 
 def _status(client: ServiceClient | None, db_path: Path, errors: int) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import structlog
 
 from .errors import DatabaseError, DatabaseLockedError, SchemaVersionError
 from .schema import ALL_TABLES, SCHEMA_VERSION, Table
+from .views import apply_views
 
 log = structlog.get_logger(__name__)
 
@@ -179,6 +180,7 @@ class Database:
                 f"({SCHEMA_VERSION}); upgrade indexer-service",
             )
         changed = self._migrate_columns(con)
+        changed = apply_views(con) or changed  # after the tables they read
         if found != SCHEMA_VERSION or changed:
             con.execute(
                 "INSERT OR REPLACE INTO schema_meta VALUES ('schema_version', ?)",

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2
-"""Version 1: the original `file_index` without status. Version 2: status, retries, record tables."""
+SCHEMA_VERSION = 3
+"""Version 1: the original `file_index` without status. Version 2: status, retries, record tables.
+3: analytics views (`views.py`)."""
 
 
 @dataclass(frozen=True)
