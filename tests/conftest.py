@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,29 @@ def assert_index_matches_tree(root: Path, db_path: Path) -> None:
 
 
 TreeFactory = Callable[..., TreeSummary]
+
+
+@contextmanager
+def held_by_another_process(db_path: Path) -> Iterator[int]:
+    """Hold ``db_path`` open read-write in a child process (as a running service would, but
+    serving nothing); yields the child's PID."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+            "print('ready', flush=True); sys.stdin.read()",
+            str(db_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        yield holder.pid
+    finally:
+        holder.communicate("", timeout=30)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TreeFactory, assert_index_matches_tree
+from conftest import TreeFactory, assert_index_matches_tree, held_by_another_process
 
 from indexer_service import __version__
 from indexer_service.cli import main
@@ -67,28 +67,11 @@ def test_locked_database_names_the_holder(storage_tree: TreeFactory, tmp_path: P
     """`run` against a database held by another process exits 1 naming that process's PID."""
     tree = storage_tree(sessions=1)
     db = tmp_path / "held.duckdb"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import duckdb,sys; c = duckdb.connect(sys.argv[1]); print(1, flush=True); sys.stdin.read()",
-            str(db),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline()
+    with held_by_another_process(db) as pid:
         done = _cli("run", "--storage", str(tree.root), "--db", str(db))
-        assert done.returncode == 1
-        assert f"locked by process {holder.pid}" in done.stderr
-        assert "Traceback" not in done.stderr
-    finally:
-        assert holder.stdin is not None and holder.stdout is not None
-        holder.stdin.close()
-        holder.wait(timeout=30)
-        holder.stdout.close()
+    assert done.returncode == 1
+    assert f"locked by process {pid}" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_run_stops_cleanly_on_sigterm(storage_tree: TreeFactory, tmp_path: Path) -> None:

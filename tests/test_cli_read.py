@@ -4,8 +4,6 @@ runs, through the HTTP API when one does, and a clear error when neither is poss
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+from conftest import held_by_another_process
 
 from indexer_service.api import serve_api
 from indexer_service.cli import main
@@ -125,25 +124,10 @@ def test_missing_database_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_locked_by_a_process_without_api(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A process holding the file without serving HTTP is reported, with its pid."""
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
-            "print('ready', flush=True); sys.stdin.read()",
-            str(db_path),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+    with held_by_another_process(db_path) as pid:
         code, _, err = run(capsys, "query", "SELECT 1", "--db", str(db_path))
-    finally:
-        holder.communicate("")
     assert code == 1
-    assert f"held by process {holder.pid}, which serves no HTTP API" in err
+    assert f"held by process {pid}, which serves no HTTP API" in err
 
 
 # -- a running service: through its HTTP API ----------------------------------------------------

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import held_by_another_process
 
 from indexer_service.db import Database, default_db_path
 from indexer_service.errors import DatabaseError, DatabaseLockedError, SchemaVersionError
@@ -108,31 +108,11 @@ def test_locked_by_another_process_names_the_pid(tmp_path: Path) -> None:
     """A database held by another process raises DatabaseLockedError with that process's PID."""
     path = tmp_path / "locked.duckdb"
     Database(path).open().close()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
-            "sys.stdin.read()",
-            str(path),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "ready"
+    with held_by_another_process(path) as pid:
         with pytest.raises(DatabaseLockedError) as info:
             Database(path).open()
-        assert info.value.pid == holder.pid
-        assert f"locked by process {holder.pid}" in str(info.value)
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=30)
-        assert holder.stdout is not None
-        holder.stdout.close()
+    assert info.value.pid == pid
+    assert f"locked by process {pid}" in str(info.value)
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
