@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -210,3 +211,33 @@ async def test_unreadable_file_is_an_error_and_service_continues(
     async with IndexerService(make_settings()) as svc:
         await svc.wait_until_synced()
         assert _count(svc, "SELECT count(*) FROM file_index WHERE status = 'error'") == 1
+
+
+async def test_thousands_of_deletions_at_once(
+    storage_tree: TreeFactory, make_settings: SettingsFactory
+) -> None:
+    """Removing thousands of files at once removes their rows and file_index entries."""
+    tree = storage_tree(sessions=4)
+    settings = make_settings()
+    async with IndexerService(settings) as svc:
+        await svc.wait_until_synced()
+        shutil.rmtree(tree.root / "part")
+        await svc.wait_until_synced()
+        assert _count(svc, "SELECT count(*) FROM parts") == 0
+    assert_index_matches_tree(tree.root, settings.db_path)
+
+
+async def test_directory_replaced_by_a_file(
+    storage_tree: TreeFactory, make_settings: SettingsFactory
+) -> None:
+    """A message directory replaced by a plain file of the same name drops its files' rows."""
+    tree = storage_tree(sessions=1)
+    settings = make_settings()
+    async with IndexerService(settings) as svc:
+        await svc.wait_until_synced()
+        victim = next(d for d in (tree.root / "part").iterdir() if d.is_dir())
+        shutil.rmtree(victim)
+        victim.write_text("not a directory")
+        await svc.wait_until_synced()
+        assert svc.health() == (True, "running")
+    assert_index_matches_tree(tree.root, settings.db_path)
