@@ -50,6 +50,19 @@ def assert_index_matches_tree(root: Path, db_path: Path) -> None:
 TreeFactory = Callable[..., TreeSummary]
 
 
+class FakeClock:
+    """A clock (monotonic or epoch seconds) that moves only when told to."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @contextmanager
 def held_by_another_process(db_path: Path) -> Iterator[int]:
     """Hold ``db_path`` open read-write in a child process (as a running service would, but

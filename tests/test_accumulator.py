@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import anyio
 import pytest
+from conftest import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,19 +18,6 @@ from indexer_service.accumulator import (
     BatchCore,
     FileBatchAccumulator,
 )
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def paths(count: int, prefix: str = "/s") -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+from conftest import FakeClock
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,16 +26,6 @@ from indexer_service.reconciler import Reconciler
 from indexer_service.tracker import FileTracker, IndexedFile, RetryPolicy
 
 HOUR = 3600.0
-
-
-class Clock:
-    """Epoch seconds that only move when told."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Collector:
@@ -132,12 +123,12 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(time.time())  # epoch: compared with the mtimes of real files
 
 
 @pytest.fixture
-def tracker(db: Database, clock: Clock) -> FileTracker:
+def tracker(db: Database, clock: FakeClock) -> FileTracker:
     return FileTracker(db, retry=RetryPolicy(base_seconds=60, cap_seconds=600), clock=clock)
 
 
@@ -195,7 +186,7 @@ def strs(paths: Any) -> set[str]:
 
 
 def make(
-    root: Path, db: Database, clock: Clock, **kw: Any
+    root: Path, db: Database, clock: FakeClock, **kw: Any
 ) -> tuple[Reconciler, Collector, Collector]:
     missing, deleted = Collector(), Collector()
     rec = Reconciler(
@@ -204,7 +195,7 @@ def make(
     return rec, missing, deleted
 
 
-async def test_new_files_reported(root: Path, db: Database, clock: Clock) -> None:
+async def test_new_files_reported(root: Path, db: Database, clock: FakeClock) -> None:
     """Every indexable file without a row is reported new, and nothing the layout skips."""
     files = make_tree(root)
     rec, missing, deleted = make(root, db, clock)
@@ -216,7 +207,7 @@ async def test_new_files_reported(root: Path, db: Database, clock: Clock) -> Non
 
 
 async def test_in_sync_reports_nothing(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """A tree whose versions are all in file_index gives nothing to do, full or partial."""
     index(tracker, make_tree(root))
@@ -227,7 +218,7 @@ async def test_in_sync_reports_nothing(
 
 
 async def test_modified_newer_mtime_same_size(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """A newer mtime_ns with the same size is a modification."""
     files = make_tree(root)
@@ -240,7 +231,7 @@ async def test_modified_newer_mtime_same_size(
 
 
 async def test_modified_same_mtime_other_size(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """A different size with the very same mtime is a modification."""
     files = make_tree(root)
@@ -253,7 +244,7 @@ async def test_modified_same_mtime_other_size(
 
 
 async def test_v1_rows_compare_mtime(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """Rows without mtime_ns (schema v1) compare the float mtime."""
     files = make_tree(root)
@@ -266,7 +257,7 @@ async def test_v1_rows_compare_mtime(
 
 
 async def test_deleted_reported_separately(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """Rows of vanished files go to on_deleted_files, never to the missing files."""
     files = make_tree(root)
@@ -281,7 +272,7 @@ async def test_deleted_reported_separately(
 
 
 async def test_error_retry_due_and_not_due(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """An error row of the same version is retried once retry_after has passed, not before;
     a new version of a failing file is reported at once."""
@@ -302,7 +293,7 @@ async def test_error_retry_due_and_not_due(
 
 
 async def test_pending_and_due_errors_in_pruned_dirs(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """Pending rows, and error rows once due, are reported by partial passes even in
     directories that are not listed."""
@@ -323,7 +314,7 @@ async def test_pending_and_due_errors_in_pruned_dirs(
 
 
 async def test_no_limit_on_results(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """12,000 new files are all reported, in chunks of at most chunk_size; so are 12,000
     deletions."""
@@ -338,7 +329,7 @@ async def test_no_limit_on_results(
     assert deleted.paths == strs(files) and len(deleted.calls) == 3
 
 
-async def test_noise_and_layout_rule(root: Path, db: Database, clock: Clock) -> None:
+async def test_noise_and_layout_rule(root: Path, db: Database, clock: FakeClock) -> None:
     """Files the layout rejects (no .json, hidden, too deep, unknown dirs) are never reported."""
     make_tree(root)
     rec, _, _ = make(root, db, clock)
@@ -356,7 +347,7 @@ def test_name_rule_matches_layout(name: str) -> None:
     assert NESTED == {"session", "message", "part"}
 
 
-async def test_periodic_loop_and_failed_scan(root: Path, db: Database, clock: Clock) -> None:
+async def test_periodic_loop_and_failed_scan(root: Path, db: Database, clock: FakeClock) -> None:
     """The loop scans on every interval; a failed scan is logged and the next one recovers."""
     ticker = Ticker()
     files = make_tree(root)
@@ -371,7 +362,7 @@ async def test_periodic_loop_and_failed_scan(root: Path, db: Database, clock: Cl
     assert rec.get_stats()["scans_failed"] == 1
 
 
-async def test_scan_now_waits_for_loop_scan(root: Path, db: Database, clock: Clock) -> None:
+async def test_scan_now_waits_for_loop_scan(root: Path, db: Database, clock: FakeClock) -> None:
     """scan_now during a periodic scan waits for it: never two listings at once."""
     ticker, gate = Ticker(), Gate(block=lambda p: p.endswith("/part"))
     files = make_tree(root)
@@ -394,7 +385,7 @@ async def test_scan_now_waits_for_loop_scan(root: Path, db: Database, clock: Clo
     assert rec.get_stats()["scans_full"] + rec.get_stats()["scans_partial"] == 2
 
 
-async def test_stop_during_scan_is_prompt(root: Path, db: Database, clock: Clock) -> None:
+async def test_stop_during_scan_is_prompt(root: Path, db: Database, clock: FakeClock) -> None:
     """stop() during a scan ends it at the next directory, with nothing reported."""
     ticker, gate = Ticker(), Gate(block=lambda p: "/part/" in p)
     for m in range(30):
@@ -412,7 +403,7 @@ async def test_stop_during_scan_is_prompt(root: Path, db: Database, clock: Clock
     assert rec.get_stats()["scans_full"] == 0
 
 
-async def test_tg_start_run(root: Path, db: Database, clock: Clock) -> None:
+async def test_tg_start_run(root: Path, db: Database, clock: FakeClock) -> None:
     """run() works under a caller's task group: started() at once, one scan per interval."""
     ticker = Ticker()
     rec, missing, _ = make(root, db, clock, sleep=ticker.sleep)
@@ -427,7 +418,7 @@ async def test_tg_start_run(root: Path, db: Database, clock: Clock) -> None:
 
 
 async def test_storage_missing_then_created(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """A missing storage dir reports nothing, no deletions, warns once; indexing resumes when
     it appears."""
@@ -446,7 +437,7 @@ async def test_storage_missing_then_created(
 
 
 async def test_storage_removed_while_running(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker, tmp_path: Path
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker, tmp_path: Path
 ) -> None:
     """Storage moved away reports no deletions; moved back, everything is still in sync."""
     files = make_tree(root)
@@ -461,7 +452,7 @@ async def test_storage_removed_while_running(
 
 
 async def test_storage_replaced(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker, tmp_path: Path
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker, tmp_path: Path
 ) -> None:
     """A storage dir replaced by another one is listed afresh: old rows deleted, new files new."""
     old = make_tree(root)
@@ -475,7 +466,7 @@ async def test_storage_replaced(
 
 
 async def test_file_modified_during_scan(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """A file rewritten right after the scan stat'ed it is reported by the next scan."""
     files = make_tree(root)
@@ -492,7 +483,7 @@ async def test_file_modified_during_scan(
 
 
 async def test_unreadable_directory_not_deleted(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """A directory whose listing fails (EACCES injected) reports no deletions; logged and
     counted; it is listed again at the next scan."""
@@ -517,7 +508,7 @@ async def test_unreadable_directory_not_deleted(
 
 
 async def test_failed_top_level_listing(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """EMFILE listing part/ keeps every part row; other directories are still reconciled."""
     files = make_tree(root)
@@ -533,7 +524,7 @@ async def test_failed_top_level_listing(
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads through chmod 000; see the EACCES test")
 async def test_chmod_000_directory(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """A chmod 000 directory is an error, not a deletion of its files."""
     files = make_tree(root)
@@ -548,7 +539,7 @@ async def test_chmod_000_directory(
 
 
 async def test_pruned_directories_not_listed_nor_deleted(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """A partial pass skips cold unchanged directories: nothing listed, nothing deleted."""
     files = make_tree(root)
@@ -565,7 +556,7 @@ async def test_pruned_directories_not_listed_nor_deleted(
 
 
 async def test_pruning_finds_new_and_deleted_files(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """Partial passes find a new file in a known directory, a deleted file, and a new
     directory, listing only what changed."""
@@ -588,7 +579,7 @@ async def test_pruning_finds_new_and_deleted_files(
 
 
 async def test_vanished_directory_in_partial_pass(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """A removed cold directory's files are reported deleted by the next partial pass."""
     files = make_tree(root)
@@ -603,7 +594,7 @@ async def test_vanished_directory_in_partial_pass(
 
 
 async def test_full_pass_catches_changes_in_cold_dirs(
-    root: Path, db: Database, clock: Clock, tracker: FileTracker
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:
     """An in-place modification and a new file in cold directories (invisible to partial
     passes) are found by the next full pass, every full_scan_every scans."""
@@ -625,7 +616,7 @@ async def test_full_pass_catches_changes_in_cold_dirs(
     assert rec.get_stats()["scans_full"] == 2
 
 
-async def test_full_pass_waits_for_cpu_budget(root: Path, db: Database, clock: Clock) -> None:
+async def test_full_pass_waits_for_cpu_budget(root: Path, db: Database, clock: FakeClock) -> None:
     """A due full pass is postponed until the last one's CPU time over the share has passed."""
     make_tree(root)
     rec, _, _ = make(root, db, clock, full_scan_every=1, full_scan_cpu_share=1e-9)
@@ -638,7 +629,7 @@ async def test_full_pass_waits_for_cpu_budget(root: Path, db: Database, clock: C
     assert rec.get_stats()["scans_full"] == 2
 
 
-async def test_stats(root: Path, db: Database, clock: Clock) -> None:
+async def test_stats(root: Path, db: Database, clock: FakeClock) -> None:
     """get_stats reports scans, timing, files listed, findings per scan and in total."""
     files = make_tree(root)
     rec, _, _ = make(root, db, clock)

@@ -6,17 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import FakeClock
 
 from indexer_service.db import Database
 from indexer_service.tracker import FailedFile, FileTracker, IndexedFile, RetryPolicy
-
-
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -26,12 +19,12 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1_800_000_000.0)
 
 
 @pytest.fixture
-def tracker(db: Database, clock: Clock) -> FileTracker:
+def tracker(db: Database, clock: FakeClock) -> FileTracker:
     return FileTracker(db, retry=RetryPolicy(base_seconds=30, cap_seconds=600), clock=clock)
 
 
@@ -61,7 +54,7 @@ def test_batch_of_10000_in_one_call(tracker: FileTracker) -> None:
     assert entry is not None and entry.record_id == "prt_9999"
 
 
-def test_error_keeps_record_id_and_counts_attempts(tracker: FileTracker, clock: Clock) -> None:
+def test_error_keeps_record_id_and_counts_attempts(tracker: FileTracker, clock: FakeClock) -> None:
     """A failing version keeps the last good record id; repeated failures back off, capped."""
     tracker.mark_indexed("/p", "part", 1.0, 10, "prt_1")
     delays = []
@@ -86,7 +79,7 @@ def test_error_attempts_reset_when_the_file_changes(tracker: FileTracker) -> Non
     assert entry is not None and entry.attempts == 1 and entry.error_message == "NUL bytes"
 
 
-def test_needs_indexing_decisions(tracker: FileTracker, clock: Clock) -> None:
+def test_needs_indexing_decisions(tracker: FileTracker, clock: FakeClock) -> None:
     """Unknown, changed, pending and due-error files need indexing; unchanged ones do not."""
     tracker.mark_indexed("/a", "part", 1.0, 10, "a", mtime_ns=1_000_000_000)
     assert not tracker.needs_indexing("/a", 1.0, 10, mtime_ns=1_000_000_000)
@@ -122,7 +115,7 @@ def test_indexing_again_clears_the_error(tracker: FileTracker) -> None:
     assert (entry.status, entry.error_message, entry.attempts) == ("indexed", None, 0)
 
 
-def test_remove_and_errors_listing(tracker: FileTracker, clock: Clock) -> None:
+def test_remove_and_errors_listing(tracker: FileTracker, clock: FakeClock) -> None:
     """Removed files are gone; errors() lists the newest failures first, limited."""
     tracker.mark_indexed_batch([IndexedFile(f"/i{i}", "part", 1, 1, None) for i in range(3)])
     for i in range(3):
