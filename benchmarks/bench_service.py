@@ -91,7 +91,7 @@ async def _run_with_writer(
 ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     root, db = _fresh(base, name)
     out = base / name / "writes.tsv"
-    settings = Settings(storage_path=root, db_path=db, log_level="warning")
+    settings = Settings(storage_path=root, db_path=db, log_level="warning", http_port=0)
     async with IndexerService(settings) as svc:
         await svc.wait_until_synced()
         proc = _spawn_writer(root, rate, seconds, files, out)
@@ -143,7 +143,9 @@ async def backfill(base: Path, files: int) -> dict[str, Any]:
     generate_tree(root, files=files)
     n = sum(len(f) for _, _, f in os.walk(root))
     start = time.perf_counter()
-    async with IndexerService(Settings(storage_path=root, db_path=db, log_level="warning")) as svc:
+    async with IndexerService(
+        Settings(storage_path=root, db_path=db, log_level="warning", http_port=0)
+    ) as svc:
         await svc.wait_until_synced()
         done = svc.stats()["workers"]["files_indexed"]
     elapsed = time.perf_counter() - start

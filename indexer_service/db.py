@@ -20,7 +20,7 @@ import duckdb
 import structlog
 
 from .errors import DatabaseError, DatabaseLockedError, SchemaVersionError
-from .schema import ALL_TABLES, SCHEMA_VERSION, Table
+from .schema import ALL_TABLES, DROPPED_INDEXES, SCHEMA_VERSION, Table
 from .views import apply_views
 
 log = structlog.get_logger(__name__)
@@ -210,6 +210,8 @@ class Database:
                 con.execute(
                     f"CREATE INDEX IF NOT EXISTS {name} ON {table.name} ({', '.join(cols)})"
                 )
+        for name in DROPPED_INDEXES:
+            con.execute(f"DROP INDEX IF EXISTS {name}")
         return _schema_fingerprint(con) != before
 
 

@@ -269,8 +269,9 @@ class Loader:
             self._replace_for -= 1
             self._transaction(p, "INSERT OR REPLACE")
             return
-        # Plain INSERT costs ~40% less than OR REPLACE with the raw column but fails when a
-        # row exists; after a failure OR REPLACE is used for 2, 4 ... 64 batches.
+        # Plain INSERT costs ~40% less than OR REPLACE with the raw column (half for
+        # file_index) but fails when a row exists; after a failure OR REPLACE is used for
+        # 2, 4 ... 64 batches.
         try:
             self._transaction(p, "INSERT")
             self._conflicts = 0
@@ -345,7 +346,7 @@ class Loader:
                     f"WHERE t.{pk} = d.key AND t.file_path = d.file_path",
                     _deleted=deleted,
                 )
-        self.tracker.mark_indexed_batch(p.indexed)
+        self.tracker.mark_indexed_batch(p.indexed, replace=insert != "INSERT")
         self.tracker.mark_error_batch(p.failed)
         self.tracker.remove([path for path, _, _ in p.deleted])
 

@@ -217,6 +217,7 @@ class Extractor:
                 cur = self._con.cursor()
                 self._cursors.append(cur)
             self._local.cursor = cur
+            self._local.prepared = set()
         return cur
 
     def extract(self, spec: RecordSpec, batch: pa.Table) -> Extracted:
@@ -248,9 +249,9 @@ class Extractor:
     def _run(self, spec: RecordSpec, batch: pa.Table) -> Extracted:
         cur = self._cursor()
         try:
-            result = self._query(cur, _select_sql(spec, safe=False), batch)
+            result = self._query(cur, spec, batch, safe=False)
         except duckdb.Error:  # some file is not JSON: TRY() turns its row into NULL
-            result = self._query(cur, _select_sql(spec, safe=True), batch)
+            result = self._query(cur, spec, batch, safe=True)
         ok = pc.fill_null(result.column("_ok"), False)
         # raw is the input text itself: no copy through DuckDB
         rows = result.drop_columns(["_ok"]).append_column("raw", batch.column("content"))
@@ -259,11 +260,20 @@ class Extractor:
             rows = rows.filter(ok)
         return Extracted(_typed_json(spec, rows), dict.fromkeys(bad))
 
-    @staticmethod
-    def _query(cur: duckdb.DuckDBPyConnection, sql: str, batch: pa.Table) -> pa.Table:
+    def _query(
+        self, cur: duckdb.DuckDBPyConnection, spec: RecordSpec, batch: pa.Table, *, safe: bool
+    ) -> pa.Table:
+        # Planning the ~40 column expressions, not parsing JSON, is most of a small batch's
+        # cost; a relation over the query text would bind it twice (to describe, then to
+        # run), a prepared statement skips the parse and one of the binds (~25% less CPU).
+        name = f"_extract_{spec.file_type}_{'safe' if safe else 'strict'}"
+        prepared: set[str] = self._local.prepared
         cur.register(_BATCH, batch)
         try:
-            return cur.sql(sql).to_arrow_table()
+            if name not in prepared:
+                cur.execute(f"PREPARE {name} AS {_select_sql(spec, safe=safe)}").fetchall()
+                prepared.add(name)
+            return cur.sql(f"EXECUTE {name}").to_arrow_table()
         finally:
             cur.unregister(_BATCH)
 

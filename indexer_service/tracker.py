@@ -131,8 +131,12 @@ class FileTracker:
     ) -> None:
         self.mark_indexed_batch([IndexedFile(path, file_type, mtime, size, record_id, mtime_ns)])
 
-    def mark_indexed_batch(self, rows: Sequence[IndexedFile]) -> None:
-        """Record that these versions are indexed: one statement for the whole batch."""
+    def mark_indexed_batch(self, rows: Sequence[IndexedFile], *, replace: bool = True) -> None:
+        """Record that these versions are indexed: one statement for the whole batch.
+
+        ``replace=False`` inserts only (about half the cost) and raises
+        ``duckdb.ConstraintException`` if a path already has a row.
+        """
         if not rows:
             return
         now = _utc(self.clock())
@@ -150,8 +154,8 @@ class FileTracker:
         cur.register("_indexed_batch", table)
         try:
             cur.execute(
-                """
-                INSERT OR REPLACE INTO file_index
+                f"""
+                {"INSERT OR REPLACE" if replace else "INSERT"} INTO file_index
                     (file_path, file_type, mtime, size, record_id, indexed_at, error_message,
                      status, mtime_ns, attempts, retry_after, updated_at)
                 SELECT file_path, file_type, mtime, size, record_id, $now, NULL,

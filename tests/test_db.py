@@ -13,6 +13,7 @@ from conftest import held_by_another_process
 from indexer_service.db import Database, default_db_path
 from indexer_service.errors import DatabaseError, DatabaseLockedError, SchemaVersionError
 from indexer_service.schema import SCHEMA_VERSION
+from indexer_service.tracker import FileTracker
 
 V1_SCHEMA = """
 CREATE TABLE file_index (
@@ -35,14 +36,29 @@ def _columns(db: Database, table: str) -> list[str]:
 
 
 def test_open_creates_parent_directories_and_schema(tmp_path: Path) -> None:
-    """A new database in a missing directory is created with file_index and its status index."""
+    """A new database in a missing directory is created with file_index and the schema version."""
     path = tmp_path / "a" / "b" / "index.duckdb"
     with Database(path) as db:
         assert path.exists()
         assert db.schema_version == SCHEMA_VERSION
         assert "status" in _columns(db, "file_index")
+        assert _columns(db, "file_index")[0] == "file_path"
+
+
+def test_v3_database_loses_the_status_index_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Version 4 drops the index on file_index.status that version 2 created; rows stay."""
+    path = tmp_path / "v3.duckdb"
+    with Database(path) as db:
+        FileTracker(db).mark_indexed("/s/part/m/p.json", "part", 1.0, 2, "p")
+    con = duckdb.connect(str(path))
+    con.execute("CREATE INDEX idx_file_index_status ON file_index (status)")
+    con.execute("UPDATE schema_meta SET value = '3' WHERE key = 'schema_version'")
+    con.close()
+    with Database(path) as db:
+        assert db.schema_version == SCHEMA_VERSION
         idx = db.cursor().execute("SELECT index_name FROM duckdb_indexes()").fetchall()
-        assert ("idx_file_index_status",) in idx
+        assert ("idx_file_index_status",) not in idx
+        assert FileTracker(db).get("/s/part/m/p.json") is not None
 
 
 def test_v1_database_migrates_without_losing_rows(tmp_path: Path) -> None:

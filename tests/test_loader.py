@@ -404,7 +404,7 @@ def test_failed_write_leaves_nothing_of_the_batch(
     c = put_part(storage, "prt_c", text="c1")
     os.unlink(b)
 
-    def fail(*args: object) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(loader.tracker, "mark_indexed_batch", fail)
@@ -492,7 +492,7 @@ async def test_worker_pool_raises_when_a_write_fails(
 ) -> None:
     """A batch the database cannot take fails the pool instead of being dropped silently."""
 
-    def fail(*args: object) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
         raise RuntimeError("database gone")
 
     monkeypatch.setattr(loader.tracker, "mark_indexed_batch", fail)

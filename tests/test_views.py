@@ -617,5 +617,5 @@ def test_v2_database_gains_the_views_and_read_only_opens_add_nothing(tmp_path: P
             "SELECT count(*) FROM duckdb_views() WHERE NOT internal"
         ).fetchall() == [(0,)]
     with Database(path) as db:
-        assert db.schema_version == SCHEMA_VERSION == 3
+        assert db.schema_version == SCHEMA_VERSION
         assert db.cursor().execute("SELECT count(*) FROM v_session_summary").fetchall() == [(0,)]
