@@ -119,7 +119,10 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             async with anyio.create_task_group() as consumers:
                 await consumers.start(self._acc.run)
                 pool_done = anyio.Event()
-                consumers.start_soon(self._consume, pool_done)
+                # Shielded, so a cancelled host (SIGINT in the CLI) still gets the queued
+                # batches written; the shutdown below cancels it itself after its timeout.
+                drain = anyio.CancelScope(shield=True)
+                consumers.start_soon(self._consume, drain, pool_done)
                 consumers.start_soon(self._refresh_counts_loop)
                 if self.settings.http_enabled:
                     await consumers.start(
@@ -150,6 +153,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                         seconds=self.settings.shutdown_timeout,
                         action="unwritten batches are picked up by the next start's reconcile",
                     )
+                drain.cancel()
                 consumers.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -182,9 +186,10 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             finally:
                 self._db.close()
 
-    async def _consume(self, done: anyio.Event) -> None:
+    async def _consume(self, scope: anyio.CancelScope, done: anyio.Event) -> None:
         try:
-            await self._pool.run(self._batches(), self._enqueue_paths)
+            with scope:
+                await self._pool.run(self._batches(), self._enqueue_paths)
         finally:
             done.set()
 

@@ -146,6 +146,24 @@ async def test_clean_shutdown_with_full_accumulator_loses_nothing(
     assert_index_matches_tree(tree.root, settings.db_path)
 
 
+async def test_cancelled_host_still_gets_queued_files_written(
+    storage_tree: TreeFactory, make_settings: SettingsFactory
+) -> None:
+    """Cancelling the scope around the service (what SIGINT does in the CLI) drains the
+    accumulator and the workers like a clean exit: nothing queued is dropped."""
+    tree = storage_tree(sessions=1)
+    settings = make_settings(window_ms=600_000.0, max_files=50_000, max_batch_files=50_000)
+    with anyio.CancelScope() as scope:
+        async with IndexerService(settings) as svc:
+            with anyio.fail_after(20):
+                while svc.stats()["accumulator"]["pending"] < tree.files - tree.counts["other"]:
+                    await anyio.sleep(0.01)  # the initial scan is still feeding the accumulator
+            scope.cancel()
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert_index_matches_tree(tree.root, settings.db_path)
+
+
 async def test_host_loop_keeps_running_during_backfill(
     storage_tree: TreeFactory, make_settings: SettingsFactory
 ) -> None:
