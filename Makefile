@@ -38,8 +38,8 @@ type: $(STAMP)  ## mypy --strict on the package
 bench: $(STAMP)  ## run the benchmarks (not part of the tests)
 	$(PY) -m benchmarks
 
-run: $(STAMP)  ## start the service on the OpenCode storage
-	$(VENV)/bin/indexer-service run $(ARGS)
+run: $(STAMP)  ## start the service on the OpenCode storage (the demo if there is none)
+	$(VENV)/bin/indexer-service run --demo-if-missing $(ARGS)
 
 clean:  ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage build *.egg-info

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,24 +37,26 @@ commands:
   status  counts by file type and status, latest errors, activity, whether a service runs
   query   run one read-only SELECT (through the running service, or on the file directly)
   report  daily/monthly usage, sessions, models, tools: tokens, cost, errors (read-only)
+  demo    the service on a generated tree that a simulated agent keeps writing to, then reports
 """
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--storage",
-        type=Path,
-        metavar="DIR",
-        help="OpenCode storage tree (default: $OPENCODE_STORAGE or ~/.local/share/opencode/storage)",
-    )
-    p.add_argument(
-        "--db",
-        type=Path,
-        metavar="FILE",
-        help="DuckDB database file (default: ~/.local/share/indexer-service/index.duckdb)",
-    )
+def _common(p: argparse.ArgumentParser, paths: bool = True) -> None:
+    if paths:
+        p.add_argument(
+            "--storage",
+            type=Path,
+            metavar="DIR",
+            help="OpenCode storage tree (default: $OPENCODE_STORAGE or ~/.local/share/opencode/storage)",
+        )
+        p.add_argument(
+            "--db",
+            type=Path,
+            metavar="FILE",
+            help="DuckDB database file (default: ~/.local/share/indexer-service/index.duckdb)",
+        )
     p.add_argument("--workers", type=int, help="concurrent batch workers (default: CPU count)")
     p.add_argument(
         "--log-format",
@@ -95,18 +97,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a non-loopback --http-host (plain HTTP: the token travels in clear)",
     )
     run.add_argument("--no-http", action="store_true", help="serve no HTTP API")
+    run.add_argument(
+        "--demo-if-missing",
+        action="store_true",
+        help="run the demo instead when the storage tree does not exist and neither --storage nor "
+        "INDEXER_STORAGE_PATH names one (what `make run` does)",
+    )
 
     index = sub.add_parser("index", help="one-shot: sync the database with the tree, then exit")
     _common(index)
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_read_commands(sub)
+    _add_demo(sub)
     return parser
+
+
+def _add_demo(sub: Any) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="watch the service index a generated tree that a simulated agent writes to",
+        description="Generate an OpenCode storage tree in a temporary directory, index it with "
+        "the real service, then write to it like a working agent (new sessions, tool calls, "
+        "streamed text, deletions, malformed files) while a status line shows files indexed, "
+        "files/s, p95 event-to-index latency, pending files and errors. At the end (or on "
+        "Ctrl-C) it prints `report daily` and `status` for the demo database and removes the "
+        "directory. Options may also be set as INDEXER_DEMO_<NAME> variables.",
+    )
+    demo.add_argument(
+        "--sessions", type=int, metavar="N", help="sessions in the tree (default: 20, ~7k files)"
+    )
+    demo.add_argument(
+        "--rate", type=float, metavar="FILES_PER_S", help="files the agent writes/s (default: 100)"
+    )
+    demo.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="seconds of live writing, 0: until Ctrl-C (default: 60)",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        default=None,
+        help="keep the temporary directory and print how to query it",
+    )
+    _common(demo, paths=False)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
-        "storage_path": args.storage,
-        "db_path": args.db,
+        "storage_path": getattr(args, "storage", None),
+        "db_path": getattr(args, "db", None),
         "workers": args.workers,
         "log_format": args.log_format,
         "log_level": args.log_level,
@@ -143,7 +184,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in READ_COMMANDS:
             return run_read_command(args)
         settings = _settings(args)
+        fallback = _demo_instead(args, settings)
+        if fallback:
+            print(
+                f"indexer-service: no OpenCode storage at {settings.storage_path}; running the "
+                "demo instead (pass --storage DIR to index a tree)",
+                file=sys.stderr,
+            )
+        demo = args.command == "demo" or fallback
+        if demo and args.log_level is None and not os.environ.get("INDEXER_LOG_LEVEL"):
+            # the demo's status line says what the service does; logs only for problems
+            settings = dataclasses.replace(settings, log_level="warning")
         configure_logging(settings.log_format, settings.log_level)  # type: ignore[arg-type]
+        if demo:
+            return _demo(args, settings)
         _check_storage(settings.storage_path)
         if args.command == "run":
             return anyio.run(_run, settings)
@@ -183,20 +237,52 @@ async def _signals(service_scope: anyio.CancelScope) -> None:
             service_scope.cancel()
 
 
+async def _until_signal(body: Callable[[anyio.CancelScope], Awaitable[None]]) -> None:
+    """Run ``body(stop)``, where SIGINT or SIGTERM cancels ``stop`` (see `_signals`); the body
+    chooses what the scope covers, and so what still runs after a signal."""
+    async with anyio.create_task_group() as tg:
+        stop = anyio.CancelScope()
+        tg.start_soon(_signals, stop)
+        await body(stop)
+        tg.cancel_scope.cancel()
+
+
 async def _run(settings: Settings) -> int:
     from .service import IndexerService
 
-    async with anyio.create_task_group() as tg:
-        service_scope = anyio.CancelScope()
-        tg.start_soon(_signals, service_scope)
-        with service_scope:
-            async with IndexerService(settings) as svc:
+    async def serve(stop: anyio.CancelScope) -> None:
+        with stop:
+            async with IndexerService(settings) as svc, anyio.create_task_group() as tg:
                 if sys.stderr.isatty():
                     tg.start_soon(_progress, svc)
                 await svc.wait_until_synced()
                 log.info("backfill_done", **svc.stats()["backfill"])
                 await anyio.sleep_forever()
-        tg.cancel_scope.cancel()
+
+    await _until_signal(serve)
+    return EXIT_OK
+
+
+def _demo_instead(args: argparse.Namespace, settings: Settings) -> bool:
+    """`run --demo-if-missing` where OpenCode's default storage tree does not exist."""
+    if args.command != "run" or not args.demo_if_missing or settings.storage_path.is_dir():
+        return False
+    # a tree named on purpose is not replaced: its absence stays an error
+    return args.storage is None and not os.environ.get("INDEXER_STORAGE_PATH")
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .demo import Demo, DemoOptions
+
+    options = DemoOptions.from_env(
+        **{k: getattr(args, k, None) for k in ("sessions", "rate", "duration", "keep")}
+    )
+    with Demo(options, settings) as demo:
+        anyio.run(_until_signal, demo.run)
+        db = str(demo.settings.db_path)
+        for argv in (["report", "daily", "--db", db], ["status", "--db", db]):
+            print(f"\n$ indexer-service {' '.join(argv)}", flush=True)
+            run_read_command(build_parser().parse_args(argv))
     return EXIT_OK
 
 

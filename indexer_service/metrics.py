@@ -7,7 +7,8 @@ accumulator pending, busy workers, uptime) are set from ``stats()`` at scrape ti
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -19,7 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "Buckets", "Metrics", "histogram_quantile"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 """The ``Content-Type`` of `Metrics.render` output (Prometheus text format 0.0.4)."""
@@ -30,6 +31,9 @@ _LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 6
 _RECONCILE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _QUERY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
 _FINDINGS = ("new", "modified", "retried", "deleted")
+
+Buckets = Sequence[tuple[float, float]]
+"""A histogram as cumulative ``(upper bound, observations)`` pairs, the last bound ``inf``."""
 
 
 class Metrics:
@@ -143,6 +147,15 @@ class Metrics:
         for latency in latencies_s:
             self.event_to_index_seconds.observe(max(latency, 0.0))
 
+    def latency_buckets(self) -> Buckets:
+        """`event_to_index_seconds` now; subtract an earlier snapshot for a window."""
+        return [
+            (float(sample.labels["le"]), sample.value)
+            for metric in self.event_to_index_seconds.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_bucket")
+        ]
+
     def reconcile_done(
         self,
         duration_s: float,
@@ -187,3 +200,20 @@ class Metrics:
         if stats is not None:
             self.update_from_stats(stats)
         return generate_latest(self.registry)
+
+
+def histogram_quantile(q: float, buckets: Buckets) -> float | None:
+    """The ``q`` quantile (0 < q <= 1) of a histogram, interpolated linearly inside its bucket as
+    Prometheus' ``histogram_quantile`` does; None without observations. A quantile beyond the
+    last finite bound is reported as that bound: nothing more precise is known."""
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return None
+    rank, lower, below = min(q, 1.0) * total, 0.0, 0.0
+    for bound, count in buckets:
+        if math.isinf(bound):
+            break
+        if count >= rank:
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
