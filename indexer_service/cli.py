@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--window-ms", type=float, help="batch window in ms (default: 200)")
     run.add_argument("--max-files", type=int, help="files per batch (default: 100)")
     run.add_argument(
+        "--max-file-bytes",
+        type=int,
+        metavar="N",
+        help="larger files get status 'error' without being read (default: 67108864, 64 MiB)",
+    )
+    run.add_argument(
         "--reconcile-interval", type=float, metavar="S", help="seconds between scans (default: 30)"
     )
     run.add_argument(
@@ -152,7 +158,13 @@ def _settings(args: argparse.Namespace) -> Settings:
         "log_format": args.log_format,
         "log_level": args.log_level,
     }
-    for name in ("window_ms", "max_files", "reconcile_interval", "shutdown_timeout"):
+    for name in (
+        "window_ms",
+        "max_files",
+        "max_file_bytes",
+        "reconcile_interval",
+        "shutdown_timeout",
+    ):
         overrides[name] = getattr(args, name, None)
     if getattr(args, "no_watch", False):
         overrides["watch"] = False

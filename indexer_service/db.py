@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,10 +100,17 @@ class Database:
             cursors, self._cursors = self._cursors, []
             con, self._con = self._con, None
         for cur in cursors:
-            cur.close()
+            _close_when_idle(cur)
         if con is not None:
-            con.close()
+            _close_when_idle(con)
         self._local = threading.local()
+
+    def reopen(self) -> None:
+        """Close and open the file again: after a fatal error (e.g. a checkpoint that failed on
+        a full disk) DuckDB refuses every statement until the database is restarted, and
+        opening it again replays the WAL, so every committed transaction is kept."""
+        self.close()
+        self.open()
 
     def __enter__(self) -> Self:
         return self.open()
@@ -213,6 +221,21 @@ class Database:
         for name in DROPPED_INDEXES:
             con.execute(f"DROP INDEX IF EXISTS {name}")
         return _schema_fingerprint(con) != before
+
+
+def _close_when_idle(con: duckdb.DuckDBPyConnection, timeout_s: float = 5.0) -> None:
+    """Close a cursor that another thread may be using: DuckDB 2 refuses (ResourceInUse) while
+    a call runs on it instead of waiting, so wait for the call to end (a statement on an
+    invalidated database fails at once)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            con.close()
+            return
+        except duckdb.ResourceInUseException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
 
 
 def _schema_fingerprint(con: duckdb.DuckDBPyConnection) -> tuple[object, ...]:

@@ -46,7 +46,16 @@ from .layout import Location, classify
 from .pool import WorkerPool
 from .records import SPECS, Extractor, RecordSpec, array_items, diagnose
 from .tracker import FailedFile, FileTracker, IndexedFile
-from .versions import FileChanged, NotAFile, Version, WriteLog, current_version, read_file
+from .versions import (
+    MAX_FILE_BYTES,
+    FileChanged,
+    FileTooLarge,
+    NotAFile,
+    Version,
+    WriteLog,
+    current_version,
+    read_file,
+)
 
 __all__ = ["BatchResult", "Loader", "Prepared", "WorkerPool"]
 
@@ -111,8 +120,16 @@ class Loader:
     ``prepare`` may run on any number of threads at once; ``write`` serializes itself.
     """
 
-    def __init__(self, db: Database, tracker: FileTracker, storage_root: Path | str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        tracker: FileTracker,
+        storage_root: Path | str,
+        *,
+        max_file_bytes: int = MAX_FILE_BYTES,
+    ) -> None:
         self.db = db
+        self.max_file_bytes = max_file_bytes
         self.tracker = tracker
         self.root = os.path.abspath(os.fspath(storage_root))
         self._extractor: Extractor | None = None  # created on first use
@@ -152,9 +169,14 @@ class Loader:
                 out.skipped += 1
                 continue
             try:
-                data, version = read_file(path)
+                data, version = read_file(path, self.max_file_bytes)
             except FileChanged:
                 out.requeue.append(path)
+            except FileTooLarge as exc:
+                v = out.versions[path] = exc.version
+                out.failed.append(
+                    FailedFile(path, loc.file_type, v.mtime, v.size, str(exc), v.mtime_ns)
+                )
             except (FileNotFoundError, NotADirectoryError, NotAFile):
                 out.deleted.append((path, loc.file_type, loc.key))
             except OSError as exc:

@@ -14,12 +14,15 @@ import statistics
 import time
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
+
+from .recovery import DatabaseRecovery
 
 if TYPE_CHECKING:
     from .loader import BatchResult, Loader
@@ -47,6 +50,7 @@ class WorkerPool:
         self.on_batch_done = on_batch_done
         self._prepare_limiter = anyio.CapacityLimiter(self.workers)
         self._write_limiter = anyio.CapacityLimiter(1)
+        self.recovery = DatabaseRecovery(loader.db, limiter=self._write_limiter)
         self._counts: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._seconds = {"read": 0.0, "parse": 0.0, "write": 0.0}
         self._latency_ms: deque[float] = deque(maxlen=1024)
@@ -62,7 +66,8 @@ class WorkerPool:
         """Consume ``batches`` until it ends; return once every batch taken is written.
 
         Paths to read again go to ``requeue`` from a separate task, so a full queue upstream
-        cannot stall the workers. An error writing a batch (the database failing) is raised.
+        cannot stall the workers. A batch whose write fails for a database-level reason (a full
+        disk) is retried by `recovery`; any other error writing a batch is raised.
         """
         send, receive = anyio.create_memory_object_stream[tuple[Sequence[str], float]](0)
         async with anyio.create_task_group() as tg:
@@ -84,13 +89,8 @@ class WorkerPool:
     ) -> None:
         async with receive:
             async for paths, taken in receive:
-                try:
-                    prepared = await anyio.to_thread.run_sync(
-                        self.loader.prepare, paths, limiter=self._prepare_limiter
-                    )
-                    result = await anyio.to_thread.run_sync(
-                        self.loader.write, prepared, limiter=self._write_limiter
-                    )
+                try:  # a full disk or a failed database: wait, then load the batch again
+                    result = await self.recovery.run(partial(self._load, paths), files=len(paths))
                 except Exception:
                     self._busy -= 1
                     log.exception("batch_failed", files=len(paths))
@@ -102,6 +102,14 @@ class WorkerPool:
                 self._busy -= 1
                 if self.on_batch_done is not None:
                     self.on_batch_done(result, paths)
+
+    async def _load(self, paths: Sequence[str]) -> BatchResult:
+        prepared = await anyio.to_thread.run_sync(
+            self.loader.prepare, paths, limiter=self._prepare_limiter
+        )
+        return await anyio.to_thread.run_sync(
+            self.loader.write, prepared, limiter=self._write_limiter
+        )
 
     async def _requeue(self, requeue: Requeue, paths: list[str]) -> None:
         try:

@@ -365,6 +365,8 @@ def diagnose(data: bytes, spec: RecordSpec, key: str) -> str:
         at = len(text[: exc.pos].encode())  # orjson counts characters
         if exc.msg.startswith("unexpected end of data"):
             return f"truncated JSON at byte {len(data)}"
+        if exc.msg.startswith("depth limit exceeded"):  # orjson parses 1024 levels at most
+            return f"JSON nested deeper than 1024 levels at byte {at}"
         if exc.msg.startswith("unexpected content after document"):
             return f"trailing data after JSON at byte {at}"
         return f"invalid JSON at byte {at}: {exc.msg}"
@@ -386,5 +388,7 @@ def _shape_error(doc: object, spec: RecordSpec, key: str) -> str | None:
     if doc.get("id") is None:
         return 'missing "id"'
     if doc["id"] != key:
-        return f'"id" {orjson.dumps(doc["id"]).decode()} does not match the file name'
+        shown = orjson.dumps(doc["id"]).decode()  # at most 80 characters: ids can be anything
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        return f'"id" {shown} does not match the file name'
     return None

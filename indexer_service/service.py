@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any, Self
 
 import anyio
+import duckdb
 import structlog
 from anyio.abc import TaskGroup
 
 from .accumulator import AccumulatorConfig, FileBatchAccumulator
 from .api import serve_api
 from .db import Database
+from .errors import DatabaseError
 from .loader import BatchResult, Loader
 from .metrics import Metrics
 from .pool import WorkerPool
@@ -78,7 +80,9 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             ),
             clock=clock,
         )
-        self._loader = Loader(self._db, self._tracker, settings.storage_path)
+        self._loader = Loader(
+            self._db, self._tracker, settings.storage_path, max_file_bytes=settings.max_file_bytes
+        )
         self._pool = WorkerPool(
             self._loader, workers=settings.workers, on_batch_done=self._batch_done
         )
@@ -183,6 +187,8 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         if self._db.is_open:
             try:
                 self._db.checkpoint()
+            except duckdb.Error as exc:  # e.g. a full disk: the WAL keeps every committed batch
+                log.error("checkpoint_failed", db=str(self._db.path), error=str(exc))
             finally:
                 self._db.close()
 
@@ -228,7 +234,10 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         """Keep `stats()["files"]` fresh without a query on the event loop: at most once a second
         after batches were written."""
         while True:
-            await self.file_counts()
+            try:
+                await self.file_counts()
+            except (duckdb.Error, DatabaseError) as exc:  # the database is failing: `health`
+                log.debug("file_counts_failed", error=str(exc))
             await self._progress.wait()
             await anyio.sleep(1.0)
 
@@ -264,9 +273,11 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         return self._counts
 
     def health(self) -> tuple[bool, str]:
-        """(healthy, reason) for ``/healthz``: healthy while the pipeline runs."""
+        """(healthy, reason) for ``/healthz``: healthy while the pipeline runs and writes work."""
         if self._state != "running":
             return False, f"pipeline is {self._state}"
+        if (failing := self._pool.recovery.health()) is not None:
+            return False, failing
         return True, "running"
 
     async def query(
@@ -290,6 +301,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             "backfill": dict(self._backfill),
             "accumulator": self._acc.get_stats(),
             "workers": self._pool.get_stats(),
+            "database": self._pool.recovery.get_stats(),
             "reconciler": self._reconciler.get_stats(),
             "watcher": self._watcher.get_stats(),
             "files": self._counts,

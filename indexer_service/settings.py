@@ -12,6 +12,10 @@ from typing import Any
 from .db import default_db_path
 from .errors import ConfigError
 from .logs import LEVELS
+from .versions import MAX_FILE_BYTES
+
+MAX_FILE_BYTES_LIMIT = 2**31 - 1
+"""The largest ``max_file_bytes``: ``file_index.size`` is a 32-bit INTEGER."""
 
 
 def default_storage_path() -> Path:
@@ -46,6 +50,9 @@ class Settings:
     """Every Nth scan stats every file; the others skip directories whose mtime is unchanged."""
     shutdown_timeout: float = 10.0
     """Seconds a clean shutdown may take to flush and write what is in flight."""
+    max_file_bytes: int = MAX_FILE_BYTES
+    """Files larger than this (64 MiB) get status 'error' ("file too large") without being read;
+    indexing a file costs about 5x its size in memory at its peak (docs/operations.md)."""
     watch: bool = True
     """Follow changes with a file watcher (off: reconciliation only)."""
     log_format: str = "auto"
@@ -77,6 +84,10 @@ class Settings:
         for name in ("max_files", "workers", "full_scan_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 1 <= self.max_file_bytes <= MAX_FILE_BYTES_LIMIT:
+            raise ConfigError(
+                f"max_file_bytes must be 1..{MAX_FILE_BYTES_LIMIT}, got {self.max_file_bytes!r}"
+            )
         if self.max_batch_files < self.max_files:
             raise ConfigError(
                 f"max_batch_files ({self.max_batch_files}) must be >= max_files ({self.max_files})"

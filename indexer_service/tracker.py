@@ -83,6 +83,15 @@ _ENTRY_COLS = (
 )
 
 
+_SIZE_MAX = 2**31 - 1  # file_index.size is INTEGER
+
+
+def _sizes(rows: Sequence[IndexedFile] | Sequence[FailedFile]) -> pa.Array:
+    """File sizes for ``file_index.size``; a file of 2 GiB or more (only ever an error, see
+    `Settings.max_file_bytes`) is recorded as 2**31 - 1, so its size never fails a batch."""
+    return pa.array([min(r.size, _SIZE_MAX) for r in rows], pa.int32())
+
+
 def _utc(epoch: float) -> datetime:
     """TIMESTAMP columns hold naive UTC."""
     return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None)
@@ -145,7 +154,7 @@ class FileTracker:
                 "file_path": [r.path for r in rows],
                 "file_type": [r.file_type for r in rows],
                 "mtime": pa.array([r.mtime for r in rows], pa.float64()),
-                "size": pa.array([r.size for r in rows], pa.int32()),
+                "size": _sizes(rows),
                 "record_id": pa.array([r.record_id for r in rows], pa.string()),
                 "mtime_ns": pa.array([r.mtime_ns for r in rows], pa.int64()),
             }
@@ -190,7 +199,7 @@ class FileTracker:
                 "file_path": [r.path for r in rows],
                 "file_type": [r.file_type for r in rows],
                 "mtime": pa.array([r.mtime for r in rows], pa.float64()),
-                "size": pa.array([r.size for r in rows], pa.int32()),
+                "size": _sizes(rows),
                 "message": [r.message for r in rows],
                 "mtime_ns": pa.array([r.mtime_ns for r in rows], pa.int64()),
             }

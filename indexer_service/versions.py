@@ -14,7 +14,21 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["FileChanged", "NotAFile", "Version", "WriteLog", "current_version", "read_file"]
+__all__ = [
+    "MAX_FILE_BYTES",
+    "FileChanged",
+    "FileTooLarge",
+    "NotAFile",
+    "Version",
+    "WriteLog",
+    "current_version",
+    "read_file",
+]
+
+MAX_FILE_BYTES = 64 * 2**20
+"""Default limit on the size of one storage file (`Settings.max_file_bytes`): indexing a file
+costs about 5x its size in memory at its peak, and OpenCode's files are far smaller (a 100 MB
+file is a pathology, e.g. a runaway tool output)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +53,15 @@ class NotAFile(Exception):
     """Raised when a path exists but is not a regular file (treated like a deleted file)."""
 
 
+class FileTooLarge(Exception):
+    """Raised, before anything is read, when a file is larger than the caller's limit."""
+
+    def __init__(self, path: str, version: Version, limit: int) -> None:
+        self.version = version
+        self.limit = limit
+        super().__init__(f"file too large: {version.size} bytes > max_file_bytes {limit}")
+
+
 def _read_fd(fd: int, size: int) -> bytes:
     """Read up to ``size + 1`` bytes: one more than expected shows that the file grew."""
     data = os.read(fd, size + 1)
@@ -50,18 +73,21 @@ def _read_fd(fd: int, size: int) -> bytes:
     return data
 
 
-def read_file(path: str) -> tuple[bytes, Version]:
+def read_file(path: str, max_bytes: int | None = None) -> tuple[bytes, Version]:
     """The whole file and its version: fstat before the read, fstat again after it.
 
-    Raises `FileChanged` if the file was modified during the read, `NotAFile`, or the
-    `OSError` of opening it. A file replaced by rename meanwhile was still read whole at one
-    version (the replacement is a new file, with its own event).
+    Raises `FileChanged` if the file was modified during the read, `NotAFile`, `FileTooLarge`
+    (larger than ``max_bytes``: nothing is read), or the `OSError` of opening it. A file
+    replaced by rename meanwhile was still read whole at one version (the replacement is a new
+    file, with its own event).
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
             raise NotAFile(path)
+        if max_bytes is not None and before.st_size > max_bytes:
+            raise FileTooLarge(path, Version.of(before), max_bytes)
         data = _read_fd(fd, before.st_size)
         after = os.fstat(fd)
     finally:

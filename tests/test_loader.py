@@ -270,10 +270,10 @@ def test_permission_denied_is_an_error_not_a_crash(
     locked, fine = put_part(storage, "prt_locked"), put_part(storage, "prt_fine")
     read = versions.read_file
 
-    def deny(path: str) -> tuple[bytes, versions.Version]:
+    def deny(path: str, max_bytes: int | None = None) -> tuple[bytes, versions.Version]:
         if path == locked:
             raise PermissionError(13, "Permission denied", path)
-        return read(path)
+        return read(path, max_bytes)
 
     monkeypatch.setattr("indexer_service.loader.read_file", deny)
     result = loader.load_batch([locked, fine])
