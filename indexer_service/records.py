@@ -196,7 +196,10 @@ class Extractor:
     """Runs `RecordSpec` SQL on a private in-memory DuckDB; thread-safe (a cursor per thread)."""
 
     def __init__(self) -> None:
-        self._con = duckdb.connect(":memory:")
+        # One thread per query: each worker extracts its own batch on its own cursor, and
+        # DuckDB's intra-query parallelism only adds scheduling to queries of a few ms (live
+        # batches at 1,000 files/s: p50 latency ~15% lower, measured with bench_service).
+        self._con = duckdb.connect(":memory:", config={"threads": 1})
         for sql in _MACROS:
             self._con.execute(sql)
         self._local = threading.local()
