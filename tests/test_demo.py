@@ -174,6 +174,37 @@ def test_run_falls_back_to_the_demo_without_storage(
     assert recipe is not None and "indexer-service run --demo-if-missing" in recipe[1]
 
 
+@pytest.mark.skipif(
+    subprocess.run(["make", "-q", "-C", str(REPO), ".venv/.installed-stamp"]).returncode != 0,
+    reason="make is missing or .venv is not set up (make test sets it up)",
+)
+def test_make_run_without_opencode_storage_runs_the_demo(tmp_path: Path) -> None:
+    """The first command of the README on a machine without OpenCode: `make run` says so in
+    one line, runs the demo and exits 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INDEXER_", "OPENCODE_"))}
+    env.update(
+        HOME=str(tmp_path),  # no ~/.local/share/opencode/storage there
+        TMPDIR=str(tmp_path),
+        INDEXER_HTTP_PORT="0",
+        INDEXER_DEMO_SESSIONS="1",
+        INDEXER_DEMO_DURATION="1",
+    )
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(REPO), "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"indexer-service: no OpenCode storage at {tmp_path}/.local/share/opencode/storage; "
+        "running the demo instead (pass --storage DIR to index a tree)"
+    ]
+    _assert_user_output(proc.stdout)
+    assert _demo_dirs(tmp_path) == []
+
+
 @pytest.mark.parametrize(
     "argv",
     [["run"], ["run", "--demo-if-missing", "--storage", "{missing}"]],
