@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
 
 from indexer_service.db import Database
 from indexer_service.layout import classify
+from indexer_service.service import IndexerService
 from indexer_service.settings import Settings
 from indexer_service.synthetic import TreeSpec, TreeSummary, generate_tree
 
@@ -123,3 +124,25 @@ def make_settings(tmp_path: Path, db_path: Path) -> Callable[..., Settings]:
         return Settings(**values)  # type: ignore[arg-type]
 
     return make
+
+
+RunningService = Callable[..., AbstractAsyncContextManager[IndexerService]]
+
+
+@pytest.fixture
+def running_service(
+    storage_tree: TreeFactory, make_settings: Callable[..., Settings]
+) -> RunningService:
+    """``async with running_service(sessions=1, **settings) as svc``: a service on a generated
+    tree (``svc.settings.storage_path``), backfilled before the block runs, stopped after it.
+    (A context manager, not a yielding fixture: the service's task group must be entered and
+    left by the test's own task.)"""
+
+    @asynccontextmanager
+    async def start(sessions: int = 1, **overrides: object) -> AsyncIterator[IndexerService]:
+        storage_tree(sessions=sessions)
+        async with IndexerService(make_settings(**overrides)) as svc:
+            await svc.wait_until_synced()
+            yield svc
+
+    return start

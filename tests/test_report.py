@@ -14,7 +14,7 @@ import anyio
 import duckdb
 import pytest
 import structlog
-from test_views import Truth, build_tree, load
+from usage_truth import Truth, build_tree, load
 
 from indexer_service import cli_read
 from indexer_service.analytics import Report, ReportFilters, collect_report, format_report
