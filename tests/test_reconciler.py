@@ -19,6 +19,7 @@ from conftest import FakeClock
 from hypothesis import given
 from hypothesis import strategies as st
 
+from indexer_service.accumulator import AccumulatorConfig, FileBatchAccumulator
 from indexer_service.db import Database
 from indexer_service.layout import classify_relative
 from indexer_service.listing import NESTED, TreeLister, indexable_name
@@ -656,3 +657,38 @@ def test_racy_directory_listed_again(root: Path) -> None:
     lister.scan(full=False)  # mtimes moved: listed once more, now trusted
     gate.calls.clear()
     assert lister.scan(full=False).dirs_listed == 0 and gate.calls == []
+
+
+async def test_scan_feeds_a_bounded_accumulator_every_file_once(
+    root: Path, db: Database, clock: FakeClock, tracker: FileTracker
+) -> None:
+    """Accumulator + reconciler: a scan finding far more files than the accumulator may hold
+    waits for room instead of dropping any; batches respect the size cap and deliver every
+    new and modified file exactly once, and a second scan finds nothing once they are indexed."""
+    files = make_tree(root, messages=60, parts=40)  # 2,464 indexable files
+    index(tracker, files[:100])
+    for p in files[:10]:  # modified since indexed
+        p.write_text('{"changed": true}')
+    acc = FileBatchAccumulator(
+        AccumulatorConfig(window_ms=50, max_files=100, max_pending=300, max_coalesced_files=300)
+    )
+    rec = Reconciler(root, db, on_missing_files=acc.add_many, clock=clock)
+    taken: list[str] = []
+    sizes: list[int] = []
+
+    async def consume() -> None:
+        async for batch in acc:
+            sizes.append(len(batch.paths))
+            taken.extend(batch.paths)
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(acc.run)
+        tg.start_soon(consume)
+        found = await rec.scan_now()
+        await acc.stop()
+    expected = strs(files[100:]) | strs(files[:10])
+    assert sorted(taken) == sorted(expected) == sorted(strs(found))
+    assert max(sizes) <= 300
+    index(tracker, [Path(p) for p in taken])
+    assert len(await rec.scan_now()) == 0
