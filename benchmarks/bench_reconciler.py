@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from indexer_service.db import Database
 from indexer_service.reconciler import Reconciler
+from indexer_service.synthetic import age_tree
 
 FILES_PER_SESSION = 53
 INTERVAL = 30.0
@@ -80,14 +81,6 @@ def build_tree(root: Path, files: int) -> int:
                 _write(str(pdir / f"{_ident('prt', (s * 10 + m) * 4 + k)}.json"))
         written += FILES_PER_SESSION
     return written
-
-
-def age_tree(root: Path, seconds: float) -> None:
-    ns = time.time_ns() - int(seconds * 1e9)
-    for dirpath, _dirs, names in os.walk(root, topdown=False):
-        for name in names:
-            os.utime(os.path.join(dirpath, name), ns=(ns, ns))
-        os.utime(dirpath, ns=(ns, ns))
 
 
 def index_tree(db: Database, root: Path) -> int:

@@ -14,6 +14,7 @@ import functools
 import itertools
 import os
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,7 @@ __all__ = [
     "TreeSpec",
     "TreeSummary",
     "add_noise",
+    "age_tree",
     "corrupt",
     "corrupt_random",
     "generate_tree",
@@ -976,3 +978,14 @@ def add_noise(root: Path, seed: int = 0) -> list[Path]:
         data = obj if isinstance(obj, bytes) else orjson.dumps(obj, option=_INDENT)
         _write(str(root / rel), data)
     return [root / rel for rel in noise]
+
+
+def age_tree(root: Path, seconds: float) -> None:
+    """Set the mtime of ``root`` and of every directory and file under it to ``seconds`` ago,
+    as on a machine where nothing was written for that long (the reconciler's cold
+    directories)."""
+    ns = time.time_ns() - int(seconds * 1e9)
+    for dirpath, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            os.utime(os.path.join(dirpath, name), ns=(ns, ns))
+        os.utime(dirpath, ns=(ns, ns))

@@ -109,6 +109,13 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def db(db_path: Path) -> Iterator[Database]:
+    """An open, migrated, empty database at ``db_path``; closed after the test."""
+    with Database(db_path) as database:
+        yield database
+
+
+@pytest.fixture
 def make_settings(tmp_path: Path, db_path: Path) -> Callable[..., Settings]:
     """Settings for a service on tmp_path's storage tree and database."""
 

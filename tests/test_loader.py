@@ -37,12 +37,6 @@ def storage(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    with Database(tmp_path / "index.duckdb") as db:
-        yield db
-
-
-@pytest.fixture
 def loader(db: Database, storage: Path) -> Iterator[Loader]:
     loader = Loader(db, FileTracker(db), storage)
     yield loader

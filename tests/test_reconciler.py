@@ -24,6 +24,7 @@ from indexer_service.db import Database
 from indexer_service.layout import classify_relative
 from indexer_service.listing import NESTED, TreeLister, indexable_name
 from indexer_service.reconciler import Reconciler
+from indexer_service.synthetic import age_tree
 from indexer_service.tracker import FileTracker, IndexedFile, RetryPolicy
 
 HOUR = 3600.0
@@ -118,12 +119,6 @@ class Gate:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    with Database(tmp_path / "x.duckdb") as db:
-        yield db
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(time.time())  # epoch: compared with the mtimes of real files
 
@@ -171,15 +166,6 @@ def index(tracker: FileTracker, paths: list[Path], *, v1: bool = False) -> None:
         ns = None if v1 else s.st_mtime_ns
         rows.append(IndexedFile(str(p), ftype, s.st_mtime, s.st_size, None, ns))
     tracker.mark_indexed_batch(rows)
-
-
-def age(root: Path, seconds: float) -> None:
-    """Set the mtime of every directory and file under root (and root) to `seconds` ago."""
-    ns = time.time_ns() - int(seconds * 1e9)
-    for dirpath, _dirs, files in os.walk(root, topdown=False):
-        for name in files:
-            os.utime(os.path.join(dirpath, name), ns=(ns, ns))
-        os.utime(dirpath, ns=(ns, ns))
 
 
 def strs(paths: Any) -> set[str]:
@@ -299,7 +285,7 @@ async def test_pending_and_due_errors_in_pruned_dirs(
     """Pending rows, and error rows once due, are reported by partial passes even in
     directories that are not listed."""
     files = make_tree(root)
-    age(root, 2 * HOUR)
+    age_tree(root, 2 * HOUR)
     index(tracker, files)
     rec, _, _ = make(root, db, clock)
     assert list(await rec.scan_now()) == []
@@ -472,7 +458,7 @@ async def test_file_modified_during_scan(
     """A file rewritten right after the scan stat'ed it is reported by the next scan."""
     files = make_tree(root)
     target = root / "part/msg_1/prt_1_0.json"
-    age(root, 60)  # hot, but not racy: the directory mtime is trusted
+    age_tree(root, 60)  # hot, but not racy: the directory mtime is trusted
     index(tracker, files)
     gate = Gate()
     gate.on_done[str(target.parent)] = lambda: target.write_text('{"text": "streamed"}')
@@ -544,7 +530,7 @@ async def test_pruned_directories_not_listed_nor_deleted(
 ) -> None:
     """A partial pass skips cold unchanged directories: nothing listed, nothing deleted."""
     files = make_tree(root)
-    age(root, 2 * HOUR)
+    age_tree(root, 2 * HOUR)
     index(tracker, files)
     gate = Gate()
     rec, missing, deleted = make(root, db, clock, scandir=gate)
@@ -562,7 +548,7 @@ async def test_pruning_finds_new_and_deleted_files(
     """Partial passes find a new file in a known directory, a deleted file, and a new
     directory, listing only what changed."""
     files = make_tree(root)
-    age(root, 60)
+    age_tree(root, 60)
     index(tracker, files)
     gate = Gate()
     rec, _, deleted = make(root, db, clock, scandir=gate)
@@ -584,7 +570,7 @@ async def test_vanished_directory_in_partial_pass(
 ) -> None:
     """A removed cold directory's files are reported deleted by the next partial pass."""
     files = make_tree(root)
-    age(root, 2 * HOUR)
+    age_tree(root, 2 * HOUR)
     index(tracker, files)
     rec, _, deleted = make(root, db, clock)
     await rec.scan_now()
@@ -600,7 +586,7 @@ async def test_full_pass_catches_changes_in_cold_dirs(
     """An in-place modification and a new file in cold directories (invisible to partial
     passes) are found by the next full pass, every full_scan_every scans."""
     files = make_tree(root)
-    age(root, 2 * HOUR)
+    age_tree(root, 2 * HOUR)
     index(tracker, files)
     rec, missing, _ = make(root, db, clock, full_scan_every=3, full_scan_cpu_share=1.0)
     await rec.scan_now()
@@ -653,7 +639,7 @@ def test_racy_directory_listed_again(root: Path) -> None:
     gate.calls.clear()
     again = lister.scan(full=False)
     assert str(root / "part/msg_0") in gate.calls and again.dirs_listed == len(gate.calls)
-    age(root, 2 * HOUR)
+    age_tree(root, 2 * HOUR)
     lister.scan(full=False)  # mtimes moved: listed once more, now trusted
     gate.calls.clear()
     assert lister.scan(full=False).dirs_listed == 0 and gate.calls == []

@@ -228,31 +228,21 @@ async def test_unreadable_file_is_an_error_and_service_continues(
         assert _count(svc, "SELECT count(*) FROM file_index WHERE status = 'error'") == 1
 
 
-async def test_thousands_of_deletions_at_once(
-    storage_tree: TreeFactory, make_settings: SettingsFactory
-) -> None:
+async def test_thousands_of_deletions_at_once(running_service: RunningService) -> None:
     """Removing thousands of files at once removes their rows and file_index entries."""
-    tree = storage_tree(sessions=4)
-    settings = make_settings()
-    async with IndexerService(settings) as svc:
-        await svc.wait_until_synced()
-        shutil.rmtree(tree.root / "part")
+    async with running_service(sessions=4) as svc:
+        shutil.rmtree(svc.settings.storage_path / "part")
         await svc.wait_until_synced()
         assert _count(svc, "SELECT count(*) FROM parts") == 0
-    assert_index_matches_tree(tree.root, settings.db_path)
+    assert_index_matches_tree(svc.settings.storage_path, svc.settings.db_path)
 
 
-async def test_directory_replaced_by_a_file(
-    storage_tree: TreeFactory, make_settings: SettingsFactory
-) -> None:
+async def test_directory_replaced_by_a_file(running_service: RunningService) -> None:
     """A message directory replaced by a plain file of the same name drops its files' rows."""
-    tree = storage_tree(sessions=1)
-    settings = make_settings()
-    async with IndexerService(settings) as svc:
-        await svc.wait_until_synced()
-        victim = next(d for d in (tree.root / "part").iterdir() if d.is_dir())
+    async with running_service() as svc:
+        victim = next(d for d in (svc.settings.storage_path / "part").iterdir() if d.is_dir())
         shutil.rmtree(victim)
         victim.write_text("not a directory")
         await svc.wait_until_synced()
         assert svc.health() == (True, "running")
-    assert_index_matches_tree(tree.root, settings.db_path)
+    assert_index_matches_tree(svc.settings.storage_path, svc.settings.db_path)

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from conftest import FakeClock
 
 from indexer_service.db import Database
 from indexer_service.tracker import FailedFile, FileTracker, IndexedFile, RetryPolicy
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    with Database(tmp_path / "index.duckdb") as db:
-        yield db
 
 
 @pytest.fixture
