@@ -16,9 +16,11 @@ import os
 import stat as st_mode
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import pyarrow as pa
 
@@ -40,6 +42,18 @@ _GONE = (FileNotFoundError, NotADirectoryError)
 
 class ListingCancelled(Exception):
     """Raised in the listing thread when the scan was cancelled."""
+
+
+class CancelFlag(Protocol):
+    """What a scan polls between directories (a `threading.Event`, or a flag shared with a
+    parent process)."""
+
+    def is_set(self) -> bool: ...
+
+
+def shard_of(subdir: str, shards: int) -> int:
+    """The shard a subdirectory belongs to; flat top-level directories are shard 0's."""
+    return zlib.crc32(subdir.encode()) % shards if shards > 1 else 0
 
 
 def indexable_name(name: str) -> bool:
@@ -69,6 +83,14 @@ class _Top:
     hot: set[str] = field(default_factory=set)
 
 
+@dataclass
+class ListerState:
+    """What a `TreeLister` remembers, handed to another lister (see `TreeLister.split`)."""
+
+    root_id: tuple[int, int] | None
+    tops: dict[str, _Top]
+
+
 @dataclass(eq=False)
 class Listing:
     """What one pass saw (paths relative to the root). ``batches``: the files stat'ed;
@@ -84,12 +106,19 @@ class Listing:
     errors: list[tuple[str, str]] = field(default_factory=list)
     dirs_listed: int = 0
     dirs_checked: int = 0
+    child_cpu_s: float = 0.0
+    """CPU seconds a listing child process spent on this pass (`sharded_listing`)."""
     unavailable: str | None = None
     root_missing: bool = False
 
 
 class TreeLister:
-    """Lists the tree under ``root``; not thread-safe (one scan at a time)."""
+    """Lists the tree under ``root``; not thread-safe (one scan at a time).
+
+    ``shard=(i, n)`` lists only the subdirectories of `NESTED` directories whose `shard_of` is
+    ``i`` (and, for ``i == 0``, the flat directories): n listers, one per shard, together list
+    the tree once.
+    """
 
     def __init__(
         self,
@@ -98,13 +127,40 @@ class TreeLister:
         scandir: Scandir = os.scandir,
         hot_seconds: float = 900.0,
         racy_seconds: float = 2.0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        if not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
         self.root = root
+        self.shard = shard
         self._scandir = scandir
         self._hot_ns = int(hot_seconds * 1e9)
         self._racy_ns = int(racy_seconds * 1e9)
         self._root_id: tuple[int, int] | None = None
         self._tops: dict[str, _Top] = {}
+
+    def split(self, shards: int) -> list[ListerState]:
+        """Become shard 0 of ``shards`` and return the memory of shards 1..n-1, for listers
+        created with ``shard=(i, shards)`` (`restore`). Only an unsharded lister splits."""
+        if self.shard != (0, 1):
+            raise ValueError("only an unsharded lister can split")
+        out = [ListerState(self._root_id, {}) for _ in range(shards)]
+        for name, top in self._tops.items():
+            parts = [_Top(top.ino, top.mtime_ns) for _ in range(shards)]
+            for key, packed in top.dirs.items():
+                parts[shard_of(key, shards) if name in NESTED else 0].dirs[key] = packed
+            for key in top.hot:
+                parts[shard_of(key, shards) if name in NESTED else 0].hot.add(key)
+            for i, part in enumerate(parts):
+                if i == 0 or name in NESTED:
+                    out[i].tops[name] = part
+        self.shard = (0, shards)
+        self._tops = out[0].tops
+        return out[1:]
+
+    def restore(self, state: ListerState) -> None:
+        """Take over the memory `split` handed out for this lister's shard."""
+        self._root_id, self._tops = state.root_id, state.tops
 
     def reset(self) -> None:
         """Forget everything: the next pass lists the whole tree."""
@@ -120,7 +176,7 @@ class TreeLister:
         tops = list(self._tops.values())  # a scan thread may add or drop tops meanwhile
         return sum(len(t.dirs) for t in tops), sum(len(t.hot) for t in tops)
 
-    def scan(self, *, full: bool, cancel: threading.Event | None = None) -> Listing:
+    def scan(self, *, full: bool, cancel: CancelFlag | None = None) -> Listing:
         """One pass; full when asked or when nothing is remembered (first pass, after reset)."""
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
@@ -135,7 +191,8 @@ class TreeLister:
                 self.reset()
             walk = _Walk(self, fd, full or not self.primed, cancel or threading.Event())
             for top in FILE_TYPES:
-                walk.top(top)
+                if top in NESTED or self.shard[0] == 0:  # flat directories are shard 0's
+                    walk.top(top)
             walk.flush()
             self._root_id = (st.st_dev, st.st_ino)
             return walk.out
@@ -178,8 +235,9 @@ class TreeLister:
 class _Walk:
     """The state of one pass."""
 
-    def __init__(self, lister: TreeLister, fd: int, full: bool, cancel: threading.Event) -> None:
+    def __init__(self, lister: TreeLister, fd: int, full: bool, cancel: CancelFlag) -> None:
         self.l, self.fd, self.full, self.cancel = lister, fd, full, cancel
+        self.index, self.shards = lister.shard
         now = time.time_ns()
         self.hot_cutoff = now - lister._hot_ns
         self.racy_cutoff = now - lister._racy_ns
@@ -215,15 +273,8 @@ class _Walk:
             return
         checks = list(prev.dirs if self.full else prev.hot)
         if prev.mtime_ns != st.st_mtime_ns:
-            self.out.dirs_listed += 1
-            try:
-                with self.l._scandir(f"{self.l.root}/{top}") as it:
-                    subs = {
-                        e.name for e in it if e.name[0] != "." and e.is_dir(follow_symlinks=False)
-                    }
-            except OSError as exc:
-                prev.mtime_ns = None
-                self._fail(top, exc)
+            subs = self._subdirs(prev, top)
+            if subs is None:
                 return
             self._vanish(prev, top, [s for s in prev.dirs if s not in subs])
             for sub in subs - prev.dirs.keys():
@@ -232,6 +283,20 @@ class _Walk:
         for sub in checks:
             if sub in prev.dirs:
                 self._leaf(prev, f"{top}/{sub}", sub, None)
+
+    def _subdirs(self, t: _Top, top: str) -> set[str] | None:
+        """The subdirectories of a nested top-level directory in this shard (None: failed)."""
+        self.out.dirs_listed += 1
+        try:
+            with self.l._scandir(f"{self.l.root}/{top}") as it:
+                subs = {e.name for e in it if e.name[0] != "." and e.is_dir(follow_symlinks=False)}
+        except OSError as exc:
+            t.mtime_ns = None
+            self._fail(top, exc)
+            return None
+        if self.shards > 1:
+            subs = {s for s in subs if shard_of(s, self.shards) == self.index}
+        return subs
 
     def _trusted(self, mtime_ns: int) -> int | None:
         return mtime_ns if mtime_ns <= self.racy_cutoff else None

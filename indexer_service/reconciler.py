@@ -16,7 +16,7 @@ When a change the watcher missed is seen (I = ``interval_seconds``, N = ``full_s
   row of a file never listed): at the next *full* pass, which stats every file. A full pass is due
   every Nth scan (5 min by default) but waits until the previous one's CPU time divided by
   ``full_scan_cpu_share`` (1% of a core) has passed: late by at most max(N x I, C / share), about
-  5 min with 100k files and 15 min with 1M files here (a stat costs ~4 us on this VM);
+  5 min with 100k files and 12 min with 1M files here (a full pass costs ~7 CPU-s at 1M);
 * a directory whose mtime is within 2 s of a scan is listed again at the next one (a second change
   in the same timestamp tick would not move its mtime).
 """
@@ -42,6 +42,7 @@ from .db import Database
 from .errors import ConfigError
 from .layout import classify_relative
 from .listing import SCHEMA, Listing, ListingCancelled, Scandir, TreeLister
+from .sharded_listing import ShardedLister
 from .tracker import same_version_sql
 
 __all__ = ["PathList", "PathsCallback", "Reconciler"]
@@ -126,7 +127,9 @@ class Reconciler(anyio.AsyncContextManagerMixin):
     waits ``interval_seconds`` (through the injectable ``sleep``) after each scan, so the first
     periodic scan comes one interval after start: callers run the initial scan themselves.
     ``clock`` gives epoch seconds (compared with ``retry_after``); ``scandir`` is the listing
-    function (tests inject failures or gates through it).
+    function (tests inject failures or gates through it). Once a full pass lists
+    ``shard_min_files`` files, a child process lists half of the tree (`ShardedLister`; not with
+    a custom ``scandir``, one CPU, or None); `close` stops it.
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         scandir: Scandir = os.scandir,
         on_scan_done: Callable[[float, dict[str, int]], None] | None = None,
+        shard_min_files: int | None = 50_000,
     ) -> None:
         if not interval_seconds > 0:
             raise ConfigError(f"interval_seconds must be > 0, got {interval_seconds!r}")
@@ -165,7 +169,13 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         self._sleep = sleep
         self._root = str(self.storage_path)
         self._prefix = self._root.rstrip("/") + "/"
-        self._lister = TreeLister(self._root, scandir=scandir, hot_seconds=hot_seconds)
+        self._lister: TreeLister | ShardedLister
+        if shard_min_files is None or scandir is not os.scandir or (os.cpu_count() or 1) < 2:
+            self._lister = TreeLister(self._root, scandir=scandir, hot_seconds=hot_seconds)
+        else:
+            self._lister = ShardedLister(
+                self._root, hot_seconds=hot_seconds, min_files=shard_min_files
+            )
         self._lock = anyio.Lock()
         self._since_full = 0
         self._last_full: tuple[float, float] | None = None  # (clock at start, CPU seconds)
@@ -210,6 +220,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
                 yield self
             finally:
                 await self._stop_loop()
+                self.close()
 
     async def start(self) -> None:
         """Start the periodic loop; `stop` must be awaited from the same task."""
@@ -223,6 +234,12 @@ class Reconciler(anyio.AsyncContextManagerMixin):
             await self.__aexit__(None, None, None)
         else:
             await self._stop_loop()
+
+    def close(self) -> None:
+        """Stop the listing child process, if one runs (a later large scan starts it again).
+        Called on leaving ``async with``; safe to call more than once."""
+        if isinstance(self._lister, ShardedLister):
+            self._lister.close()
 
     async def _stop_loop(self) -> None:
         if self._scope is not None and self._stopped is not None:
@@ -328,7 +345,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         if listing.full:  # hand the Arrow buffers of a big listing back to the OS
             pa.default_memory_pool().release_unused()
         res.counts["deleted"] = len(res.deleted)
-        res.cpu_s = time.thread_time() - started
+        res.cpu_s = time.thread_time() - started + listing.child_cpu_s
         return res
 
     def _confirm(self, res: _Result, rows: pa.ChunkedArray) -> PathList:
@@ -382,6 +399,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         """Scans done (full, partial, failed), the last scan's time, duration, files listed and
         findings, totals, listing errors, and the directories remembered."""
         dirs, hot = self._lister.counts()
-        stats = dict(self._stats, dirs_known=dirs, dirs_hot=hot)
+        pid = self._lister.child_pid if isinstance(self._lister, ShardedLister) else None
+        stats = dict(self._stats, dirs_known=dirs, dirs_hot=hot, listing_child_pid=pid)
         stats["last"], stats["total"] = dict(stats["last"]), dict(stats["total"])
         return stats

@@ -183,6 +183,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             self._initial_done.set()
 
     def _close_db(self) -> None:
+        self._reconciler.close()
         self._loader.close()
         if self._db.is_open:
             try:
