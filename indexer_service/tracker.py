@@ -159,22 +159,27 @@ class FileTracker:
                 "mtime_ns": pa.array([r.mtime_ns for r in rows], pa.int64()),
             }
         )
-        cur = self.db.cursor()
-        cur.register("_indexed_batch", table)
-        try:
-            cur.execute(
-                f"""
-                {"INSERT OR REPLACE" if replace else "INSERT"} INTO file_index
-                    (file_path, file_type, mtime, size, record_id, indexed_at, error_message,
-                     status, mtime_ns, attempts, retry_after, updated_at)
-                SELECT file_path, file_type, mtime, size, record_id, $now, NULL,
-                       'indexed', mtime_ns, 0, NULL, $now
-                FROM _indexed_batch
-                """,
-                {"now": now},
-            )
-        finally:
-            _unregister(cur, "_indexed_batch")
+        with self.db.transaction() as cur:  # joins the loader's transaction
+            cur.register("_indexed_batch", table)
+            try:
+                if replace:  # half the cost of INSERT OR REPLACE (see loader)
+                    cur.execute(
+                        "DELETE FROM file_index WHERE file_path IN "
+                        "(SELECT file_path FROM _indexed_batch)"
+                    ).fetchall()
+                cur.execute(
+                    """
+                    INSERT INTO file_index
+                        (file_path, file_type, mtime, size, record_id, indexed_at, error_message,
+                         status, mtime_ns, attempts, retry_after, updated_at)
+                    SELECT file_path, file_type, mtime, size, record_id, $now, NULL,
+                           'indexed', mtime_ns, 0, NULL, $now
+                    FROM _indexed_batch
+                    """,
+                    {"now": now},
+                ).fetchall()
+            finally:
+                _unregister(cur, "_indexed_batch")
 
     def mark_error(
         self,
