@@ -193,6 +193,8 @@ class _Child:
         down_r, down_w = os.pipe()
         up_r, up_w = os.pipe()
         code = "from indexer_service.sharded_listing import child_main; child_main()"
+        # the child imports this package from where this process found it
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c", code, str(down_r), str(up_w)],
@@ -200,6 +202,7 @@ class _Child:
                 stdout=subprocess.DEVNULL,
                 pass_fds=(down_r, up_w),
                 start_new_session=True,
+                env=env,
             )
         except BaseException:
             for fd in (down_w, up_r):
