@@ -186,6 +186,26 @@ def test_rewrite_replaces_the_row(db: Database, storage: Path, loader: Loader) -
     assert entry(db, path)[5] == os.path.getsize(path)
 
 
+def test_a_column_added_by_migration_gets_its_own_values(db_path: Path, storage: Path) -> None:
+    """Rows go in by position: a database whose `parts` got a column back from the start-up
+    migration (so it sits last, not where the schema lists it) still gets each value in its
+    column, in a first insert and in a rewrite."""
+    with Database(db_path) as db:
+        db.cursor().execute("ALTER TABLE parts DROP COLUMN tool")
+    path = put_part(storage, type="tool", tool="bash", callID="call_1", state={"status": "ok"})
+    with Database(db_path) as db:  # the migration adds `tool` again, as the last column
+        cols = [r[0] for r in rows(db, "SELECT column_name FROM duckdb_columns() "
+                                       "WHERE table_name = 'parts' ORDER BY column_index")]  # fmt: skip
+        assert cols[-1] == "tool"
+        loader = Loader(db, FileTracker(db), storage)
+        for _ in range(2):  # a new row, then an upsert of it
+            assert loader.load_batch([path]).indexed == 1
+            os.utime(path, ns=(time_ns := os.stat(path).st_mtime_ns + 1_000_000, time_ns))
+        loader.close()
+        got = rows(db, "SELECT tool, call_id, tool_status, type, file_path FROM parts")
+        assert got == [("bash", "call_1", "ok", "tool", path)]
+
+
 def test_todo_list_shrinking_removes_positions(db: Database, storage: Path, loader: Loader) -> None:
     """A shorter todo list leaves only its positions; an empty list leaves none but stays indexed."""
     items = [{"id": str(i), "content": f"task {i}", "status": "pending", "priority": "low"} for i in range(3)]  # fmt: skip
