@@ -172,9 +172,14 @@ class ShardedLister:
         (state,) = self._local.split(2)
         try:
             self._child = _Child(self.root, self._kw, state)
-        except Exception as exc:  # e.g. no /dev/shm, too many processes
+        except Exception as exc:  # e.g. no Python executable to start, too many processes
             self._failures += 1
-            log.warning("listing_child_failed", dir=self.root, error=repr(exc), action="none")
+            log.warning(
+                "listing_child_failed",
+                dir=self.root,
+                error=repr(exc),
+                action="this process lists the whole tree",
+            )
             self._unshard()
             return
         self._child_primed, self._child_counts = True, (0, 0)
