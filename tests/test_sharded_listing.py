@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -196,3 +198,37 @@ async def test_reconciler_with_a_listing_child(root: Path, db: Database, clock: 
     assert rec.get_stats()["listing_child_pid"] is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_child_does_not_outlive_a_killed_parent(root: Path) -> None:
+    """kill -9 of the process that started the child: the child sees its pipe close and
+    exits (it is in its own session, so nothing else would stop it)."""
+    code = (
+        "import sys, time\n"
+        "from indexer_service.sharded_listing import ShardedLister\n"
+        f"lister = ShardedLister({str(root)!r}, min_files=50)\n"
+        "lister.scan(full=True)\n"
+        "lister.scan(full=True)\n"
+        "print('PID', lister.child_pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as parent:
+        assert parent.stdout is not None
+        pid = int(next(line for line in parent.stdout if line.startswith("PID")).split()[1])
+        assert _running(pid)
+        parent.kill()
+    deadline = time.monotonic() + 10
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling a process we cannot wait for: it is not our child
+    assert not _running(pid)
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
