@@ -112,8 +112,10 @@ def _pct(values: list[float], q: float) -> float:
 async def latency(base: Path, rate: float, seconds: float) -> dict[str, Any]:
     writes, indexed, _ = await _run_with_writer(base, "latency", rate, seconds, 0)
     lat = [max(0.0, indexed[p] - t) * 1000 for p, t in writes.items() if p in indexed]
+    span = max(writes.values()) - min(writes.values()) if len(writes) > 1 else 0.0
     return {
         "rate_target": rate,
+        "rate_written": round(len(writes) / span) if span else 0,  # the writer may fall behind
         "files": len(writes),
         "p50_ms": round(_pct(lat, 50), 1),
         "p95_ms": round(_pct(lat, 95), 1),

@@ -5,7 +5,8 @@ structure and one SQL expression per column. `Extractor` runs that SQL on an in-
 over a whole batch at once (an Arrow table of ``file_path, key, parent, content``): yyjson in C++
 parses and extracts while the GIL is free, which measured 2-3x faster than walking
 ``orjson.loads`` results in Python (see `loader`). Files that do not yield a row are reported by
-index; `diagnose` (orjson, only for those) says what is wrong with each.
+index; `diagnose` (orjson, only for those) says what is wrong with each. Small batches of types
+made only of plain fields skip DuckDB when their documents allow it (`Extractor.extract`).
 
 Column expressions see ``j`` (the parsed struct), ``file_path``, ``key`` (the file name without
 ``.json``), ``parent`` (the id of the enclosing directory), ``raw`` (the JSON text) and, for
