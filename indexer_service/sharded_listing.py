@@ -134,13 +134,7 @@ class ShardedLister:
         try:
             listings = self._scan_both(full, cancel)
         except _ChildFailed as exc:
-            self._failures += 1
-            log.warning(
-                "listing_child_failed",
-                dir=self.root,
-                error=str(exc),
-                action="this pass lists the whole tree in this process",
-            )
+            self._failed(str(exc), "this pass lists the whole tree in this process")
             self.close()
             return self._local.scan(full=True, cancel=cancel)
         if listings[0].full != listings[1].full:  # one of them saw a new root and reset
@@ -173,17 +167,15 @@ class ShardedLister:
         try:
             self._child = _Child(self.root, self._kw, state)
         except Exception as exc:  # e.g. no Python executable to start, too many processes
-            self._failures += 1
-            log.warning(
-                "listing_child_failed",
-                dir=self.root,
-                error=repr(exc),
-                action="this process lists the whole tree",
-            )
+            self._failed(repr(exc), "this process lists the whole tree")
             self._unshard()
             return
         self._child_primed, self._child_counts = True, (0, 0)
         log.info("listing_sharded", dir=self.root, processes=2, pid=self._child.pid)
+
+    def _failed(self, error: str, action: str) -> None:
+        self._failures += 1
+        log.warning("listing_child_failed", dir=self.root, error=error, action=action)
 
     def _unshard(self) -> None:
         if self._local.shard != (0, 1):  # half of the memory left with the child
