@@ -16,7 +16,7 @@ When a change the watcher missed is seen (I = ``interval_seconds``, N = ``full_s
   row of a file never listed): at the next *full* pass, which stats every file. A full pass is due
   every Nth scan (5 min by default) but waits until the previous one's CPU time divided by
   ``full_scan_cpu_share`` (1% of a core) has passed: late by at most max(N x I, C / share), about
-  5 min with 100k files and 12 min with 1M files here (a full pass costs ~7 CPU-s at 1M);
+  5 min with 100k files and 12-15 min with 1M files here (a full pass costs 7-9 CPU-s at 1M);
 * a directory whose mtime is within 2 s of a scan is listed again at the next one (a second change
   in the same timestamp tick would not move its mtime).
 """
