@@ -275,8 +275,7 @@ async def _idle(rec: Reconciler, clock: Clock, scans: int) -> None:
 def _state_bytes(rec: Reconciler) -> int:
     """Bytes of the reconciler's directory memory in this process (keys, packed values, the
     dicts and sets); a listing child holds the other half of a large tree."""
-    lister = getattr(rec._lister, "_local", rec._lister)
-    tops = lister._tops.values()
+    tops = rec._lister._local._tops.values()
     size = sum(sys.getsizeof(t.dirs) + sys.getsizeof(t.hot) for t in tops)
     return size + sum(sys.getsizeof(k) + sys.getsizeof(v) for t in tops for k, v in t.dirs.items())
 

@@ -41,7 +41,7 @@ from anyio.abc import TaskStatus
 from .db import Database
 from .errors import ConfigError
 from .layout import classify_relative
-from .listing import SCHEMA, Listing, ListingCancelled, Scandir, TreeLister
+from .listing import SCHEMA, Listing, ListingCancelled, Scandir
 from .sharded_listing import ShardedLister
 from .tracker import same_version_sql
 
@@ -169,13 +169,9 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         self._sleep = sleep
         self._root = str(self.storage_path)
         self._prefix = self._root.rstrip("/") + "/"
-        self._lister: TreeLister | ShardedLister
-        if shard_min_files is None or scandir is not os.scandir or (os.cpu_count() or 1) < 2:
-            self._lister = TreeLister(self._root, scandir=scandir, hot_seconds=hot_seconds)
-        else:
-            self._lister = ShardedLister(
-                self._root, hot_seconds=hot_seconds, min_files=shard_min_files
-            )
+        self._lister = ShardedLister(
+            self._root, scandir=scandir, hot_seconds=hot_seconds, min_files=shard_min_files
+        )
         self._lock = anyio.Lock()
         self._since_full = 0
         self._last_full: tuple[float, float] | None = None  # (clock at start, CPU seconds)
@@ -238,8 +234,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
     def close(self) -> None:
         """Stop the listing child process, if one runs (a later large scan starts it again).
         Called on leaving ``async with``; safe to call more than once."""
-        if isinstance(self._lister, ShardedLister):
-            self._lister.close()
+        self._lister.close()
 
     async def _stop_loop(self) -> None:
         if self._scope is not None and self._stopped is not None:
@@ -399,7 +394,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         """Scans done (full, partial, failed), the last scan's time, duration, files listed and
         findings, totals, listing errors, and the directories remembered."""
         dirs, hot = self._lister.counts()
-        pid = self._lister.child_pid if isinstance(self._lister, ShardedLister) else None
+        pid = self._lister.child_pid
         stats = dict(self._stats, dirs_known=dirs, dirs_hot=hot, listing_child_pid=pid)
         stats["last"], stats["total"] = dict(stats["last"]), dict(stats["total"])
         return stats

@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 import structlog
 
-from .listing import CancelFlag, ListerState, Listing, ListingCancelled, TreeLister
+from .listing import CancelFlag, ListerState, Listing, ListingCancelled, Scandir, TreeLister
 
 __all__ = ["ShardedLister"]
 
@@ -57,20 +57,25 @@ class ShardedLister:
     """A `TreeLister` that hands half of a large tree to a child process (see the module doc).
 
     Same interface as `TreeLister` plus `close`, which stops the child; call it when done.
+    No child is ever started with ``min_files=None``, a custom ``scandir`` (the child lists
+    with `os.scandir`) or a single CPU.
     """
 
     def __init__(
         self,
         root: str,
         *,
+        scandir: Scandir = os.scandir,
         hot_seconds: float = 900.0,
         racy_seconds: float = 2.0,
-        min_files: int = 50_000,
+        min_files: int | None = 50_000,
     ) -> None:
         self.root = root
-        self.min_files = min_files
+        single = scandir is not os.scandir or (os.cpu_count() or 1) < 2
+        self.min_files = None if single else min_files
+        self._scandir = scandir
         self._kw: dict[str, Any] = {"hot_seconds": hot_seconds, "racy_seconds": racy_seconds}
-        self._local = TreeLister(root, **self._kw)
+        self._local = TreeLister(root, scandir=scandir, **self._kw)
         self._child: _Child | None = None
         self._child_primed = False
         self._child_counts = (0, 0)
@@ -125,6 +130,7 @@ class ShardedLister:
             if (
                 listing.full
                 and listing.unavailable is None
+                and self.min_files is not None
                 and self._failures < _MAX_FAILURES
                 and sum(b.num_rows for b in listing.batches) >= self.min_files
             ):
@@ -179,7 +185,7 @@ class ShardedLister:
 
     def _unshard(self) -> None:
         if self._local.shard != (0, 1):  # half of the memory left with the child
-            self._local = TreeLister(self.root, **self._kw)
+            self._local = TreeLister(self.root, scandir=self._scandir, **self._kw)
         self._child_primed, self._child_counts = False, (0, 0)
 
 

@@ -122,6 +122,21 @@ def test_small_tree_stays_in_process(root: Path) -> None:
     assert not lister.sharded and lister.child_pid is None
 
 
+def test_custom_scandir_stays_in_process(root: Path) -> None:
+    """A child lists with os.scandir, so an injected scandir (tests, gates) keeps the whole
+    listing here, however large the tree."""
+    calls: list[str] = []
+
+    def scandir(path: str) -> Any:
+        calls.append(path)
+        return os.scandir(path)
+
+    lister = ShardedLister(str(root), scandir=scandir, min_files=50)
+    lister.scan(full=True)
+    lister.scan(full=True)
+    assert not lister.sharded and lister.child_pid is None and calls
+
+
 def test_killed_child_costs_one_local_pass(root: Path) -> None:
     """A child that dies is noticed at the next pass, which lists the whole tree here."""
     lister, whole = ShardedLister(str(root), min_files=50), TreeLister(str(root))
