@@ -146,14 +146,14 @@ class TreeLister:
             raise ValueError("only an unsharded lister can split")
         out = [ListerState(self._root_id, {}) for _ in range(shards)]
         for name, top in self._tops.items():
-            parts = [_Top(top.ino, top.mtime_ns) for _ in range(shards)]
+            n = shards if name in NESTED else 1  # flat directories stay with shard 0
+            parts = [_Top(top.ino, top.mtime_ns) for _ in range(n)]
             for key, packed in top.dirs.items():
-                parts[shard_of(key, shards) if name in NESTED else 0].dirs[key] = packed
+                parts[shard_of(key, n)].dirs[key] = packed
             for key in top.hot:
-                parts[shard_of(key, shards) if name in NESTED else 0].hot.add(key)
+                parts[shard_of(key, n)].hot.add(key)
             for i, part in enumerate(parts):
-                if i == 0 or name in NESTED:
-                    out[i].tops[name] = part
+                out[i].tops[name] = part
         self.shard = (0, shards)
         self._tops = out[0].tops
         return out[1:]

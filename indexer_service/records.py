@@ -391,9 +391,9 @@ def _python_rows(
             docs.append(doc)
         out: dict[str, pa.Array] = {}
         for col in spec.table.columns:
-            how = plan[col.name]
-            if col.name == "raw":
+            if col.name == "raw":  # appended below: the batch's own text
                 continue
+            how = plan[col.name]
             if isinstance(how, str):  # a batch column
                 source = "position" if how == "position::INTEGER" else how
                 out[col.name] = pa.array(cols[source], _ARROW[col.type.split()[0]])
