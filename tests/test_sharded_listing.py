@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -232,18 +233,11 @@ def test_child_does_not_outlive_a_killed_parent(root: Path) -> None:
     ) as parent:
         assert parent.stdout is not None
         pid = int(next(line for line in parent.stdout if line.startswith("PID")).split()[1])
-        assert _running(pid)
-        parent.kill()
-    deadline = time.monotonic() + 10
-    while _running(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)  # polling a process we cannot wait for: it is not our child
-    assert not _running(pid)
-
-
-def _running(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+        # not our child, so no wait(): a pidfd becomes readable when the process exits
+        pidfd = os.pidfd_open(pid)
+        try:
+            assert select.select([pidfd], [], [], 0)[0] == []  # running
+            parent.kill()
+            assert select.select([pidfd], [], [], 10)[0] == [pidfd]  # exited within 10 s
+        finally:
+            os.close(pidfd)
