@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import duckdb
 import pyarrow as pa
 
-from .db import Database
+from .db import Database, one_of
 
 INDEXED = "indexed"
 ERROR = "error"
@@ -163,10 +163,8 @@ class FileTracker:
             cur.register("_indexed_batch", table)
             try:
                 if replace:  # half the cost of INSERT OR REPLACE (see loader)
-                    cur.execute(
-                        "DELETE FROM file_index WHERE file_path IN "
-                        "(SELECT file_path FROM _indexed_batch)"
-                    ).fetchall()
+                    where, params = one_of("file_path", [r.path for r in rows])
+                    cur.execute(f"DELETE FROM file_index WHERE {where}", params).fetchall()
                 cur.execute(
                     """
                     INSERT INTO file_index
@@ -209,6 +207,7 @@ class FileTracker:
                 "mtime_ns": pa.array([r.mtime_ns for r in rows], pa.int64()),
             }
         )
+        known, params = one_of("file_path", [r.path for r in rows])
         cur = self.db.cursor()
         cur.register("_failed_batch", table)
         try:
@@ -219,22 +218,17 @@ class FileTracker:
                         CASE WHEN f.status = 'error' AND {same_version_sql("f", "b")}
                              THEN f.attempts + 1 ELSE 1 END AS n,
                         f.record_id AS old_record_id, f.indexed_at AS old_indexed_at
-                    FROM _failed_batch b LEFT JOIN file_index f USING (file_path)
+                    FROM _failed_batch b
+                    LEFT JOIN (SELECT * FROM file_index WHERE {known}) f USING (file_path)
                 )
                 INSERT OR REPLACE INTO file_index
                     (file_path, file_type, mtime, size, record_id, indexed_at, error_message,
                      status, mtime_ns, attempts, retry_after, updated_at)
                 SELECT file_path, file_type, mtime, size, old_record_id, old_indexed_at, message,
-                       'error', mtime_ns, n,
-                       $now + least($cap, $base * pow(2, n - 1)), $stamp
+                       'error', mtime_ns, n, ? + least(?, ? * pow(2, n - 1)), ?
                 FROM attempts
                 """,
-                {
-                    "now": now,
-                    "stamp": _utc(now),
-                    "base": self.retry.base_seconds,
-                    "cap": self.retry.cap_seconds,
-                },
+                [*params, now, self.retry.cap_seconds, self.retry.base_seconds, _utc(now)],
             )
         finally:
             _unregister(cur, "_failed_batch")
@@ -244,14 +238,9 @@ class FileTracker:
         paths = list(paths)
         if not paths:
             return 0
-        row = (
-            self.db.cursor()
-            .execute(
-                "UPDATE file_index SET status = 'pending' WHERE file_path IN (SELECT unnest($p))",
-                {"p": paths},
-            )
-            .fetchall()
-        )
+        where, params = one_of("file_path", paths)
+        sql = f"UPDATE file_index SET status = 'pending' WHERE {where}"
+        row = self.db.cursor().execute(sql, params).fetchall()
         return int(row[0][0]) if row else 0
 
     def remove(self, paths: Iterable[str]) -> int:
@@ -259,11 +248,8 @@ class FileTracker:
         paths = list(paths)
         if not paths:
             return 0
-        row = (
-            self.db.cursor()
-            .execute("DELETE FROM file_index WHERE file_path IN (SELECT unnest($p))", {"p": paths})
-            .fetchall()
-        )
+        where, params = one_of("file_path", paths)
+        row = self.db.cursor().execute(f"DELETE FROM file_index WHERE {where}", params).fetchall()
         return int(row[0][0]) if row else 0
 
     # -- reads -------------------------------------------------------------------------------

@@ -186,6 +186,26 @@ def test_rewrite_replaces_the_row(db: Database, storage: Path, loader: Loader) -
     assert entry(db, path)[5] == os.path.getsize(path)
 
 
+@pytest.mark.parametrize("n", [3, 300], ids=["few", "more-than-lookup-max"])
+def test_rewrites_and_deletions_of_a_whole_batch(
+    db: Database, storage: Path, loader: Loader, n: int
+) -> None:
+    """Rewriting then deleting ``n`` files in one batch each leaves exactly the files not
+    touched (keys are looked up one by one up to LOOKUP_MAX_KEYS, joined beyond)."""
+    paths = [put_part(storage, f"prt_{i:04}", text="v1") for i in range(n + 2)]
+    loader.load_batch(paths)
+    for i in range(n):
+        put_part(storage, f"prt_{i:04}", text="v2")
+    assert loader.load_batch(paths[:n]).indexed == n
+    texts = rows(db, "SELECT raw->>'text', count(*) FROM parts GROUP BY ALL ORDER BY ALL")
+    assert texts == [("v1", 2), ("v2", n)]
+    for path in paths[:n]:
+        os.unlink(path)
+    assert loader.load_batch(paths[:n]).deleted == n
+    assert rows(db, "SELECT file_path FROM parts ORDER BY 1") == [(p,) for p in paths[n:]]
+    assert rows(db, "SELECT file_path FROM file_index ORDER BY 1") == [(p,) for p in paths[n:]]
+
+
 def test_a_column_added_by_migration_gets_its_own_values(db_path: Path, storage: Path) -> None:
     """Rows go in by position: a database whose `parts` got a column back from the start-up
     migration (so it sits last, not where the schema lists it) still gets each value in its
