@@ -1,13 +1,16 @@
 """The running service against a writer process that emulates OpenCode.
 
-    python -m benchmarks.bench_service [--rate 1000] [--seconds 10] [--burst 20000] [--dir DIR]
+    python -m benchmarks.bench_service [--rate 1000] [--seconds 10] [--history 100000]
+                                       [--burst 20000] [--backfill 100000] [--only NAME]
 
 Three measurements, each on a fresh tree and database:
 
-* latency: a writer process creates sessions, messages and parts (with in-place streamed
-  rewrites of text parts, as OpenCode does) at ``--rate`` files/s; for every file, the time from
-  its last write to its ``file_index.indexed_at`` (written in the same transaction as its rows)
-  gives the event-to-queryable latency: p50/p95/p99;
+* latency: on top of a history of ``--history`` files already indexed (a user's database is
+  not empty, and what a write costs may grow with it), a writer process creates sessions,
+  messages and parts (with in-place streamed rewrites of text parts, as OpenCode does) at
+  ``--rate`` files/s; for every file, the time from its last write to its
+  ``file_index.indexed_at`` (written in the same transaction as its rows) gives the
+  event-to-queryable latency: p50/p95/p99;
 * burst: the writer writes ``--burst`` distinct files as fast as it can into new directories;
   indexed files/s = files / (last indexed - first written);
 * backfill: an existing tree of ``--backfill`` files indexed through the same service path.
@@ -87,9 +90,11 @@ def _fresh(base: Path, name: str) -> tuple[Path, Path]:
 
 
 async def _run_with_writer(
-    base: Path, name: str, rate: float, seconds: float, files: int
+    base: Path, name: str, rate: float, seconds: float, files: int, history: int = 0
 ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     root, db = _fresh(base, name)
+    if history:
+        generate_tree(root, files=history)
     out = base / name / "writes.tsv"
     settings = Settings(storage_path=root, db_path=db, log_level="warning", http_port=0)
     async with IndexerService(settings) as svc:
@@ -109,11 +114,12 @@ def _pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else 0
 
 
-async def latency(base: Path, rate: float, seconds: float) -> dict[str, Any]:
-    writes, indexed, _ = await _run_with_writer(base, "latency", rate, seconds, 0)
+async def latency(base: Path, rate: float, seconds: float, history: int) -> dict[str, Any]:
+    writes, indexed, _ = await _run_with_writer(base, "latency", rate, seconds, 0, history)
     lat = [max(0.0, indexed[p] - t) * 1000 for p, t in writes.items() if p in indexed]
     span = max(writes.values()) - min(writes.values()) if len(writes) > 1 else 0.0
     return {
+        "history": len(indexed) - len(writes),
         "rate_target": rate,
         "rate_written": round(len(writes) / span) if span else 0,  # the writer may fall behind
         "files": len(writes),
@@ -158,17 +164,24 @@ def main() -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=1_000.0, help="files/s for the latency run")
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument(
+        "--history", type=int, default=100_000, help="files indexed before the latency run"
+    )
     ap.add_argument("--burst", type=int, default=20_000)
     ap.add_argument("--backfill", type=int, default=100_000)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/indexer-bench/service"))
+    ap.add_argument("--only", choices=["latency", "burst", "backfill"], action="append")
     args = ap.parse_args()
     configure_logging("console", "warning")
-    results = {
-        "latency": anyio.run(latency, args.dir, args.rate, args.seconds),
-        "burst": anyio.run(burst, args.dir, args.burst),
-        "backfill": anyio.run(backfill, args.dir, args.backfill),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    runs = {
+        "latency": lambda: anyio.run(latency, args.dir, args.rate, args.seconds, args.history),
+        "burst": lambda: anyio.run(burst, args.dir, args.burst),
+        "backfill": lambda: anyio.run(backfill, args.dir, args.backfill),
     }
+    results: dict[str, Any] = {
+        name: run() for name, run in runs.items() if name in (args.only or runs)
+    }
+    results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     for name, value in results.items():
         print(f"{name}: {value}")
     return results
