@@ -5,8 +5,9 @@ structure and one SQL expression per column. `Extractor` runs that SQL on an in-
 over a whole batch at once (an Arrow table of ``file_path, key, parent, content``): yyjson in C++
 parses and extracts while the GIL is free, which measured 2-3x faster than walking
 ``orjson.loads`` results in Python (see `loader`). Files that do not yield a row are reported by
-index; `diagnose` (orjson, only for those) says what is wrong with each. Small batches of types
-made only of plain fields skip DuckDB when their documents allow it (`Extractor.extract`).
+index; `diagnose` (orjson, only for those) says what is wrong with each. Each expression also
+has a Python twin (`_Fields.meaning`), which small batches take when their documents allow it
+(`Extractor.extract`).
 
 Column expressions see ``j`` (the parsed struct), ``file_path``, ``key`` (the file name without
 ``.json``), ``parent`` (the id of the enclosing directory), ``raw`` (the JSON text) and, for
@@ -16,6 +17,8 @@ array files, ``position``. Ids of parents come from the path, like OpenCode's ow
 from __future__ import annotations
 
 import json
+import math
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,17 +51,17 @@ class RecordSpec:
     """The file is a JSON array, one row per item (todo, session_diff)."""
     item_key: str | None = None
     """Array files: the item field that, with the session id, keys a row (deduplicated)."""
-    meaning: Mapping[str, _Get] | None = None
-    """`_Fields.meaning`: lets small batches of specs made of plain fields skip DuckDB."""
+    meaning: Mapping[str, _Value] | None = None
+    """`_Fields.meaning`: the column expressions again, in Python (see `_python_rows`)."""
 
     def __post_init__(self) -> None:
         if sorted(c.name for c in self.table.columns) != sorted(self.exprs):
             raise ValueError(f"{self.table.name}: expressions do not match the columns")
 
     @cached_property
-    def plan(self) -> dict[str, _Get | str] | None:
+    def plan(self) -> dict[str, _Value | str] | None:
         """Column -> how `_python_rows` fills it, or None if some column needs SQL."""
-        plan: dict[str, _Get | str] = {}
+        plan: dict[str, _Value | str] = {}
         for col in self.table.columns:
             expr = self.exprs[col.name]
             if expr in _SOURCES:
@@ -70,50 +73,237 @@ class RecordSpec:
         return plan
 
 
-_PY_TYPES = ("VARCHAR", "BIGINT")
-"""Field types whose values the Python path (`_python_rows`) reads exactly as ``from_json``."""
 _SOURCES = ("parent", "key", "position::INTEGER", "file_path", "raw")
 """Column expressions that are batch columns, not document fields."""
 
 
+class _NotPlain(Exception):
+    """A document the Python path leaves to DuckDB."""
+
+
+# -- the column expressions in Python ---------------------------------------------------------
+# Each mirrors what its SQL gives for documents whose values have the declared JSON types (and
+# for the conversions DuckDB makes that are easy to state: an object or array read as BOOLEAN or
+# DOUBLE is NULL). Anything else raises _NotPlain and the batch goes to DuckDB.
+
+_MS_MIN, _MS_MAX = -62_135_596_800_000, 253_402_300_799_999  # years 1..9999
+_INT64 = range(-(2**63), 2**63)
+_ODD_CONTROL = re.compile("[\x00-\x07\x0b\x0e-\x1f]")
+"""Control characters yyjson escapes as ``\\u00XX`` with capital hex digits, Python with small."""
+
+
+def _walk(doc: dict[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = doc
+    for name in path:
+        if not isinstance(node, dict):  # how DuckDB reads into a non-object is its business
+            raise _NotPlain
+        node = node.get(name)
+        if node is None:
+            return None
+    return node
+
+
+def _check_json(node: Any) -> None:
+    """Raise `_NotPlain` unless Python writes ``node`` as DuckDB does (yyjson: floats differ)."""
+    if isinstance(node, str):
+        if _ODD_CONTROL.search(node):
+            raise _NotPlain
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            _check_json(key)
+            _check_json(value)
+    elif isinstance(node, list):
+        for value in node:
+            _check_json(value)
+    elif type(node) is float or (type(node) is int and node not in _INT64):
+        raise _NotPlain
+
+
+def _convert(node: Any, sql_type: str) -> Any:
+    """A JSON value (not null) as ``from_json`` reads it into ``sql_type``."""
+    if sql_type == "VARCHAR":
+        if isinstance(node, str):
+            return node
+    elif sql_type == "BIGINT":
+        if type(node) is int and node in _INT64:
+            return node
+    elif sql_type == "DOUBLE":
+        if isinstance(node, dict | list):
+            return None
+        if type(node) is int and node in _INT64:
+            return float(node)
+        if type(node) is float and math.isfinite(node):
+            return node
+    elif sql_type == "BOOLEAN":
+        if isinstance(node, dict | list):
+            return None
+        if isinstance(node, bool):
+            return node
+    elif sql_type == "JSON":
+        _check_json(node)
+        return json.dumps(node, ensure_ascii=False, separators=(",", ":"))
+    raise _NotPlain
+
+
+_ARROW = {
+    "VARCHAR": pa.string(),
+    "BIGINT": pa.int64(),
+    "INTEGER": pa.int32(),
+    "DOUBLE": pa.float64(),
+    "BOOLEAN": pa.bool_(),
+    "JSON": pa.string(),
+}
+
+
 @dataclass(frozen=True)
 class _Get:
-    """A document value: the first of ``paths`` present and not null, of ``sql_type``; with
-    ``ms``, epoch milliseconds that become a TIMESTAMP (NULL outside years 1..9999)."""
+    """``coalesce`` of document fields: the first of ``paths`` present and not null, read as
+    ``sql_type``; with ``ms``, epoch milliseconds that become a TIMESTAMP (NULL outside years
+    1..9999, ``ms_ts``)."""
 
     paths: tuple[tuple[str, ...], ...]
     sql_type: str
     ms: bool = False
 
+    @property
+    def arrow(self) -> pa.DataType:
+        return pa.timestamp("ms") if self.ms else _ARROW[self.sql_type]
+
+    def __call__(self, doc: dict[str, Any]) -> Any:
+        for path in self.paths:
+            node = _walk(doc, path)
+            value = None if node is None else _convert(node, self.sql_type)
+            if value is not None:
+                if self.ms:
+                    return value if _MS_MIN <= value <= _MS_MAX else None
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class _Text:
+    """``->>`` of an object's field (``json_extract_string``): a string, or NULL when the field
+    is missing or null or the value at ``parent`` is not an object."""
+
+    parent: tuple[str, ...]
+    field: str
+    arrow = pa.string()
+
+    def __call__(self, doc: dict[str, Any]) -> Any:
+        node = _walk(doc, self.parent)
+        value = node.get(self.field) if isinstance(node, dict) else None
+        if value is None or isinstance(value, str):
+            return value
+        raise _NotPlain  # DuckDB writes it as JSON text
+
+
+@dataclass(frozen=True)
+class _When:
+    """``CASE WHEN test = equals THEN then END``."""
+
+    test: _Value
+    equals: str
+    then: _Value
+
+    @property
+    def arrow(self) -> pa.DataType:
+        return self.then.arrow
+
+    def __call__(self, doc: dict[str, Any]) -> Any:
+        return self.then(doc) if self.test(doc) == self.equals else None
+
+
+@dataclass(frozen=True)
+class _Coalesce:
+    values: tuple[_Value, ...]
+
+    @property
+    def arrow(self) -> pa.DataType:
+        return self.values[0].arrow
+
+    def __call__(self, doc: dict[str, Any]) -> Any:
+        for value in self.values:
+            if (v := value(doc)) is not None:
+                return v
+        return None
+
+
+@dataclass(frozen=True)
+class _Between:
+    """``ms_between``: end - start, both epoch milliseconds within years 1..9999."""
+
+    start: _Value
+    end: _Value
+    arrow = pa.int64()
+
+    def __call__(self, doc: dict[str, Any]) -> Any:
+        a, b = self.start(doc), self.end(doc)
+        if a is None or b is None or not (_MS_MIN <= a <= _MS_MAX and _MS_MIN <= b <= _MS_MAX):
+            return None
+        return b - a
+
+
+_Value = _Get | _Text | _When | _Coalesce | _Between
+
 
 class _Fields:
-    """Builds a ``from_json`` structure from the paths the expressions use."""
+    """Builds a ``from_json`` structure from the paths the expressions use, and the same
+    expressions in Python (`meaning`)."""
 
     def __init__(self) -> None:
         self.struct: dict[str, Any] = {}
-        self.meaning: dict[str, _Get] = {}
-        """SQL expression -> the same value for `_python_rows` (plain fields and times only)."""
+        self.meaning: dict[str, _Value] = {}
+        """SQL expression -> the same value in Python."""
+
+    def _mean(self, sql: str, value: _Value) -> str:
+        self.meaning[sql] = value
+        return sql
 
     def __call__(self, path: str, sql_type: str = "VARCHAR") -> str:
         *parents, leaf = path.split(".")
         node = self.struct
         for name in parents:
             node = node.setdefault(name, {})
-        node.setdefault(leaf, sql_type)
+        declared = node.setdefault(leaf, sql_type)  # the first use of a path decides its type
         sql = "j." + ".".join(f'"{name}"' for name in path.split("."))
-        if sql_type in _PY_TYPES:
-            self.meaning[sql] = _Get((tuple(path.split(".")),), sql_type)
-        return sql
+        if isinstance(declared, dict):  # a struct: only its fields are read
+            return sql
+        return self._mean(sql, _Get((tuple(path.split(".")),), declared))
 
     def ts(self, *paths: str) -> str:
         """Epoch milliseconds -> TIMESTAMP (the first path present)."""
-        sql = f"ms_ts({self.first(*paths)})"
-        self.meaning[sql] = _Get(tuple(tuple(p.split(".")) for p in paths), "BIGINT", ms=True)
-        return sql
+        get = _Get(tuple(tuple(p.split(".")) for p in paths), "BIGINT", ms=True)
+        return self._mean(f"ms_ts({self.first(*paths)})", get)
 
     def first(self, *paths: str, sql_type: str = "BIGINT") -> str:
         exprs = [self(p, sql_type) for p in paths]
-        return exprs[0] if len(exprs) == 1 else f"coalesce({', '.join(exprs)})"
+        if len(exprs) == 1:
+            return exprs[0]
+        get = _Get(tuple(tuple(p.split(".")) for p in paths), sql_type)
+        return self._mean(f"coalesce({', '.join(exprs)})", get)
+
+    def between(self, start: str, end: str) -> str:
+        """Milliseconds from ``start`` to ``end`` (expressions made by this builder)."""
+        between = _Between(self.meaning[start], self.meaning[end])
+        return self._mean(f"ms_between({start}, {end})", between)
+
+    def text(self, path: str, field: str) -> str:
+        """``field`` of the JSON object at ``path`` (a JSON column) as text."""
+        return self._mean(f"{self(path, 'JSON')}->>'{field}'", _Text(tuple(path.split(".")), field))
+
+    def raw_text(self, path: str, field: str) -> str:
+        """Like `text`, for a ``path`` whose struct type is not JSON: read from the raw text."""
+        sql = f"json_extract_string(raw, '$.{path}.{field}')"
+        return self._mean(sql, _Text(tuple(path.split(".")), field))
+
+    def when(self, test: str, equals: str, then: str) -> str:
+        """``then`` where ``test`` is the string ``equals``, else NULL."""
+        sql = f"CASE WHEN {test} = '{equals}' THEN {then} END"
+        return self._mean(sql, _When(self.meaning[test], equals, self.meaning[then]))
+
+    def coalesce(self, *exprs: str) -> str:
+        sql = f"coalesce({', '.join(exprs)})"
+        return self._mean(sql, _Coalesce(tuple(self.meaning[e] for e in exprs)))
 
     def tokens(self, prefix: str = "tokens") -> dict[str, str]:
         keys = {"total": "total", "input": "input", "output": "output", "reasoning": "reasoning"}
@@ -156,12 +346,12 @@ def _message() -> RecordSpec:
         "provider_id": f.first("providerID", "model.providerID", sql_type="VARCHAR"),
         "model_id": f.first("modelID", "model.modelID", sql_type="VARCHAR"),
         "variant": f("variant"), "created_at": f.ts("time.created"),
-        "completed_at": f.ts("time.completed"), "duration_ms": f"ms_between({created}, {completed})",
+        "completed_at": f.ts("time.completed"), "duration_ms": f.between(created, completed),
         "cost": f("cost", "DOUBLE"), **f.tokens(), "finish": f("finish"),
         "error_name": f("error.name"), "error_message": f("error.data.message"),
         # assistant messages: summary is a boolean; user messages: {title, body, diffs}
         "is_summary": f("summary", "BOOLEAN"),
-        "title": f"CASE WHEN {f('role')} = 'user' THEN json_extract_string(raw, '$.summary.title') END",
+        "title": f.when(f("role"), "user", f.raw_text("summary", "title")),
         "cwd": f("path.cwd"), "root": f("path.root"), **_FILE,
     }, meaning=f.meaning)  # fmt: skip
 
@@ -172,7 +362,7 @@ def _part() -> RecordSpec:
     f("state.input", "JSON")
 
     def task(field: str) -> str:  # the input of a `task` tool call: a sub-agent delegation
-        return f"CASE WHEN {f('tool')} = 'task' THEN j.\"state\".\"input\"->>'{field}' END"
+        return f.when(f("tool"), "task", f.text("state.input", field))
 
     return RecordSpec("part", _TABLES["parts"], f.struct, {
         "id": f("id"), "message_id": "parent", "session_id": f("sessionID"), "type": f("type"),
@@ -181,13 +371,13 @@ def _part() -> RecordSpec:
         "title": f("state.title"), "error": f.first("state.error", "error.data.message", sql_type="VARCHAR"),
         "start_at": f.ts("state.time.start", "time.start", "time.created"),
         "end_at": f.ts("state.time.end", "time.end"), "compacted_at": f.ts("state.time.compacted"),
-        "duration_ms": f"ms_between({start}, {end})", "reason": f("reason"),
+        "duration_ms": f.between(start, end), "reason": f("reason"),
         "cost": f("cost", "DOUBLE"), **f.tokens(), "snapshot": f.first("snapshot", "hash", sql_type="VARCHAR"),
         "task_session_id": f("state.metadata.sessionId"),
-        "subagent_type": f"coalesce({task('subagent_type')}, CASE WHEN {f('type')} = 'subtask' THEN {f('agent')} END)",
-        "prompt": f"coalesce({f('prompt')}, {task('prompt')})",
-        "description": f"coalesce({f('description')}, {task('description')})",
-        "command": f"coalesce({f('command')}, {task('command')})",
+        "subagent_type": f.coalesce(task("subagent_type"), f.when(f("type"), "subtask", f("agent"))),
+        "prompt": f.coalesce(f("prompt"), task("prompt")),
+        "description": f.coalesce(f("description"), task("description")),
+        "command": f.coalesce(f("command"), task("command")),
         "agent": f.first("agent", "name", sql_type="VARCHAR"), "mime": f("mime"),
         "filename": f("filename"), **_FILE,
     }, meaning=f.meaning)  # fmt: skip
@@ -215,7 +405,6 @@ SPECS: dict[str, RecordSpec] = {
 }
 """Record specs by file type (the top-level storage directory)."""
 
-_MS_MIN, _MS_MAX = -62_135_596_800_000, 253_402_300_799_999  # years 1..9999
 _MACROS = (
     f"CREATE MACRO ms_ts(x) AS CASE WHEN x BETWEEN {_MS_MIN} AND {_MS_MAX} THEN epoch_ms(x::BIGINT) END",
     f"CREATE MACRO ms_between(a, b) AS CASE WHEN a BETWEEN {_MS_MIN} AND {_MS_MAX} "
@@ -274,10 +463,10 @@ class Extractor:
         for array files one row per item (see `array_items`) with its ``position``.
 
         One query for the whole batch; if DuckDB rejects it, the files are retried one by one,
-        so one file that trips DuckDB cannot fail the others. A live batch of a few files of a
-        type made of plain fields (project, session, todo, session_diff) skips DuckDB when
-        every document is plain (`_python_rows`): planning the query costs 4-7 ms, reading
-        the fields in Python a few microseconds.
+        so one file that trips DuckDB cannot fail the others. A live batch (up to
+        ``python_max_rows``) skips DuckDB when every document is plain (`_python_rows`):
+        DuckDB binds and optimizes the query anew on every call, 7-11 ms for messages or parts
+        whatever the batch; Python reads 76 parts in about 4 ms.
         """
         if batch.num_rows <= self.python_max_rows and (plan := spec.plan) is not None:
             rows = _python_rows(spec, plan, batch)
@@ -334,13 +523,6 @@ class Extractor:
             cur.unregister(_BATCH)
 
 
-class _NotPlain(Exception):
-    """A document the Python path leaves to DuckDB."""
-
-
-_ARROW = {"VARCHAR": pa.string(), "BIGINT": pa.int64(), "INTEGER": pa.int32()}
-
-
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     doc = dict(pairs)
     if len(doc) != len(pairs):  # DuckDB reads the first of repeated keys, json the last
@@ -352,35 +534,13 @@ def _no_constant(name: str) -> Any:
     raise _NotPlain  # NaN, Infinity
 
 
-def _value(doc: dict[str, Any], get: _Get) -> Any:
-    for path in get.paths:
-        node: Any = doc
-        for name in path:
-            if not isinstance(node, dict):  # how DuckDB casts a non-object is its business
-                raise _NotPlain
-            node = node.get(name)
-            if node is None:
-                break
-        if node is None:
-            continue
-        if get.sql_type == "VARCHAR":
-            if not isinstance(node, str):
-                raise _NotPlain
-        elif type(node) is not int or not -(2**63) <= node < 2**63:
-            raise _NotPlain
-        if get.ms:
-            return node if _MS_MIN <= node <= _MS_MAX else None
-        return node
-    return None
-
-
 def _python_rows(
-    spec: RecordSpec, plan: Mapping[str, _Get | str], batch: pa.Table
+    spec: RecordSpec, plan: Mapping[str, _Value | str], batch: pa.Table
 ) -> pa.Table | None:
     """What the SQL of ``spec`` gives for ``batch``, read in Python; None (use DuckDB) unless
-    every document is valid JSON without repeated keys or NaN, every value read has exactly
-    the declared JSON type (a string for VARCHAR, an integer for BIGINT) under objects, and
-    (one document per file) its ``id`` is the file name."""
+    every document is valid JSON without repeated keys or NaN, every value read is of a JSON
+    type whose conversion the `_Value` classes state, and (one document per file) its ``id``
+    is the file name."""
     cols = batch.to_pydict()
     docs = []
     try:
@@ -397,11 +557,8 @@ def _python_rows(
             if isinstance(how, str):  # a batch column
                 source = "position" if how == "position::INTEGER" else how
                 out[col.name] = pa.array(cols[source], _ARROW[col.type.split()[0]])
-            elif how.ms:
-                values = [_value(d, how) for d in docs]
-                out[col.name] = pa.array(values, pa.int64()).cast(pa.timestamp("ms"))
             else:
-                out[col.name] = pa.array([_value(d, how) for d in docs], _ARROW[how.sql_type])
+                out[col.name] = pa.array([how(d) for d in docs], how.arrow)
     except (_NotPlain, ValueError, RecursionError):
         return None
     return pa.table(out).append_column("raw", batch.column("content"))

@@ -30,9 +30,10 @@ def pretty(doc: object) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
 
 
-@pytest.fixture(scope="module")
-def extractor() -> Iterator[Extractor]:
-    ex = Extractor()
+@pytest.fixture(scope="module", params=["sql", "python"])
+def extractor(request: pytest.FixtureRequest) -> Iterator[Extractor]:
+    """Both paths: DuckDB's SQL (bulk batches) and Python (small batches of plain documents)."""
+    ex = Extractor(python_max_rows=0 if request.param == "sql" else 200)
     yield ex
     ex.close()
 
@@ -440,10 +441,9 @@ def test_out_of_range_times_and_odd_types_do_not_fail(extractor: Extractor) -> N
     assert (row["cost"], row["tokens_input"], row["tokens_output"]) == (None, None, 12)
 
 
-def test_a_batch_duckdb_rejects_is_retried_file_by_file(
-    extractor: Extractor, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_batch_duckdb_rejects_is_retried_file_by_file(monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch DuckDB rejects is retried file by file; only the failing file is reported."""
+    extractor = Extractor(python_max_rows=0)
     run = Extractor._run
 
     def flaky(self: Extractor, spec: records.RecordSpec, batch: pa.Table) -> records.Extracted:
@@ -465,3 +465,4 @@ def test_a_batch_duckdb_rejects_is_retried_file_by_file(
     assert dict(result.bad) == {1: "cannot extract: boom"}
     assert result.rows is not None
     assert result.rows.column("id").to_pylist() == ["prt_a", "prt_b"]
+    extractor.close()

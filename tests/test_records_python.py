@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 
 from indexer_service import records
 from indexer_service.records import SPECS, Extractor, array_items
+from indexer_service.synthetic import generate_tree
 
 PLAIN = [t for t, spec in SPECS.items() if spec.plan is not None]
 
 
-def test_which_types_take_the_python_path() -> None:
-    """Plain-field types do; messages and parts (CASE expressions, JSON columns) do not."""
-    assert sorted(PLAIN) == ["project", "session", "session_diff", "todo"]
+def test_every_type_can_take_the_python_path() -> None:
+    """Every column expression of every type has its Python twin."""
+    assert sorted(PLAIN) == sorted(SPECS)
 
 
 @pytest.fixture(scope="module")
@@ -41,33 +42,58 @@ _SCALARS = st.one_of(
 _VALUES = st.recursive(_SCALARS, lambda v: st.lists(v, max_size=2) | st.dictionaries(st.text(max_size=3), v, max_size=2), max_leaves=4)  # fmt: skip
 
 
-def _doc(struct: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
-    """Documents shaped like ``struct``: each field missing, of its type, or anything."""
+_JSON = st.recursive(
+    st.none() | st.text(max_size=8) | st.integers(-(2**63), 2**63 - 1) | st.booleans(),
+    lambda v: st.lists(v, max_size=3) | st.dictionaries(st.text(max_size=3), v, max_size=3),
+    max_leaves=6,
+)
+_OF_TYPE = {
+    "BIGINT": st.integers(-(2**63), 2**63 - 1),
+    "DOUBLE": st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**53), 2**53),
+    "BOOLEAN": st.booleans(),
+    "JSON": _JSON,
+    "VARCHAR": st.text(max_size=12),
+}
+_WORDS = {  # values that CASE expressions test, so their THEN branches run
+    "role": st.sampled_from(["user", "assistant"]),
+    "tool": st.sampled_from(["task", "bash"]),
+    "type": st.sampled_from(["subtask", "tool", "text"]),
+    "input": st.fixed_dictionaries(
+        {},
+        optional={
+            k: st.text(max_size=5) | _VALUES
+            for k in ("subagent_type", "prompt", "description", "command")
+        },
+    ),
+    "summary": st.fixed_dictionaries({}, optional={"title": st.text(max_size=5) | _VALUES}),
+}
+
+
+def _doc(struct: dict[str, Any], wild: bool) -> st.SearchStrategy[dict[str, Any]]:
+    """Documents shaped like ``struct``: each field missing, of its type, or (``wild``)
+    anything."""
     fields = {}
     for name, kind in struct.items():
-        if isinstance(kind, dict):
-            inner = _doc(kind) | _VALUES
-        elif kind == "BIGINT":
-            inner = st.integers(-(2**63), 2**63 - 1) | _VALUES
-        else:
-            inner = st.text(max_size=12) | _VALUES
-        fields[name] = inner
+        inner = _doc(kind, wild) if isinstance(kind, dict) else _OF_TYPE[kind]
+        fields[name] = inner | _WORDS.get(name, inner)
+        if wild:
+            fields[name] |= _VALUES
     return st.fixed_dictionaries({}, optional=fields)
 
 
 @st.composite
-def _files(draw: st.DrawFn, file_type: str) -> list[tuple[str, bytes]]:
+def _files(draw: st.DrawFn, file_type: str, wild: bool = True) -> list[tuple[str, bytes]]:
     spec = SPECS[file_type]
     out = []
     for i in range(draw(st.integers(1, 4))):
         key = f"k{i}"
         if spec.array:
-            doc: Any = draw(st.lists(_doc(dict(spec.struct)), max_size=3))
+            doc: Any = draw(st.lists(_doc(dict(spec.struct), wild), max_size=3))
             if spec.item_key:
                 for n, item in enumerate(doc):
                     item.setdefault(spec.item_key, f"f{n}")
         else:
-            doc = draw(_doc(dict(spec.struct)))
+            doc = draw(_doc(dict(spec.struct), wild))
             doc["id"] = draw(st.sampled_from([key, key, key, "other", 7]))
         text = orjson.dumps(doc)
         if draw(st.booleans()):
@@ -110,15 +136,16 @@ def _rows(extracted: records.Extracted) -> tuple[list[dict[str, Any]] | None, li
     return rows, sorted(extracted.bad)
 
 
+@pytest.mark.parametrize("wild", [False, True], ids=["typed", "wild"])
 @pytest.mark.parametrize("file_type", PLAIN)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_python_path_equals_sql(
-    extractors: tuple[Extractor, Extractor], file_type: str, data: st.DataObject
+    extractors: tuple[Extractor, Extractor], file_type: str, wild: bool, data: st.DataObject
 ) -> None:
-    """Any document of the shape of its type, with fields of the right type or of any other,
-    ids that match or not: the rows and the rejected files are the same both ways."""
-    batch = _batch(file_type, data.draw(_files(file_type)))
+    """Any document of the shape of its type, with fields of the right type (or, wild, of any
+    other), ids that match or not: the rows and the rejected files are the same both ways."""
+    batch = _batch(file_type, data.draw(_files(file_type, wild)))
     if batch is None:
         return
     sql, python = extractors
@@ -156,3 +183,31 @@ def test_plain_documents_skip_duckdb(
         got = python.extract(SPECS["session"], _batch("session", [("k0", text)]))  # type: ignore[arg-type]
         assert got.rows is not None and got.rows.num_rows == 1
         assert (queries == ["session"]) == query, text
+
+
+def test_documents_as_opencode_writes_them_skip_duckdb(
+    extractors: tuple[Extractor, Extractor], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every message and part of a generated tree (all part and tool kinds) is read in Python,
+    and gives the rows DuckDB gives."""
+    sql, python = extractors
+    generate_tree(tmp_path, files=2_000)
+    queries: list[str] = []
+    real = Extractor._run
+
+    def run(self: Extractor, spec: records.RecordSpec, batch: pa.Table) -> records.Extracted:
+        if self is python:
+            queries.append(spec.file_type)
+        return real(self, spec, batch)
+
+    monkeypatch.setattr(Extractor, "_run", run)
+    for file_type in ("message", "part"):
+        paths = sorted(tmp_path.glob(f"{file_type}/*/*.json"))
+        assert len(paths) > 100
+        for i in range(0, len(paths), 100):
+            files = [(p.stem, p.read_bytes()) for p in paths[i : i + 100]]
+            batch = _batch(file_type, files)
+            assert batch is not None
+            spec = SPECS[file_type]
+            assert _rows(python.extract(spec, batch)) == _rows(sql.extract(spec, batch))
+    assert queries == []
