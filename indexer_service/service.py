@@ -179,6 +179,8 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         try:
             found = await self._reconciler.scan_now()
             self._backfill["total"] = len(found)
+            if self.settings.watch:
+                self._watcher.check_watch_limit(self._reconciler.get_stats()["dirs_known"])
         finally:
             self._initial_done.set()
 

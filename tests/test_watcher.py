@@ -7,9 +7,13 @@ import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
+import pytest
+import structlog
 
+from indexer_service import watcher as watcher_module
 from indexer_service.watcher import StorageWatcher, list_json_files
 
 
@@ -122,3 +126,48 @@ def test_list_json_files_filters_and_tolerates_missing(tmp_path: Path) -> None:
     _write(tmp_path / "part" / "m" / "p.txt")
     assert list_json_files(str(tmp_path), str(tmp_path / "part")) == [keep]
     assert list_json_files(str(tmp_path), str(tmp_path / "nope")) == []
+
+
+async def test_a_watch_that_cannot_be_armed_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the OS refuses the watch (inotify's watch limit), the watcher reports itself
+    started, logs ``watch_failed`` with the limit, and arms the watch at its next try."""
+    real = watcher_module.awatch
+    calls = 0
+
+    def awatch(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # what watchfiles raises past fs.inotify.max_user_watches
+            raise OSError("OS file watch limit reached. about [...]")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(watcher_module, "awatch", awatch)
+    got = Collector()
+    watcher = StorageWatcher(tmp_path, got, retry_seconds=0.05, wake_ms=100)
+    with structlog.testing.capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            await tg.start(watcher.run)
+            with anyio.fail_after(15):
+                while not any(e["event"] == "watch_started" for e in logs):
+                    await anyio.sleep(0.01)
+            path = _write(tmp_path / "project" / "p1.json")
+            await got.wait_for(lambda s: path in s)
+            tg.cancel_scope.cancel()
+    failed = [e for e in logs if e["event"] == "watch_failed"]
+    assert len(failed) == 1 and "watch limit" in failed[0]["error"]
+    assert "re-arming" in failed[0]["action"]
+    assert watcher.get_stats()["failures"] == 1
+
+
+def test_a_tree_larger_than_the_watch_limit_is_warned_about(tmp_path: Path) -> None:
+    """More directories than fs.inotify.max_user_watches: a warning that says what is missed
+    and how to raise the limit; none below it."""
+    watcher = StorageWatcher(tmp_path, Collector())
+    with structlog.testing.capture_logs() as logs:
+        assert not watcher.check_watch_limit(dirs=999, limit=1_000)
+        assert watcher.check_watch_limit(dirs=190_000, limit=8_192)
+    assert [e["event"] for e in logs] == ["watch_limit_low"]
+    assert logs[0]["fix"] == "sudo sysctl fs.inotify.max_user_watches=524288"
+    assert "full pass" in logs[0]["action"]
