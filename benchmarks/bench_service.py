@@ -99,6 +99,9 @@ async def _run_with_writer(
     settings = Settings(storage_path=root, db_path=db, log_level="warning", http_port=0)
     async with IndexerService(settings) as svc:
         await svc.wait_until_synced()
+        # A user's history was written long ago: let the kernel write back the tree and the
+        # database first, or a 1M-file history measures the disk's backlog, not the service.
+        await anyio.to_thread.run_sync(os.sync)
         proc = _spawn_writer(root, rate, seconds, files, out)
         await anyio.to_thread.run_sync(proc.join)
         await svc.wait_until_synced()
