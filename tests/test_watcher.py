@@ -135,13 +135,16 @@ async def test_a_watch_that_cannot_be_armed_is_retried(
     started, logs ``watch_failed`` with the limit, and arms the watch at its next try."""
     real = watcher_module.awatch
     calls = 0
+    armed = anyio.Event()
 
-    def awatch(*args: Any, **kwargs: Any) -> Any:
+    async def awatch(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         nonlocal calls
         calls += 1
         if calls == 1:  # what watchfiles raises past fs.inotify.max_user_watches
             raise OSError("OS file watch limit reached. about [...]")
-        return real(*args, **kwargs)
+        async for changes in real(*args, **kwargs):
+            armed.set()
+            yield changes
 
     monkeypatch.setattr(watcher_module, "awatch", awatch)
     got = Collector()
@@ -150,8 +153,7 @@ async def test_a_watch_that_cannot_be_armed_is_retried(
         async with anyio.create_task_group() as tg:
             await tg.start(watcher.run)
             with anyio.fail_after(15):
-                while not any(e["event"] == "watch_started" for e in logs):
-                    await anyio.sleep(0.01)
+                await armed.wait()
             path = _write(tmp_path / "project" / "p1.json")
             await got.wait_for(lambda s: path in s)
             tg.cancel_scope.cancel()
