@@ -34,7 +34,7 @@ import anyio
 from indexer_service import IndexerService, Settings
 from indexer_service.db import Database
 from indexer_service.logs import configure_logging
-from indexer_service.synthetic import LiveWriter, generate_tree
+from indexer_service.synthetic import LiveWriter, age_tree, generate_tree
 
 
 def _writer(root: str, rate: float, seconds: float, files: int, out: str) -> None:
@@ -95,7 +95,10 @@ async def _run_with_writer(
     root, db = _fresh(base, name)
     if history:
         generate_tree(root, files=history)
-        _age_directories(root)
+        # Make it look old, as a user's history is: the reconciler lists "hot" directories
+        # (changed in the last 15 minutes) at every scan, so at 1M files a just-generated tree
+        # turns each 30 s scan into a full listing that starves the writer (p95 0.6-5.7 s).
+        age_tree(root, 86_400)
     out = base / name / "writes.tsv"
     settings = Settings(storage_path=root, db_path=db, log_level="warning", http_port=0)
     async with IndexerService(settings) as svc:
@@ -112,16 +115,6 @@ async def _run_with_writer(
         t, p = line.split("\t", 1)
         writes[p] = float(t)
     return writes, _indexed_at(db), stats
-
-
-def _age_directories(root: Path, seconds: float = 86_400.0) -> None:
-    """Make a just-generated history look old: the reconciler lists "hot" directories (changed
-    in the last 15 minutes) at every scan, and at 1M files a tree of only hot directories makes
-    each 30 s scan a full listing that starves the writer (measured: p95 0.6-5.7 s instead of
-    0.24 s). A user's history was written long before."""
-    then = time.time() - seconds
-    for directory, _, _ in os.walk(root):
-        os.utime(directory, (then, then))
 
 
 def _pct(values: list[float], q: float) -> float:
