@@ -88,6 +88,8 @@ class _NotPlain(Exception):
 
 _MS_MIN, _MS_MAX = -62_135_596_800_000, 253_402_300_799_999  # years 1..9999
 _INT64 = range(-(2**63), 2**63)
+_MS = range(_MS_MIN, _MS_MAX + 1)
+"""Epoch milliseconds ``ms_ts`` and ``ms_between`` accept."""
 _ODD_CONTROL = re.compile("[\x00-\x07\x0b\x0e-\x1f]")
 """Control characters yyjson escapes as ``\\u00XX`` with capital hex digits, Python with small."""
 
@@ -175,7 +177,7 @@ class _Get:
             value = None if node is None else _convert(node, self.sql_type)
             if value is not None:
                 if self.ms:
-                    return value if _MS_MIN <= value <= _MS_MAX else None
+                    return value if value in _MS else None
                 return value
         return None
 
@@ -238,7 +240,7 @@ class _Between:
 
     def __call__(self, doc: dict[str, Any]) -> Any:
         a, b = self.start(doc), self.end(doc)
-        if a is None or b is None or not (_MS_MIN <= a <= _MS_MAX and _MS_MIN <= b <= _MS_MAX):
+        if a is None or b is None or a not in _MS or b not in _MS:
             return None
         return b - a
 

@@ -149,9 +149,10 @@ class FileTracker:
         if not rows:
             return
         now = _utc(self.clock())
+        paths = [r.path for r in rows]
         table = pa.table(
             {
-                "file_path": [r.path for r in rows],
+                "file_path": paths,
                 "file_type": [r.file_type for r in rows],
                 "mtime": pa.array([r.mtime for r in rows], pa.float64()),
                 "size": _sizes(rows),
@@ -163,7 +164,7 @@ class FileTracker:
             cur.register("_indexed_batch", table)
             try:
                 if replace:  # half the cost of INSERT OR REPLACE (see loader)
-                    where, params = one_of("file_path", [r.path for r in rows])
+                    where, params = one_of("file_path", paths)
                     cur.execute(f"DELETE FROM file_index WHERE {where}", params).fetchall()
                 cur.execute(
                     """
@@ -197,9 +198,10 @@ class FileTracker:
         if not rows:
             return
         now = self.clock()
+        paths = [r.path for r in rows]
         table = pa.table(
             {
-                "file_path": [r.path for r in rows],
+                "file_path": paths,
                 "file_type": [r.file_type for r in rows],
                 "mtime": pa.array([r.mtime for r in rows], pa.float64()),
                 "size": _sizes(rows),
@@ -207,7 +209,7 @@ class FileTracker:
                 "mtime_ns": pa.array([r.mtime_ns for r in rows], pa.int64()),
             }
         )
-        known, params = one_of("file_path", [r.path for r in rows])
+        known, params = one_of("file_path", paths)
         cur = self.db.cursor()
         cur.register("_failed_batch", table)
         try:
