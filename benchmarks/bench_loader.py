@@ -152,7 +152,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=2_000, help="files per batch (bulk mode: 2000)")
-    ap.add_argument("--workers", type=int, default=None, help="default: CPU count")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="batches in flight (default: CPU count, at least 3)",
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument(
         "--checkpoint-threshold", default=None, help="DuckDB checkpoint_threshold, e.g. 1GB"

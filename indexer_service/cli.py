@@ -57,7 +57,11 @@ def _common(p: argparse.ArgumentParser, paths: bool = True) -> None:
             metavar="FILE",
             help="DuckDB database file (default: ~/.local/share/indexer-service/index.duckdb)",
         )
-    p.add_argument("--workers", type=int, help="concurrent batch workers (default: CPU count)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="batches in flight; one is read and one written at a time (default: CPU count, at least 3)",
+    )
     p.add_argument(
         "--log-format",
         choices=("auto", "console", "json"),

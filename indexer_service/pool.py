@@ -1,10 +1,16 @@
 """WorkerPool: N workers take batches and run them through a `Loader`, reads overlapping writes.
 
 Each worker prepares its batch (read + extract) in a thread, then writes it in a thread behind a
-``CapacityLimiter(1)``: DuckDB allows one writer per row, and one writer thread keeps the GIL
-free for the next batch's read while DuckDB executes. At most ``workers`` batches are in
-flight (the hand-off stream has no buffer), so memory stays flat however far the database
-falls behind: the producer simply waits.
+``CapacityLimiter(1)``: DuckDB allows one writer per row. Prepares, too, run one at a time by
+default (``readers``): the read loop is Python and holds the GIL between its system calls, so
+two readers slow each other and the writer more than they add. Measured on the 2-core machine
+(100k files, batches of 5,000, `benchmarks/bench_loader.py`): two workers both reading reach a
+median of 18,900 files/s at 76-93 us of CPU per file; one reader and three workers 22,200
+files/s at 60-73 us, the CPU cost of a single thread. Three workers keep both stages busy: one
+batch is written, one waits for the writer, one is read.
+
+At most ``workers`` batches are in flight (the hand-off stream has no buffer), so memory stays
+flat however far the database falls behind: the producer simply waits.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from .recovery import DatabaseRecovery
 if TYPE_CHECKING:
     from .loader import BatchResult, Loader
 
-__all__ = ["WorkerPool"]
+__all__ = ["WorkerPool", "default_workers"]
 
 log = structlog.get_logger(__name__)
 
@@ -35,20 +41,28 @@ Requeue = Callable[[list[str]], Awaitable[None]]
 _COUNTERS = "batches files_indexed files_errors files_deleted files_skipped files_requeued".split()
 
 
+def default_workers() -> int:
+    """The CPU count, at least 3: one batch read, one written, one ready for the writer."""
+    return max(3, os.cpu_count() or 1)
+
+
 class WorkerPool:
-    """Runs batches through ``loader`` with ``workers`` concurrent workers (default: CPU count)."""
+    """Runs batches through ``loader`` with ``workers`` batches in flight (default:
+    `default_workers`), of which ``readers`` are read at once."""
 
     def __init__(
         self,
         loader: Loader,
         workers: int | None = None,
         *,
+        readers: int = 1,
         on_batch_done: Callable[[BatchResult, Sequence[str]], None] | None = None,
     ) -> None:
         self.loader = loader
-        self.workers = max(1, workers or os.cpu_count() or 2)
+        self.workers = max(1, workers or default_workers())
+        self.readers = max(1, min(readers, self.workers))
         self.on_batch_done = on_batch_done
-        self._prepare_limiter = anyio.CapacityLimiter(self.workers)
+        self._prepare_limiter = anyio.CapacityLimiter(self.readers)
         self._write_limiter = anyio.CapacityLimiter(1)
         self.recovery = DatabaseRecovery(loader.db, limiter=self._write_limiter)
         self._counts: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
@@ -158,6 +172,7 @@ class WorkerPool:
             }
         return {
             "workers": self.workers,
+            "readers": self.readers,
             "busy": self._busy,
             **self._counts,
             **{f"{k}_seconds": round(v, 3) for k, v in self._seconds.items()},

@@ -12,6 +12,7 @@ from typing import Any
 from .db import default_db_path
 from .errors import ConfigError
 from .logs import LEVELS
+from .pool import default_workers
 from .versions import MAX_FILE_BYTES
 
 MAX_FILE_BYTES_LIMIT = 2**31 - 1
@@ -42,8 +43,9 @@ class Settings:
     """Batches waiting for a worker are merged up to this size (bulk loads, bursts)."""
     max_pending: int = 100_000
     """Files waiting (pending + in ready batches) before producers are made to wait."""
-    workers: int = field(default_factory=lambda: os.cpu_count() or 2)
-    """Concurrent batch workers (parsing runs in threads; database writes are serialized)."""
+    workers: int = field(default_factory=default_workers)
+    """Batches in flight: one is read at a time, one written at a time, the others wait
+    (memory grows with ``workers * max_batch_files``)."""
     reconcile_interval: float = 30.0
     """Seconds between reconciliation scans of the whole tree."""
     full_scan_every: int = 10

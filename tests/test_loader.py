@@ -521,6 +521,48 @@ async def test_worker_pool_consumes_batches_and_requeues(
     ]
 
 
+async def test_worker_pool_reads_one_batch_at_a_time_while_another_is_written(
+    db: Database, storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one reader, batches are read one after another, and the next batch is read while
+    the previous one is written (the write of the first batch waits for that read)."""
+    paths = [put_part(storage, f"prt_{i:03d}") for i in range(6)]
+    prepare, write = loader.prepare, loader.write
+    lock, reading, overlap = threading.Lock(), [0], [0]
+    second_read = threading.Event()
+
+    def counting_prepare(batch: Sequence[str]) -> Any:
+        with lock:
+            reading[0] += 1
+            overlap[0] = max(overlap[0], reading[0])
+        try:
+            if batch[0] == paths[0]:  # give a second reader the chance to start meanwhile
+                second_read.wait(0.2)
+            return prepare(batch)
+        finally:
+            with lock:
+                reading[0] -= 1
+            if batch[0] == paths[2]:
+                second_read.set()
+
+    def waiting_write(prepared: Any) -> BatchResult:
+        if not second_read.is_set():
+            assert second_read.wait(10), "the next batch was not read during this write"
+        return write(prepared)
+
+    monkeypatch.setattr(loader, "prepare", counting_prepare)
+    monkeypatch.setattr(loader, "write", waiting_write)
+
+    async def requeue(more: list[str]) -> None:
+        raise AssertionError("nothing to requeue")
+
+    pool = WorkerPool(loader, workers=3, readers=1)
+    await pool.run(_batches(paths, 2), requeue)
+    assert overlap[0] == 1
+    assert pool.get_stats()["files_indexed"] == 6
+    assert rows(db, "SELECT count(*) FROM parts") == [(6,)]
+
+
 async def test_worker_pool_raises_when_a_write_fails(
     storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch
 ) -> None:
