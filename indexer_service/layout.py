@@ -7,7 +7,7 @@ directories without their JSON being updated), and so do we.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 FILE_TYPES: tuple[str, ...] = ("project", "session", "message", "part", "todo", "session_diff")
 """Top-level directories that are indexed; everything else in the tree is skipped."""
@@ -23,8 +23,7 @@ _DEPTH = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(NamedTuple):
     """What a storage path holds: its file type, the id in its file name, its parent directory id."""
 
     file_type: str
@@ -52,10 +51,10 @@ def classify_relative(rel: str) -> Location | None:
 
 def classify(root: str, path: str) -> Location | None:
     """Classify an absolute path under ``root``; None when outside the root or not indexed."""
-    root = root.rstrip(os.sep)
-    if not path.startswith(root + os.sep):
+    prefix = root.rstrip(os.sep) + os.sep
+    if not path.startswith(prefix):
         return None
-    rel = path[len(root) + 1 :]
+    rel = path[len(prefix) :]
     if os.sep != "/":
         rel = rel.replace(os.sep, "/")
     return classify_relative(rel)

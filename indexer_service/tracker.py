@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -35,8 +36,7 @@ class RetryPolicy:
         return float(min(self.cap_seconds, self.base_seconds * 2 ** max(0, attempts - 1)))
 
 
-@dataclass(frozen=True)
-class IndexedFile:
+class IndexedFile(NamedTuple):
     """A file version whose rows were written."""
 
     path: str
@@ -47,8 +47,7 @@ class IndexedFile:
     mtime_ns: int | None = None
 
 
-@dataclass(frozen=True)
-class FailedFile:
+class FailedFile(NamedTuple):
     """A file version that could not be indexed, and why."""
 
     path: str
