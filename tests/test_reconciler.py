@@ -34,10 +34,10 @@ class Collector:
     """An on_missing_files / on_deleted_files callback that records every call."""
 
     def __init__(self) -> None:
-        self.calls: list[list[Path]] = []
+        self.calls: list[list[str]] = []
         self.fail_next = False
 
-    async def __call__(self, paths: list[Path]) -> None:
+    async def __call__(self, paths: list[str]) -> None:
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("downstream refused the batch")

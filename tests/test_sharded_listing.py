@@ -175,7 +175,7 @@ async def test_reconciler_with_a_listing_child(root: Path, db: Database, clock: 
     and stops the child when its ``async with`` ends."""
     found: list[Any] = []
 
-    async def collect(paths: list[Path]) -> None:
+    async def collect(paths: list[str]) -> None:
         found.extend(str(p) for p in paths)
 
     rec = Reconciler(
