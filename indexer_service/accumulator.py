@@ -50,7 +50,7 @@ class AccumulatorConfig:
     max_files: int = 100
     flush_on_stop: bool = True
     max_pending: int = 100_000
-    max_coalesced_files: int = 2_000
+    max_coalesced_files: int = 5_000
 
     def __post_init__(self) -> None:
         if not self.window_ms > 0:  # also rejects NaN

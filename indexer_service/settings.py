@@ -39,8 +39,10 @@ class Settings:
     """A batch is cut at most this long after its first file arrived."""
     max_files: int = 100
     """A batch is cut as soon as it holds this many distinct files."""
-    max_batch_files: int = 2_000
-    """Batches waiting for a worker are merged up to this size (bulk loads, bursts)."""
+    max_batch_files: int = 5_000
+    """Batches waiting for a worker are merged up to this size (bulk loads, bursts). Each
+    batch costs ~30 ms of fixed DuckDB planning: a 100k-file backfill with 5,000 took 6-27%
+    less time than with 2,000, for 70-150 MB more peak memory."""
     max_pending: int = 100_000
     """Files waiting (pending + in ready batches) before producers are made to wait."""
     workers: int = field(default_factory=default_workers)
