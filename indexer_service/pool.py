@@ -9,6 +9,13 @@ median of 18,900 files/s at 76-93 us of CPU per file; one reader and three worke
 files/s at 60-73 us, the CPU cost of a single thread. Three workers keep both stages busy: one
 batch is written, one waits for the writer, one is read.
 
+One reader reads one file at a time, so files that are not in the page cache (a first start
+after a boot) would each wait for the disk: 3,300 files/s against 23,000 from the cache. A
+batch of at least `PREFETCH_MIN_FILES` whose sampled files are not cached is first handed to
+the kernel to read ahead (`versions.prefetch`, on `PREFETCH_THREADS` threads, while the
+previous batch is read): 11,800 files/s from a cold cache. A cached batch skips it (its cost
+is an extra open per file).
+
 At most ``workers`` batches are in flight (the hand-off stream has no buffer), so memory stays
 flat however far the database falls behind: the producer simply waits.
 """
@@ -29,16 +36,24 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .recovery import DatabaseRecovery
+from .versions import in_page_cache, prefetch
 
 if TYPE_CHECKING:
     from .loader import BatchResult, Loader
 
-__all__ = ["WorkerPool", "default_workers"]
+__all__ = ["PREFETCH_MIN_FILES", "WorkerPool", "default_workers"]
 
 log = structlog.get_logger(__name__)
 
 Requeue = Callable[[list[str]], Awaitable[None]]
-_COUNTERS = "batches files_indexed files_errors files_deleted files_skipped files_requeued".split()
+_COUNTERS = (
+    "batches files_indexed files_errors files_deleted files_skipped files_requeued files_prefetched"
+).split()
+
+PREFETCH_MIN_FILES = 256
+"""Smallest batch that is checked for files missing from the page cache (bulk loads)."""
+PREFETCH_THREADS = 4
+_PROBES = 8  # files per batch checked for being in the page cache
 
 
 def default_workers() -> int:
@@ -118,12 +133,29 @@ class WorkerPool:
                     self.on_batch_done(result, paths)
 
     async def _load(self, paths: Sequence[str]) -> BatchResult:
+        await self._prefetch_if_cold(paths)
         prepared = await anyio.to_thread.run_sync(
             self.loader.prepare, paths, limiter=self._prepare_limiter
         )
         return await anyio.to_thread.run_sync(
             self.loader.write, prepared, limiter=self._write_limiter
         )
+
+    async def _prefetch_if_cold(self, paths: Sequence[str]) -> None:
+        if len(paths) < PREFETCH_MIN_FILES:
+            return
+        step = len(paths) // _PROBES
+        probes = [paths[i * step] for i in range(_PROBES)]
+        cached = await anyio.to_thread.run_sync(lambda: [in_page_cache(p) for p in probes])
+        if False not in cached:
+            return
+        self._counts["files_prefetched"] += len(paths)
+        size = -(-len(paths) // PREFETCH_THREADS)
+        async with anyio.create_task_group() as tg:
+            for start in range(0, len(paths), size):
+                tg.start_soon(
+                    partial(anyio.to_thread.run_sync, prefetch, paths[start : start + size])
+                )
 
     async def _requeue(self, requeue: Requeue, paths: list[str]) -> None:
         try:

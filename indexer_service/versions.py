@@ -22,6 +22,8 @@ __all__ = [
     "Version",
     "WriteLog",
     "current_version",
+    "in_page_cache",
+    "prefetch",
     "read_file",
 ]
 
@@ -109,6 +111,49 @@ def current_version(path: str) -> Version | None:
     except OSError:
         return None
     return Version.of(st) if stat.S_ISREG(st.st_mode) else None
+
+
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux >= 4.14
+_WILLNEED: int | None = getattr(os, "POSIX_FADV_WILLNEED", None)
+
+
+def in_page_cache(path: str) -> bool | None:
+    """Whether the file's first page is in the page cache, i.e. reading it will not wait for
+    the disk; None when this system cannot tell or the file cannot be opened."""
+    if _NOWAIT is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        os.preadv(fd, [bytearray(1)], 0, _NOWAIT)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:  # e.g. EOPNOTSUPP: this file system cannot say
+        return None
+    finally:
+        os.close(fd)
+
+
+def prefetch(paths: Iterable[str]) -> None:
+    """Ask the kernel to read these files into the page cache in the background
+    (``POSIX_FADV_WILLNEED``), so that reading them one by one afterwards does not wait for
+    the disk once per file. Files that cannot be opened are left alone."""
+    if _WILLNEED is None:
+        return
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, _WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 class WriteLog:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from indexer_service import pool as pool_module
 from indexer_service import versions
 from indexer_service.db import Database
 from indexer_service.loader import BatchResult, Loader, WorkerPool
@@ -561,6 +562,64 @@ async def test_worker_pool_reads_one_batch_at_a_time_while_another_is_written(
     assert overlap[0] == 1
     assert pool.get_stats()["files_indexed"] == 6
     assert rows(db, "SELECT count(*) FROM parts") == [(6,)]
+
+
+def _evict(*paths: str) -> None:
+    """Drop files' pages from the page cache (written to disk first)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _can_evict(storage: Path) -> bool:
+    """Whether this file system lets a file leave the page cache (not tmpfs), and this system
+    can tell (asking reads the file back in)."""
+    probe = put(storage, "probe.json", {})
+    _evict(probe)
+    return versions.in_page_cache(probe) is False
+
+
+def test_in_page_cache_tells_a_cached_file_from_an_evicted_one(storage: Path) -> None:
+    """A file just written is cached; evicted, it is not; asking reads it back in."""
+    if not _can_evict(storage):
+        pytest.skip("this file system cannot evict a file from the page cache")
+    path = put_part(storage)
+    assert versions.in_page_cache(path) is True
+    _evict(path)
+    assert versions.in_page_cache(path) is False
+    assert versions.read_file(path)[0] == (storage / f"part/{MSG}/prt_1.json").read_bytes()
+    assert versions.in_page_cache(path) is True
+    assert versions.in_page_cache(str(storage / "nope.json")) is None
+
+
+async def test_worker_pool_prefetches_only_batches_not_in_the_page_cache(
+    db: Database, storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk batch whose files are not in the page cache is read ahead first; a cached one,
+    or a small one, is not. All are indexed."""
+    if not _can_evict(storage):
+        pytest.skip("this file system cannot evict a file from the page cache")
+    monkeypatch.setattr(pool_module, "PREFETCH_MIN_FILES", 8)
+    cold = [put_part(storage, f"prt_c{i:02d}") for i in range(16)]
+    _evict(*cold)
+    warm = [put_part(storage, f"prt_w{i:02d}") for i in range(16)]
+    small = [put_part(storage, f"prt_s{i}") for i in range(4)]
+    _evict(*small)
+
+    async def requeue(more: list[str]) -> None:
+        raise AssertionError("nothing to requeue")
+
+    pool = WorkerPool(loader, workers=1)
+    await pool.run(_batches(cold, 16), requeue)
+    assert pool.get_stats()["files_prefetched"] == 16
+    await pool.run(_batches(warm, 16), requeue)
+    await pool.run(_batches(small, 4), requeue)
+    assert pool.get_stats()["files_prefetched"] == 16
+    assert rows(db, "SELECT count(*) FROM parts") == [(36,)]
 
 
 async def test_worker_pool_raises_when_a_write_fails(
