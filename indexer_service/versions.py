@@ -119,7 +119,8 @@ _WILLNEED: int | None = getattr(os, "POSIX_FADV_WILLNEED", None)
 
 def in_page_cache(path: str) -> bool | None:
     """Whether the file's first page is in the page cache, i.e. reading it will not wait for
-    the disk; None when this system cannot tell or the file cannot be opened."""
+    the disk; None when this system cannot tell or the file cannot be opened. Asking makes the
+    kernel start reading a file that is not cached."""
     if _NOWAIT is None:
         return None
     try:
