@@ -179,8 +179,6 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         try:
             found = await self._reconciler.scan_now()
             self._backfill["total"] = len(found)
-            if self.settings.watch:
-                self._watcher.check_watch_limit(self._reconciler.get_stats()["dirs_known"])
         finally:
             self._initial_done.set()
 
@@ -210,6 +208,8 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         await self._acc.add_many(paths)
 
     def _scan_done(self, duration_s: float, counts: dict[str, int]) -> None:
+        if self.settings.watch:  # the tree may have grown past the watch limit since
+            self._watcher.check_watch_limit(self._reconciler.get_stats()["dirs_known"])
         self.metrics.reconcile_done(
             duration_s,
             new=counts.get("new", 0),

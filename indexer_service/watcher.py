@@ -96,6 +96,7 @@ class StorageWatcher:
         self.dirs_swept = 0
         self.files_from_sweeps = 0
         self.rearms = 0
+        self._over_limit = False  # warned that the tree has more directories than watches
 
     def _filter(self, change: Change, path: str) -> bool:
         if path.endswith(".json"):
@@ -167,11 +168,14 @@ class StorageWatcher:
                 return
 
     def check_watch_limit(self, dirs: int, limit: int | None = None) -> bool:
-        """Warn (``watch_limit_low``) when ``dirs`` directories need more inotify watches than
-        the OS allows; True if so. ``limit`` defaults to `inotify_watch_limit`."""
+        """Whether ``dirs`` directories need more inotify watches than the OS allows; warns
+        (``watch_limit_low``) when the tree crosses the limit, once until it is back below.
+        ``limit`` defaults to `inotify_watch_limit`."""
         limit = inotify_watch_limit() if limit is None else limit
-        if limit is None or dirs < limit:
-            return False
+        over = limit is not None and dirs >= limit
+        warned, self._over_limit = self._over_limit, over
+        if not over or warned:
+            return over
         log.warning(
             "watch_limit_low",
             root=self.root,

@@ -12,6 +12,7 @@ import anyio
 import orjson
 import pytest
 from conftest import RunningService, TreeFactory, assert_index_matches_tree, indexable_files
+from structlog.testing import capture_logs
 
 from indexer_service import IndexerService, Settings
 from indexer_service.db import Database
@@ -246,3 +247,27 @@ async def test_directory_replaced_by_a_file(running_service: RunningService) -> 
         await svc.wait_until_synced()
         assert svc.health() == (True, "running")
     assert_index_matches_tree(svc.settings.storage_path, svc.settings.db_path)
+
+
+async def test_a_tree_growing_past_the_watch_limit_is_warned_about_once(
+    running_service: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch limit is checked after every scan, not only the first: directories created
+    while the service runs can cross it; the warning comes once."""
+    from indexer_service import watcher
+
+    async with running_service(sessions=1) as svc:
+        known = svc.stats()["reconciler"]["dirs_known"]
+        monkeypatch.setattr(watcher, "inotify_watch_limit", lambda: known + 3)
+        root = svc.settings.storage_path
+        with capture_logs() as logs:
+            await svc.wait_until_synced()
+            assert [e for e in logs if e["event"] == "watch_limit_low"] == []
+            for i in range(5):
+                new = root / "part" / f"msg_grown{i}"
+                new.mkdir()
+                (new / "prt_x.json").write_bytes(b'{"id": "prt_x"}')
+            await svc.wait_until_synced()
+            await svc.wait_until_synced()
+        warned = [e for e in logs if e["event"] == "watch_limit_low"]
+        assert len(warned) == 1 and warned[0]["dirs"] >= known + 5

@@ -170,6 +170,11 @@ def test_a_tree_larger_than_the_watch_limit_is_warned_about(tmp_path: Path) -> N
     with structlog.testing.capture_logs() as logs:
         assert not watcher.check_watch_limit(dirs=999, limit=1_000)
         assert watcher.check_watch_limit(dirs=190_000, limit=8_192)
+        assert watcher.check_watch_limit(dirs=190_001, limit=8_192)  # said once
     assert [e["event"] for e in logs] == ["watch_limit_low"]
     assert logs[0]["fix"] == "sudo sysctl fs.inotify.max_user_watches=524288"
     assert "full pass" in logs[0]["action"]
+    with structlog.testing.capture_logs() as logs:
+        assert not watcher.check_watch_limit(dirs=5_000, limit=8_192)  # limit raised meanwhile
+        assert watcher.check_watch_limit(dirs=9_000, limit=8_192)
+    assert [e["event"] for e in logs] == ["watch_limit_low"]
