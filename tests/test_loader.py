@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 
@@ -530,15 +531,15 @@ async def test_worker_pool_reads_one_batch_at_a_time_while_another_is_written(
     paths = [put_part(storage, f"prt_{i:03d}") for i in range(6)]
     prepare, write = loader.prepare, loader.write
     lock, reading, overlap = threading.Lock(), [0], [0]
-    second_read = threading.Event()
+    first_may_finish, second_read = threading.Event(), threading.Event()
 
     def counting_prepare(batch: Sequence[str]) -> Any:
         with lock:
             reading[0] += 1
             overlap[0] = max(overlap[0], reading[0])
         try:
-            if batch[0] == paths[0]:  # give a second reader the chance to start meanwhile
-                second_read.wait(0.2)
+            if batch[0] == paths[0]:
+                assert first_may_finish.wait(10)
             return prepare(batch)
         finally:
             with lock:
@@ -558,7 +559,14 @@ async def test_worker_pool_reads_one_batch_at_a_time_while_another_is_written(
         raise AssertionError("nothing to requeue")
 
     pool = WorkerPool(loader, workers=3, readers=1)
-    await pool.run(_batches(paths, 2), requeue)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.run, _batches(paths, 2), requeue)
+        # While the first batch is read, a second worker holds the next batch: it either reads
+        # it too (two readers) or waits for the reader.
+        with anyio.fail_after(10):
+            while reading[0] < 2 and not pool._prepare_limiter.statistics().tasks_waiting:
+                await anyio.sleep(0.005)
+        first_may_finish.set()
     assert overlap[0] == 1
     assert pool.get_stats()["files_indexed"] == 6
     assert rows(db, "SELECT count(*) FROM parts") == [(6,)]
