@@ -66,6 +66,10 @@ class FileTooLarge(Exception):
         super().__init__(f"file too large: {version.size} bytes > max_file_bytes {limit}")
 
 
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+"""How every storage file is opened: non-blocking, so a FIFO in the tree cannot hang an open."""
+
+
 def _read_fd(fd: int, size: int) -> bytes:
     """Read up to ``size + 1`` bytes: one more than expected shows that the file grew."""
     data = os.read(fd, size + 1)
@@ -85,7 +89,7 @@ def read_file(path: str, max_bytes: int | None = None) -> tuple[bytes, Version]:
     replaced by rename meanwhile was still read whole at one version (the replacement is a new
     file, with its own event).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = os.open(path, _OPEN_FLAGS)
     try:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
@@ -124,7 +128,7 @@ def in_page_cache(path: str) -> bool | None:
     if _NOWAIT is None:
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, _OPEN_FLAGS)
     except OSError:
         return None
     try:
@@ -146,7 +150,7 @@ def prefetch(paths: Iterable[str]) -> None:
         return
     for path in paths:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(path, _OPEN_FLAGS)
         except OSError:
             continue
         try:
