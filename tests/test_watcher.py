@@ -12,9 +12,10 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+from watchfiles import Change
 
 from indexer_service import watcher as watcher_module
-from indexer_service.watcher import StorageWatcher, list_json_files
+from indexer_service.watcher import StorageWatcher, list_json_files, sweep_new_dirs
 
 
 class Collector:
@@ -23,11 +24,13 @@ class Collector:
     def __init__(self) -> None:
         self.paths: set[str] = set()
         self.calls = 0
+        self.deliveries: list[str] = []
         self._changed = anyio.Event()
 
     async def __call__(self, paths: list[str]) -> None:
         self.calls += 1
         self.paths.update(paths)
+        self.deliveries += paths
         self._changed.set()
         self._changed = anyio.Event()
 
@@ -89,6 +92,36 @@ async def test_burst_into_new_directories_is_complete(tmp_path: Path) -> None:
         # after it ran, so wait for one rather than race the events that came first)
         await got.wait_for(lambda s: expected <= s and watcher.files_from_sweeps > 0, timeout=30)
         assert watcher.dirs_swept >= 1
+
+
+async def test_a_file_both_reported_and_swept_is_sent_once(tmp_path: Path) -> None:
+    """One wake-up that reports a new directory and some of its files sends each file once:
+    sent twice, it would be read twice (the two copies can land in different batches)."""
+    directory = tmp_path / "part" / "msg_1"
+    reported = _write(directory / "prt_1.json")
+    unreported = _write(directory / "prt_2.json")  # created before the directory's watch
+    got = Collector()
+    watcher = StorageWatcher(tmp_path, got)
+    await watcher._dispatch(
+        {
+            (Change.added, str(tmp_path / "part")),
+            (Change.added, str(directory)),
+            (Change.added, reported),
+            (Change.modified, reported),
+        }
+    )
+    assert sorted(got.deliveries) == sorted([reported, unreported])
+    assert got.calls == 1
+    assert watcher.files_from_sweeps == 2
+
+
+def test_sweep_walks_nested_new_directories_once(tmp_path: Path) -> None:
+    files = {
+        _write(tmp_path / "part" / f"msg_{d}" / f"prt_{f}.json") for d in range(3) for f in range(2)
+    }
+    dirs = [str(tmp_path / "part"), *(str(tmp_path / "part" / f"msg_{d}") for d in range(3))]
+    found = sweep_new_dirs(str(tmp_path), dirs)
+    assert sorted(found) == sorted(files)
 
 
 async def test_new_top_level_directory_is_swept(tmp_path: Path) -> None:
