@@ -1,9 +1,10 @@
 """The running service against a writer process that emulates OpenCode.
 
     python -m benchmarks.bench_service [--rate 1000] [--seconds 10] [--history 100000]
-                                       [--burst 20000] [--backfill 100000] [--only NAME]
+                                       [--burst 20000] [--sustained 100000]
+                                       [--backfill 100000] [--only NAME]
 
-Three measurements, each on a fresh tree and database:
+Four measurements, each on a fresh tree and database:
 
 * latency: on top of a history of ``--history`` files already indexed (a user's database is
   not empty, and what a write costs may grow with it), a writer process creates sessions,
@@ -13,6 +14,10 @@ Three measurements, each on a fresh tree and database:
   event-to-queryable latency: p50/p95/p99;
 * burst: the writer writes ``--burst`` distinct files as fast as it can into new directories;
   indexed files/s = files / (last indexed - first written);
+* sustained: the emulated agent above cannot write faster than ~2,600 files/s, so this writer
+  renders a ``--sustained``-file tree in memory first, then writes it file by file (new
+  directories, plain ``open``/``write``/``close``) as fast as it can: the service's sustained
+  indexing rate, files / (last indexed - first written), and the CPU each side used;
 * backfill: an existing tree of ``--backfill`` files indexed through the same service path.
 """
 
@@ -33,6 +38,7 @@ import anyio
 
 from indexer_service import IndexerService, Settings
 from indexer_service.db import Database
+from indexer_service.layout import classify
 from indexer_service.logs import configure_logging
 from indexer_service.synthetic import LiveWriter, age_tree, generate_tree
 
@@ -67,6 +73,33 @@ def _writer(root: str, rate: float, seconds: float, files: int, out: str) -> Non
     with open(out, "w") as f:
         for p, t in written.items():
             f.write(f"{t}\t{p}\n")
+
+
+def _flat_out_writer(staging: str, root: str, out: str) -> None:
+    """Child process: load a generated tree into memory, then write it under ``root`` as fast
+    as possible; record when the first and last files were closed, and the CPU spent."""
+    files: list[tuple[str, bytes]] = []
+    for d, _, names in os.walk(staging):
+        rel = os.path.relpath(d, staging)
+        for n in sorted(names):
+            with open(os.path.join(d, n), "rb") as f:
+                files.append((os.path.join(rel, n), f.read()))
+    cpu0, first = time.process_time(), time.time()
+    made: set[str] = set()
+    for rel, data in files:
+        path = os.path.join(root, rel)
+        parent = os.path.dirname(path)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    last = time.time()
+    with open(out, "w") as f:
+        f.write(f"{first}\t{last}\t{time.process_time() - cpu0}\t{len(files)}\n")
 
 
 def _spawn_writer(root: Path, rate: float, seconds: float, files: int, out: Path) -> Any:
@@ -153,6 +186,58 @@ async def burst(base: Path, files: int) -> dict[str, Any]:
     }
 
 
+async def sustained(base: Path, files: int) -> dict[str, Any]:
+    root, db = _fresh(base, "sustained")
+    staging = base.parent / f"staging-{files}"  # generated once, kept for the next run
+    if not (staging / ".complete").exists():
+        shutil.rmtree(staging, ignore_errors=True)
+        generate_tree(staging / "storage", files=files)
+        (staging / ".complete").touch()
+    staging /= "storage"
+    out = base / "sustained" / "writes.tsv"
+    settings = Settings(storage_path=root, db_path=db, log_level="warning", http_port=0)
+    async with IndexerService(settings) as svc:
+        await svc.wait_until_synced()
+        cpu0 = _cpu()
+        proc = multiprocessing.get_context("spawn").Process(
+            target=_flat_out_writer, args=(str(staging), str(root), str(out))
+        )
+        proc.start()
+        await anyio.to_thread.run_sync(proc.join)
+        await svc.wait_until_synced()
+        service_cpu = _cpu() - cpu0
+        stats = svc.stats()
+    first_s, last_s, writer_cpu_s, n_s = out.read_text().split("\t")
+    first, last, writer_cpu, n = float(first_s), float(last_s), float(writer_cpu_s), int(n_s)
+    indexed = _indexed_at(db)
+    expected = _indexable(staging, root)
+    return {
+        "files": n,
+        "writer_files_per_s": round(n / (last - first)),
+        "indexed_files_per_s": round(n / (max(indexed.values()) - first)),
+        "lag_after_last_write_ms": round((max(indexed.values()) - last) * 1000),
+        "missing": len(expected - set(indexed)),
+        "reads": stats["workers"]["files_indexed"],
+        "service_cpu_us_per_file": round(service_cpu / n * 1e6),
+        "writer_cpu_us_per_file": round(writer_cpu / n * 1e6),
+    }
+
+
+def _indexable(staging: Path, root: Path) -> set[str]:
+    """Where the indexable files of ``staging`` were written under ``root``."""
+    paths = {
+        os.path.join(root, os.path.relpath(os.path.join(d, n), staging))
+        for d, _, names in os.walk(staging)
+        for n in names
+    }
+    return {p for p in paths if classify(str(root), p) is not None}
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 async def backfill(base: Path, files: int) -> dict[str, Any]:
     root, db = _fresh(base, "backfill")
     generate_tree(root, files=files)
@@ -167,6 +252,34 @@ async def backfill(base: Path, files: int) -> dict[str, Any]:
     return {"files": n, "seconds": round(elapsed, 2), "files_per_s": round(done / elapsed)}
 
 
+_EXT4_RECENT_S = 61
+
+
+def _new_run_dir(base: Path) -> Path:
+    """A new directory for this invocation's trees, after deleting those of earlier ones.
+
+    Without a journal (as on this VM), ext4 skips an inode freed less than 60 s ago (360 s
+    while its inode table block is dirty) when it allocates one, by reading its inode table
+    block: after deleting a 100k-file tree, every create scanned them all and a writer that
+    made 15,000 files/s made 2,000. So the old trees go first, then ``sync`` and a minute's
+    wait, and nothing is deleted while a writer runs.
+    """
+    old = [d for d in base.glob("*") if d.is_dir() and not d.name.startswith("staging-")]
+    if old:
+        print(
+            f"deleting {len(old)} earlier run(s) under {base}, then waiting "
+            f"{_EXT4_RECENT_S} s (see _new_run_dir)",
+            flush=True,
+        )
+        for d in old:
+            shutil.rmtree(d, ignore_errors=True)
+        os.sync()
+        time.sleep(_EXT4_RECENT_S)
+    run = base / time.strftime("run-%Y%m%d-%H%M%S")
+    run.mkdir(parents=True)
+    return run
+
+
 def main() -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=1_000.0, help="files/s for the latency run")
@@ -175,14 +288,21 @@ def main() -> dict[str, Any]:
         "--history", type=int, default=100_000, help="files indexed before the latency run"
     )
     ap.add_argument("--burst", type=int, default=20_000)
+    ap.add_argument(
+        "--sustained", type=int, default=100_000, help="files written flat out, pre-rendered"
+    )
     ap.add_argument("--backfill", type=int, default=100_000)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/indexer-bench/service"))
-    ap.add_argument("--only", choices=["latency", "burst", "backfill"], action="append")
+    ap.add_argument(
+        "--only", choices=["latency", "burst", "sustained", "backfill"], action="append"
+    )
     args = ap.parse_args()
     configure_logging("console", "warning")
+    args.dir = _new_run_dir(args.dir)
     runs = {
         "latency": lambda: anyio.run(latency, args.dir, args.rate, args.seconds, args.history),
         "burst": lambda: anyio.run(burst, args.dir, args.burst),
+        "sustained": lambda: anyio.run(sustained, args.dir, args.sustained),
         "backfill": lambda: anyio.run(backfill, args.dir, args.backfill),
     }
     results: dict[str, Any] = {
