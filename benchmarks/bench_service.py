@@ -218,6 +218,7 @@ async def sustained(base: Path, files: int) -> dict[str, Any]:
         "lag_after_last_write_ms": round((max(indexed.values()) - last) * 1000),
         "missing": len(expected - set(indexed)),
         "reads": stats["workers"]["files_indexed"],
+        "batches": stats["workers"]["batches"],
         "service_cpu_us_per_file": round(service_cpu / n * 1e6),
         "writer_cpu_us_per_file": round(writer_cpu / n * 1e6),
     }
