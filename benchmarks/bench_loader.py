@@ -27,6 +27,7 @@ import orjson
 from indexer_service.db import Database
 from indexer_service.loader import BatchResult, Loader, WorkerPool
 from indexer_service.logs import configure_logging
+from indexer_service.pool import default_workers
 from indexer_service.synthetic import generate_tree
 from indexer_service.tracker import FileTracker
 
@@ -175,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     db_path = args.db or Path(tempfile.gettempdir()) / "indexer-bench" / "bench_loader.duckdb"
     print(
         f"{len(paths):,} files, {sum(os.path.getsize(p) for p in paths) / 1e6:,.0f} MB; "
-        f"batch {args.batch}, workers {args.workers or os.cpu_count()}, "
+        f"batch {args.batch}, workers {args.workers or default_workers()}, "
         f"checkpoint_threshold {args.checkpoint_threshold or 'default'}; "
         f"RSS before loading {_rss_mb():,.0f} MB"
     )
