@@ -253,32 +253,40 @@ async def backfill(base: Path, files: int) -> dict[str, Any]:
     return {"files": n, "seconds": round(elapsed, 2), "files_per_s": round(done / elapsed)}
 
 
-_EXT4_RECENT_S = 61
+_EXT4_RECENT_S = 361
+_LAST_DELETE = ".last-delete"
 
 
 def _new_run_dir(base: Path) -> Path:
-    """A new directory for this invocation's trees, after deleting those of earlier ones.
+    """A new directory for this invocation's trees, once ext4 no longer slows file creation.
 
     Without a journal (as on this VM), ext4 skips an inode freed less than 60 s ago (360 s
-    while its inode table block is dirty) when it allocates one, by reading its inode table
-    block: after deleting a 100k-file tree, every create scanned them all and a writer that
-    made 15,000 files/s made 2,000. So the old trees go first, then ``sync`` and a minute's
-    wait, and nothing is deleted while a writer runs.
+    while its inode table block is dirty, which new files make it) when it allocates one,
+    reading its inode table block for each: after deleting a 100k-file tree, every create
+    scanned them all, and a writer that made 15,000 files/s made 2,000. Runs delete their
+    trees at the end (`_remove_run_dir`); the next one waits until that is old enough.
     """
-    old = [d for d in base.glob("*") if d.is_dir() and not d.name.startswith("staging-")]
+    base.mkdir(parents=True, exist_ok=True)
+    old = [d for d in base.glob("run-*") if d.is_dir()]  # left by an interrupted run
     if old:
-        print(
-            f"deleting {len(old)} earlier run(s) under {base}, then waiting "
-            f"{_EXT4_RECENT_S} s (see _new_run_dir)",
-            flush=True,
-        )
         for d in old:
             shutil.rmtree(d, ignore_errors=True)
-        os.sync()
-        time.sleep(_EXT4_RECENT_S)
+        (base / _LAST_DELETE).touch()
+    marker = base / _LAST_DELETE
+    if marker.exists():
+        wait = marker.stat().st_mtime + _EXT4_RECENT_S - time.time()
+        if wait > 0:
+            print(f"waiting {wait:.0f} s after the last deletion of a tree (see _new_run_dir)")
+            os.sync()
+            time.sleep(wait)
     run = base / time.strftime("run-%Y%m%d-%H%M%S")
-    run.mkdir(parents=True)
+    run.mkdir()
     return run
+
+
+def _remove_run_dir(run: Path) -> None:
+    shutil.rmtree(run, ignore_errors=True)
+    (run.parent / _LAST_DELETE).touch()
 
 
 def main() -> dict[str, Any]:
@@ -299,16 +307,19 @@ def main() -> dict[str, Any]:
     )
     args = ap.parse_args()
     configure_logging("console", "warning")
-    args.dir = _new_run_dir(args.dir)
+    run_dir = args.dir = _new_run_dir(args.dir)
     runs = {
         "latency": lambda: anyio.run(latency, args.dir, args.rate, args.seconds, args.history),
         "burst": lambda: anyio.run(burst, args.dir, args.burst),
         "sustained": lambda: anyio.run(sustained, args.dir, args.sustained),
         "backfill": lambda: anyio.run(backfill, args.dir, args.backfill),
     }
-    results: dict[str, Any] = {
-        name: run() for name, run in runs.items() if name in (args.only or runs)
-    }
+    try:
+        results: dict[str, Any] = {
+            name: run() for name, run in runs.items() if name in (args.only or runs)
+        }
+    finally:
+        _remove_run_dir(run_dir)
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     for name, value in results.items():
         print(f"{name}: {value}")
