@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import re
 import threading
@@ -572,32 +574,59 @@ async def test_worker_pool_reads_one_batch_at_a_time_while_another_is_written(
     assert rows(db, "SELECT count(*) FROM parts") == [(6,)]
 
 
-def _evict(*paths: str) -> None:
-    """Drop files' pages from the page cache (written to disk first)."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
+def _resident(path: str) -> bool:
+    """Whether a page of the file is in the page cache (mincore(2) through Python's mmap: an
+    oracle apart from `versions.in_page_cache`)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = os.path.getsize(path)
+    pages = -(-size // mmap.PAGESIZE)
+    vec = (ctypes.c_ubyte * pages)()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as m:
+        start = ctypes.c_char.from_buffer(m)
         try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            addr = ctypes.c_void_p(ctypes.addressof(start))
+            if libc.mincore(addr, ctypes.c_size_t(size), vec) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
         finally:
-            os.close(fd)
+            del start  # the mmap cannot close while a ctypes object points into it
+    return any(v & 1 for v in vec)
+
+
+def _evict(*paths: str) -> None:
+    """Drop files' pages from the page cache (written to disk first). The kernel now and then
+    keeps a page it was asked to drop (about 1 in 15 here), so each file is asked until
+    mincore says it is gone."""
+    for path in paths:
+        for _ in range(100):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            if not _resident(path):
+                break
+        else:
+            pytest.skip(f"the kernel keeps {path} in the page cache")
 
 
 def _can_evict(storage: Path) -> bool:
     """Whether this file system lets a file leave the page cache (not tmpfs), and this system
-    can tell (asking reads the file back in)."""
+    can tell."""
     probe = put(storage, "probe.json", {})
     _evict(probe)
     return versions.in_page_cache(probe) is False
 
 
 def test_in_page_cache_tells_a_cached_file_from_an_evicted_one(storage: Path) -> None:
-    """A file just written is cached; evicted, it is not; asking reads it back in."""
+    """A file just written is cached; evicted, it is not, and asking does not read it in;
+    read, it is cached again."""
     if not _can_evict(storage):
         pytest.skip("this file system cannot evict a file from the page cache")
     path = put_part(storage)
     assert versions.in_page_cache(path) is True
     _evict(path)
+    assert versions.in_page_cache(path) is False
     assert versions.in_page_cache(path) is False
     assert versions.read_file(path)[0] == (storage / f"part/{MSG}/prt_1.json").read_bytes()
     assert versions.in_page_cache(path) is True
