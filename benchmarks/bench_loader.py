@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--workers",
         type=int,
         default=None,
-        help="batches in flight (default: CPU count, at least 3)",
+        help="batches in flight (default: CPU count, at least 4)",
     )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument(

@@ -60,7 +60,7 @@ def _common(p: argparse.ArgumentParser, paths: bool = True) -> None:
     p.add_argument(
         "--workers",
         type=int,
-        help="batches in flight; one is read and one written at a time (default: CPU count, at least 3)",
+        help="batches in flight; one is read and one written at a time (default: CPU count, at least 4)",
     )
     p.add_argument(
         "--log-format",
