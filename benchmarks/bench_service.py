@@ -41,6 +41,7 @@ from indexer_service.db import Database
 from indexer_service.layout import classify
 from indexer_service.logs import configure_logging
 from indexer_service.synthetic import LiveWriter, age_tree, generate_tree
+from indexer_service.synthetic import _write as write_file
 
 
 def _writer(root: str, rate: float, seconds: float, files: int, out: str) -> None:
@@ -85,18 +86,8 @@ def _flat_out_writer(staging: str, root: str, out: str) -> None:
             with open(os.path.join(d, n), "rb") as f:
                 files.append((os.path.join(rel, n), f.read()))
     cpu0, first = time.process_time(), time.time()
-    made: set[str] = set()
     for rel, data in files:
-        path = os.path.join(root, rel)
-        parent = os.path.dirname(path)
-        if parent not in made:
-            os.makedirs(parent, exist_ok=True)
-            made.add(parent)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        write_file(os.path.join(root, rel), data)  # as the generator writes: mkdir on ENOENT
     last = time.time()
     with open(out, "w") as f:
         f.write(f"{first}\t{last}\t{time.process_time() - cpu0}\t{len(files)}\n")
