@@ -24,12 +24,14 @@ from pathlib import Path
 import anyio
 import orjson
 
-from indexer_service.db import Database
-from indexer_service.loader import BatchResult, Loader, WorkerPool
-from indexer_service.logs import configure_logging
-from indexer_service.pool import default_workers
-from indexer_service.synthetic import generate_tree
-from indexer_service.tracker import FileTracker
+from indexer_service.cli.logs import configure_logging
+from indexer_service.demo.synthetic import generate_tree
+from indexer_service.model import Batch, BatchResult
+from indexer_service.pool import WorkerPool
+from indexer_service.settings import default_workers
+from indexer_service.sources.json_tree.file_index import FileTracker
+from indexer_service.sources.json_tree.loader import Loader
+from indexer_service.store.database import Database
 
 
 def _generate(root: Path, files: int) -> None:
@@ -89,9 +91,9 @@ def ceiling(paths: Sequence[str]) -> float:
 async def _load(pool: WorkerPool, paths: Sequence[str], batch: int) -> list[str]:
     requeued: list[str] = []
 
-    async def batches() -> AsyncIterator[Sequence[str]]:
+    async def batches() -> AsyncIterator[Batch]:
         for i in range(0, len(paths), batch):
-            yield paths[i : i + batch]
+            yield Batch(tuple(paths[i : i + batch]), "size", 0.0)
 
     async def requeue(more: list[str]) -> None:
         requeued.extend(more)
@@ -112,11 +114,11 @@ def load(
         loader = Loader(db, FileTracker(db), root)
         rss: list[float] = []
 
-        def done(result: BatchResult, _paths: Sequence[str]) -> None:
+        def done(result: BatchResult, _batch: Batch) -> None:
             results.append(result)
             rss.append(_rss_mb())
 
-        pool = WorkerPool(loader, workers=args.workers, on_batch_done=done)
+        pool = WorkerPool(loader, db, workers=args.workers, on_batch_done=done)
         cpu0 = _cpu()
         start = time.perf_counter()
         requeued = anyio.run(_load, pool, paths, args.batch)

@@ -33,9 +33,9 @@ from typing import Any
 import anyio
 import pyarrow as pa
 
-from indexer_service.db import Database
-from indexer_service.reconciler import Reconciler
-from indexer_service.synthetic import age_tree
+from indexer_service.demo.synthetic import age_tree
+from indexer_service.sources.json_tree.reconciler import Reconciler
+from indexer_service.store.database import Database
 
 FILES_PER_SESSION = 53
 INTERVAL = 30.0

@@ -37,11 +37,11 @@ from typing import Any
 import anyio
 
 from indexer_service import IndexerService, Settings
-from indexer_service.db import Database
-from indexer_service.layout import classify
-from indexer_service.logs import configure_logging
-from indexer_service.synthetic import LiveWriter, age_tree, generate_tree
-from indexer_service.synthetic import _write as write_file
+from indexer_service.cli.logs import configure_logging
+from indexer_service.demo.synthetic import LiveWriter, age_tree, generate_tree
+from indexer_service.demo.synthetic import _write as write_file
+from indexer_service.sources.json_tree.layout import classify
+from indexer_service.store.database import Database
 
 
 def _writer(root: str, rate: float, seconds: float, files: int, out: str) -> None:

@@ -1,40 +1,45 @@
-"""Keep a DuckDB analytics database continuously and exactly in sync with OpenCode storage."""
+"""Keep a DuckDB analytics database continuously and exactly in sync with OpenCode's records.
 
-from ._version import __version__
-from .accumulator import AccumulatorConfig, FileBatchAccumulator
-from .db import Database
-from .errors import (
+The public surface: `IndexerService` (the service, an async context manager), its `Settings`,
+the `QueryResult` of a read-only query, the client of a running service's HTTP API, and every
+error a host can receive.
+"""
+
+from indexer_service._version import __version__
+from indexer_service.errors import (
+    AccumulatorClosed,
+    ApiError,
     ConfigError,
     DatabaseError,
     DatabaseLockedError,
     IndexerError,
-    ParseError,
+    QueryError,
+    QueryFailed,
+    QueryRefused,
+    QueryTimeout,
     SchemaVersionError,
 )
-from .query import QueryError, QueryFailed, QueryRefused, QueryResult, QueryTimeout
-from .reconciler import Reconciler
-from .service import IndexerService
-from .settings import Settings
-from .tracker import FileTracker
+from indexer_service.http.client import ServiceClient, find_service
+from indexer_service.read.query import QueryResult
+from indexer_service.service import IndexerService
+from indexer_service.settings import Settings
 
 __all__ = [
-    "AccumulatorConfig",
+    "AccumulatorClosed",
+    "ApiError",
     "ConfigError",
-    "Database",
     "DatabaseError",
     "DatabaseLockedError",
-    "FileBatchAccumulator",
-    "FileTracker",
     "IndexerError",
     "IndexerService",
-    "ParseError",
     "QueryError",
     "QueryFailed",
     "QueryRefused",
     "QueryResult",
     "QueryTimeout",
-    "Reconciler",
     "SchemaVersionError",
+    "ServiceClient",
     "Settings",
     "__version__",
+    "find_service",
 ]

@@ -1,5 +1,5 @@
 """``python -m indexer_service``: the same as the ``indexer-service`` command."""
 
-from .cli import main
+from indexer_service.cli.main import main
 
 raise SystemExit(main())

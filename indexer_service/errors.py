@@ -1,4 +1,4 @@
-"""Exceptions raised by indexer_service; the CLI maps them to exit codes."""
+"""Every exception indexer_service raises on purpose; the CLI maps them to exit codes."""
 
 from __future__ import annotations
 
@@ -35,10 +35,35 @@ class SchemaVersionError(DatabaseError):
     """Raised when the database was written by a newer indexer_service than this one."""
 
 
-class ParseError(IndexerError):
-    """Raised when a storage file cannot be turned into rows; the reason says what is wrong."""
+class AccumulatorClosed(IndexerError, RuntimeError):
+    """Raised when a path is added after the batch accumulator was stopped."""
 
-    def __init__(self, path: str, reason: str) -> None:
-        self.path = path
+
+class QueryError(IndexerError):
+    """Raised when a read-only query cannot be answered; the subclass says why."""
+
+    what = "query failed"
+
+    def __init__(self, reason: str) -> None:
         self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{self.what}: {reason}")
+
+
+class QueryRefused(QueryError):
+    """Raised when a statement is not a plain read of the index (writes, files, settings...)."""
+
+    what = "query refused"
+
+
+class QueryFailed(QueryError):
+    """Raised when DuckDB rejects or fails an allowed query (syntax, unknown column...)."""
+
+
+class QueryTimeout(QueryError):
+    """Raised when a query runs past its time limit and is interrupted."""
+
+    what = "query timed out"
+
+
+class ApiError(IndexerError):
+    """Raised when the service's HTTP API cannot be reached or answers with an error."""

@@ -1,51 +1,39 @@
-"""WorkerPool: N workers take batches and run them through a `Loader`, reads overlapping writes.
+"""WorkerPool: N workers take batches and run them through a source's loader, reads
+overlapping writes.
 
-Each worker prepares its batch (read + extract) in a thread, then writes it in a thread behind a
-``CapacityLimiter(1)``: DuckDB allows one writer per row. Prepares, too, run one at a time by
-default (``readers``): the read loop is Python and holds the GIL between its system calls, so
-two readers slow each other and the writer more than they add. Measured on the 2-core machine
-(100k files, batches of 5,000, `benchmarks/bench_loader.py`): two workers both reading reach a
-median of 18,900 files/s at 76-93 us of CPU per file; one reader and three workers 22,200
-files/s at 60-73 us, the CPU cost of a single thread. Four workers keep both stages busy: one
-batch is written, one is read, two wait between them. Reading and writing take about as long
-per batch (40 and 43 us a file in the pipeline), so with a single batch between them either
-stage often waited for the other: 11 alternating runs gave a median of 21,200 files/s with
-four workers against 18,800 with three (9 of 11 pairs faster, +2,400 files/s the median pair),
-for ~65 MB more peak memory (median of the pairs).
-
-One reader reads one file at a time, so files that are not in the page cache (a first start
-after a boot) would each wait for the disk: 3,300 files/s against 23,000 from the cache. A
-batch of at least `PREFETCH_MIN_FILES` whose sampled files are not cached is first handed to
-the kernel to read ahead (`versions.prefetch`, on `PREFETCH_THREADS` threads, while the
-previous batch is read): 11,800 files/s from a cold cache. A cached batch skips it (its cost
-is an extra open per file).
+Each worker warms its batch on the event loop (`BatchLoader.warm`), prepares it (fetch and
+parse) in a thread behind the readers' limiter, then writes it in a thread behind a
+``CapacityLimiter(1)``: DuckDB allows one writer per row. Prepares run one at a time by default
+(``readers``): the read loop is Python and holds the GIL between its system calls, so two
+readers slow each other and the writer more than they add. Four workers keep both stages
+busy: one batch is written, one is read, two wait between them (docs/benchmarks.md).
 
 At most ``workers`` batches are in flight (the hand-off stream has no buffer), so memory stays
-flat however far the database falls behind: the producer simply waits.
+flat however far the database falls behind: the producer simply waits. A write that fails for
+a database-level reason is retried by `WriteRetry`; any other error fails the pool.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .recovery import DatabaseRecovery
-from .versions import in_page_cache, prefetch
+from indexer_service.model import Batch, BatchResult
+from indexer_service.settings import default_workers
+from indexer_service.source import BatchLoader
+from indexer_service.store.database import Database
+from indexer_service.store.write_retry import WriteRetry
 
-if TYPE_CHECKING:
-    from .loader import BatchResult, Loader
-
-__all__ = ["PREFETCH_MIN_FILES", "WorkerPool", "default_workers"]
+__all__ = ["WorkerPool"]
 
 log = structlog.get_logger(__name__)
 
@@ -54,28 +42,19 @@ _COUNTERS = (
     "batches files_indexed files_errors files_deleted files_skipped files_requeued files_prefetched"
 ).split()
 
-PREFETCH_MIN_FILES = 256
-"""Smallest batch that is checked for files missing from the page cache (bulk loads)."""
-PREFETCH_THREADS = 4
-_PROBES = 8  # files per batch checked for being in the page cache
-
-
-def default_workers() -> int:
-    """The CPU count, at least 4: one batch read, one written, two waiting between them."""
-    return max(4, os.cpu_count() or 1)
-
 
 class WorkerPool:
     """Runs batches through ``loader`` with ``workers`` batches in flight (default:
-    `default_workers`), of which ``readers`` are read at once."""
+    `default_workers`), of which ``readers`` are read at once; writes go to ``db``."""
 
     def __init__(
         self,
-        loader: Loader,
+        loader: BatchLoader[Any],
+        db: Database,
         workers: int | None = None,
         *,
         readers: int = 1,
-        on_batch_done: Callable[[BatchResult, Sequence[str]], None] | None = None,
+        on_batch_done: Callable[[BatchResult, Batch], None] | None = None,
     ) -> None:
         self.loader = loader
         self.workers = max(1, workers or default_workers())
@@ -83,7 +62,7 @@ class WorkerPool:
         self.on_batch_done = on_batch_done
         self._prepare_limiter = anyio.CapacityLimiter(self.readers)
         self._write_limiter = anyio.CapacityLimiter(1)
-        self.recovery = DatabaseRecovery(loader.db, limiter=self._write_limiter)
+        self.retry = WriteRetry(db, limiter=self._write_limiter)
         self._counts: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._seconds = {"read": 0.0, "parse": 0.0, "write": 0.0}
         self._latency_ms: deque[float] = deque(maxlen=1024)
@@ -91,7 +70,7 @@ class WorkerPool:
 
     async def run(
         self,
-        batches: AsyncIterable[Sequence[str]],
+        batches: AsyncIterable[Batch],
         requeue: Requeue,
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -102,31 +81,32 @@ class WorkerPool:
         cannot stall the workers. A batch whose write fails for a database-level reason (a full
         disk) is retried by `recovery`; any other error writing a batch is raised.
         """
-        send, receive = anyio.create_memory_object_stream[tuple[Sequence[str], float]](0)
+        send, receive = anyio.create_memory_object_stream[tuple[Batch, float]](0)
         async with anyio.create_task_group() as tg:
             with receive:
                 for _ in range(self.workers):
                     tg.start_soon(self._worker, receive.clone(), requeue, tg)
             task_status.started()
             async with send:
-                async for paths in batches:
-                    if paths:
+                async for batch in batches:
+                    if batch.keys:
                         self._busy += 1  # counted from here, so idle means nothing in flight
-                        await send.send((paths, time.perf_counter()))
+                        await send.send((batch, time.perf_counter()))
 
     async def _worker(
         self,
-        receive: MemoryObjectReceiveStream[tuple[Sequence[str], float]],
+        receive: MemoryObjectReceiveStream[tuple[Batch, float]],
         requeue: Requeue,
         tg: TaskGroup,
     ) -> None:
         async with receive:
-            async for paths, taken in receive:
+            async for batch, taken in receive:
+                keys = batch.keys
                 try:  # a full disk or a failed database: wait, then load the batch again
-                    result = await self.recovery.run(partial(self._load, paths), files=len(paths))
+                    result = await self.retry.run(partial(self._load, keys), files=len(keys))
                 except Exception:
                     self._busy -= 1
-                    log.exception("batch_failed", files=len(paths))
+                    log.exception("batch_failed", files=len(keys))
                     raise
                 self._record(result, (time.perf_counter() - taken) * 1000)
                 if result.requeue:
@@ -134,32 +114,16 @@ class WorkerPool:
                     tg.start_soon(self._requeue, requeue, result.requeue)
                 self._busy -= 1
                 if self.on_batch_done is not None:
-                    self.on_batch_done(result, paths)
+                    self.on_batch_done(result, batch)
 
-    async def _load(self, paths: Sequence[str]) -> BatchResult:
-        await self._prefetch_if_cold(paths)
+    async def _load(self, keys: tuple[str, ...]) -> BatchResult:
+        self._counts["files_prefetched"] += await self.loader.warm(keys)
         prepared = await anyio.to_thread.run_sync(
-            self.loader.prepare, paths, limiter=self._prepare_limiter
+            self.loader.prepare, keys, limiter=self._prepare_limiter
         )
         return await anyio.to_thread.run_sync(
             self.loader.write, prepared, limiter=self._write_limiter
         )
-
-    async def _prefetch_if_cold(self, paths: Sequence[str]) -> None:
-        if len(paths) < PREFETCH_MIN_FILES:
-            return
-        step = len(paths) // _PROBES
-        probes = [paths[i * step] for i in range(_PROBES)]
-        cached = await anyio.to_thread.run_sync(lambda: [in_page_cache(p) for p in probes])
-        if False not in cached:
-            return
-        self._counts["files_prefetched"] += len(paths)
-        size = -(-len(paths) // PREFETCH_THREADS)
-        async with anyio.create_task_group() as tg:
-            for start in range(0, len(paths), size):
-                tg.start_soon(
-                    partial(anyio.to_thread.run_sync, prefetch, paths[start : start + size])
-                )
 
     async def _requeue(self, requeue: Requeue, paths: list[str]) -> None:
         try:

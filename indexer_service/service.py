@@ -1,8 +1,8 @@
-"""IndexerService: the pipeline wired into one async context manager.
+"""IndexerService: a source wired into the shared pipeline, as one async context manager.
 
-    watcher ─┐
-             ├─► FileBatchAccumulator ─► WorkerPool ─► Loader ─► DuckDB (rows + file_index)
-    reconciler (initial backfill, then every interval; deletions take the same path)
+    source.watch ──┐
+                   ├─► FileBatchAccumulator ─► WorkerPool ─► source.prepare/write ─► DuckDB
+    source.scan ───┘   (initial backfill, then every interval; deletions take the same path)
 
 Every task lives in one anyio task group. Shutdown stops the producers first (watcher,
 reconciler), then flushes the accumulator so the workers finish what was detected, then
@@ -12,10 +12,9 @@ checkpoints and closes the database, all within ``settings.shutdown_timeout``.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from pathlib import Path
 from typing import Any, Self
 
 import anyio
@@ -23,31 +22,18 @@ import duckdb
 import structlog
 from anyio.abc import TaskGroup
 
-from .accumulator import AccumulatorConfig, FileBatchAccumulator
-from .api import serve_api
-from .db import Database
-from .errors import DatabaseError
-from .loader import BatchResult, Loader
-from .metrics import Metrics
-from .pool import WorkerPool
-from .query import Params, QueryResult, ReadOnlyQueries
-from .reconciler import Reconciler
-from .settings import Settings
-from .tracker import FileTracker
-from .watcher import StorageWatcher
+from indexer_service.accumulator import AccumulatorConfig, FileBatchAccumulator
+from indexer_service.errors import DatabaseError
+from indexer_service.http.metrics import Metrics
+from indexer_service.http.server import serve_api
+from indexer_service.model import Batch, BatchResult, ScanReport
+from indexer_service.pool import WorkerPool
+from indexer_service.read.query import Params, QueryResult, ReadOnlyQueries
+from indexer_service.settings import Settings
+from indexer_service.sources.json_tree import JsonTreeSource
+from indexer_service.store.database import Database
 
 log = structlog.get_logger(__name__)
-
-
-class _TimedPaths(tuple[str, ...]):
-    """A batch's paths plus the accumulator clock time its oldest file arrived."""
-
-    first_added: float
-
-    def __new__(cls, paths: tuple[str, ...], first_added: float) -> _TimedPaths:
-        self = super().__new__(cls, paths)
-        self.first_added = first_added
-        return self
 
 
 class IndexerService(anyio.AsyncContextManagerMixin):
@@ -70,7 +56,6 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         self._periodic = periodic_reconcile
         self._clock = clock
         self._db = Database(settings.db_path)
-        self._tracker = FileTracker(self._db)
         self._acc = FileBatchAccumulator(
             AccumulatorConfig(
                 window_ms=settings.window_ms,
@@ -80,22 +65,12 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             ),
             clock=clock,
         )
-        self._loader = Loader(
-            self._db, self._tracker, settings.storage_path, max_file_bytes=settings.max_file_bytes
+        self._source = JsonTreeSource(
+            settings, self._db, self._acc.add_many, on_scan_done=self._scan_done
         )
         self._pool = WorkerPool(
-            self._loader, workers=settings.workers, on_batch_done=self._batch_done
+            self._source, self._db, workers=settings.workers, on_batch_done=self._batch_done
         )
-        self._reconciler = Reconciler(
-            settings.storage_path,
-            self._db,
-            interval_seconds=settings.reconcile_interval,
-            full_scan_every=settings.full_scan_every,
-            on_missing_files=self._enqueue_paths,
-            on_deleted_files=self._enqueue_paths,
-            on_scan_done=self._scan_done,
-        )
-        self._watcher = StorageWatcher(settings.storage_path, self._acc.add_many)
         self._progress = anyio.Event()
         self._initial_done = anyio.Event()
         self._started_at: float | None = None
@@ -167,24 +142,22 @@ class IndexerService(anyio.AsyncContextManagerMixin):
 
     async def _start_producers(self, tg: TaskGroup) -> None:
         # Watch first, then scan: a change made while the initial scan runs is seen by one of them.
-        if self.settings.watch:
-            await tg.start(self._watcher.run)
+        await tg.start(self._source.watch)
         tg.start_soon(self._initial_scan)
         if self._periodic:
-            await tg.start(self._reconciler.run)
+            await tg.start(self._source.reconcile)
 
     async def _initial_scan(self) -> None:
-        """The backfill: everything on disk that file_index does not match, through the same
-        accumulator and workers as live changes (in large coalesced batches)."""
+        """The backfill: everything the index does not match, through the same accumulator and
+        workers as live changes (in large coalesced batches)."""
         try:
-            found = await self._reconciler.scan_now()
-            self._backfill["total"] = len(found)
+            report = await self._source.scan()
+            self._backfill["total"] = report.missing
         finally:
             self._initial_done.set()
 
     def _close_db(self) -> None:
-        self._reconciler.close()
-        self._loader.close()
+        self._source.close()
         if self._db.is_open:
             try:
                 self._db.checkpoint()
@@ -196,37 +169,28 @@ class IndexerService(anyio.AsyncContextManagerMixin):
     async def _consume(self, scope: anyio.CancelScope, done: anyio.Event) -> None:
         try:
             with scope:
-                await self._pool.run(self._batches(), self._enqueue_paths)
+                await self._pool.run(self._acc, self._acc.add_many)
         finally:
             done.set()
 
-    async def _batches(self) -> AsyncIterator[Sequence[str]]:
-        async for batch in self._acc:
-            yield _TimedPaths(batch.paths, batch.first_added)
-
-    async def _enqueue_paths(self, paths: Sequence[str | Path]) -> None:
-        await self._acc.add_many(paths)
-
-    def _scan_done(self, duration_s: float, counts: dict[str, int]) -> None:
-        if self.settings.watch:  # the tree may have grown past the watch limit since
-            self._watcher.check_watch_limit(self._reconciler.get_stats()["dirs_known"])
+    def _scan_done(self, report: ScanReport) -> None:
+        counts = report.counts
         self.metrics.reconcile_done(
-            duration_s,
+            report.duration_s,
             new=counts.get("new", 0),
             modified=counts.get("modified", 0),
             retried=counts.get("retried", 0),
             deleted=counts.get("deleted", 0),
         )
 
-    def _batch_done(self, result: BatchResult, paths: Sequence[str]) -> None:
-        # the oldest file of the batch: from the accumulator receiving it to its commit
-        first = getattr(paths, "first_added", None)
+    def _batch_done(self, result: BatchResult, batch: Batch) -> None:
         self.metrics.batch_done(
             indexed_by_type=result.by_type,
             errors=result.errors,
             deleted=result.deleted,
             seconds=result.read_seconds + result.parse_seconds + result.write_seconds,
-            latencies_s=() if first is None else (self._clock() - first,),
+            # the oldest key of the batch: from the accumulator receiving it to its commit
+            latencies_s=(self._clock() - batch.first_added,),
         )
         if not self._backfill["finished"]:
             self._backfill["done"] += result.indexed + result.errors + result.deleted
@@ -266,20 +230,20 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         scan finds what the watcher may have missed meanwhile, and that is written too."""
         await self._initial_done.wait()
         await self.drain()
-        await self._reconciler.scan_now(full=True)  # also stats files in unchanged directories
+        await self._source.scan(full=True)  # also stats files in unchanged directories
         await self.drain()
         self._backfill["finished"] = True
 
     async def file_counts(self) -> dict[str, dict[str, int]]:
         """``{file_type: {status: count}}`` read from `file_index` now."""
-        self._counts = await anyio.to_thread.run_sync(self._tracker.counts_by_type)
+        self._counts = await anyio.to_thread.run_sync(self._source.counts)
         return self._counts
 
     def health(self) -> tuple[bool, str]:
         """(healthy, reason) for ``/healthz``: healthy while the pipeline runs and writes work."""
         if self._state != "running":
             return False, f"pipeline is {self._state}"
-        if (failing := self._pool.recovery.health()) is not None:
+        if (failing := self._pool.retry.health()) is not None:
             return False, failing
         return True, "running"
 
@@ -304,8 +268,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             "backfill": dict(self._backfill),
             "accumulator": self._acc.get_stats(),
             "workers": self._pool.get_stats(),
-            "database": self._pool.recovery.get_stats(),
-            "reconciler": self._reconciler.get_stats(),
-            "watcher": self._watcher.get_stats(),
+            "database": self._pool.retry.get_stats(),
+            **self._source.get_stats(),
             "files": self._counts,
         }

@@ -1,22 +1,42 @@
-"""Settings: one frozen dataclass with documented defaults; `from_env()` reads ``INDEXER_*``."""
+"""Settings: one frozen dataclass with documented defaults; `from_env()` reads ``INDEXER_*``.
+
+A leaf: it imports nothing of the package but `errors`. The range checks every stage applies
+to its own parameters (`positive`, `at_least`) live here too, so a value is judged one way.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .db import default_db_path
-from .errors import ConfigError
-from .logs import LEVELS
-from .pool import default_workers
-from .versions import MAX_FILE_BYTES
+from indexer_service.errors import ConfigError
+
+MAX_FILE_BYTES = 64 * 2**20
+"""Default limit on the size of one storage file (`Settings.max_file_bytes`): indexing a file
+costs about 5x its size in memory at its peak, and OpenCode's files are far smaller (a 100 MB
+file is a pathology, e.g. a runaway tool output)."""
 
 MAX_FILE_BYTES_LIMIT = 2**31 - 1
 """The largest ``max_file_bytes``: ``file_index.size`` is a 32-bit INTEGER."""
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def positive(name: str, value: float, unit: str = "") -> None:
+    """Raise `ConfigError` unless ``value > 0`` (NaN is refused too)."""
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0{unit}, got {value!r}")
+
+
+def at_least(name: str, value: float, minimum: float, what: str = "") -> None:
+    """Raise `ConfigError` unless ``value >= minimum``; ``what`` names the minimum."""
+    if not value >= minimum:
+        raise ConfigError(f"{name} must be >= {what or minimum}, got {value!r}")
 
 
 def default_storage_path() -> Path:
@@ -25,6 +45,20 @@ def default_storage_path() -> Path:
         return Path(env).expanduser()
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data) / "opencode" / "storage"
+
+
+def default_db_path() -> Path:
+    """The platform's per-user data directory, e.g. ``~/.local/share/indexer-service/index.duckdb``."""
+    if sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "indexer-service" / "index.duckdb"
+
+
+def default_workers() -> int:
+    """The CPU count, at least 4: one batch read, one written, two waiting between them."""
+    return max(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -81,35 +115,29 @@ class Settings:
             object.__setattr__(
                 self, name, Path(os.path.abspath(Path(getattr(self, name)).expanduser()))
             )
-        positive = ("window_ms", "reconcile_interval", "shutdown_timeout", "query_timeout_s")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("window_ms", "reconcile_interval", "shutdown_timeout", "query_timeout_s"):
+            positive(name, getattr(self, name))
         for name in ("max_files", "workers", "full_scan_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+            at_least(name, getattr(self, name), 1)
         if not 1 <= self.max_file_bytes <= MAX_FILE_BYTES_LIMIT:
             raise ConfigError(
                 f"max_file_bytes must be 1..{MAX_FILE_BYTES_LIMIT}, got {self.max_file_bytes!r}"
             )
-        if self.max_batch_files < self.max_files:
-            raise ConfigError(
-                f"max_batch_files ({self.max_batch_files}) must be >= max_files ({self.max_files})"
-            )
-        if self.max_pending < self.max_batch_files:
-            raise ConfigError(
-                f"max_pending ({self.max_pending}) must be >= max_batch_files "
-                f"({self.max_batch_files})"
-            )
+        at_least(
+            "max_batch_files", self.max_batch_files, self.max_files, f"max_files ({self.max_files})"
+        )
+        at_least(
+            "max_pending", self.max_pending, self.max_batch_files,
+            f"max_batch_files ({self.max_batch_files})",
+        )  # fmt: skip
         if not 0 <= self.http_port <= 65535:
             raise ConfigError(f"http_port must be 0..65535, got {self.http_port!r}")
-        if self.query_max_rows < 0:
-            raise ConfigError(f"query_max_rows must be >= 0, got {self.query_max_rows!r}")
+        at_least("query_max_rows", self.query_max_rows, 0)
         if self.log_format not in ("auto", "console", "json"):
             raise ConfigError(f"log_format must be auto, console or json, not {self.log_format!r}")
-        if self.log_level not in LEVELS:
+        if self.log_level not in LOG_LEVELS:
             raise ConfigError(
-                f"log_level must be one of {', '.join(LEVELS)}, not {self.log_level!r}"
+                f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
             )
 
     @classmethod

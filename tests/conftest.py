@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 
+import anyio
 import pytest
 
-from indexer_service.db import Database
-from indexer_service.layout import classify
+from indexer_service.demo.synthetic import TreeSpec, TreeSummary, generate_tree
+from indexer_service.model import BatchResult
 from indexer_service.service import IndexerService
 from indexer_service.settings import Settings
-from indexer_service.synthetic import TreeSpec, TreeSummary, generate_tree
+from indexer_service.sources.json_tree.layout import classify
+from indexer_service.sources.json_tree.loader import Loader
+from indexer_service.store.database import Database
 
 
 def indexable_files(root: Path) -> dict[str, tuple[int, int]]:
@@ -48,20 +51,38 @@ def assert_index_matches_tree(root: Path, db_path: Path) -> None:
     assert not stale, f"{len(stale)} stale rows, e.g. {stale[:3]}"
 
 
+def load_batch(loader: Loader, paths: Sequence[str]) -> BatchResult:
+    """Read, extract and write one batch, as a worker does (`prepare`, then `write`)."""
+    return loader.write(loader.prepare(paths))
+
+
 TreeFactory = Callable[..., TreeSummary]
 
 
 class FakeClock:
-    """A clock (monotonic or epoch seconds) that moves only when told to."""
+    """A clock (monotonic or epoch seconds) that moves only when told to; `sleep` waits on it."""
 
     def __init__(self, now: float = 0.0) -> None:
         self.now = now
+        self._moved: anyio.Event | None = None
 
     def __call__(self) -> float:
         return self.now
 
     def advance(self, seconds: float) -> None:
+        """Move the clock on (from the event loop's thread); wakes every `sleep` now due."""
         self.now += seconds
+        if self._moved is not None:
+            self._moved.set()
+            self._moved = None
+
+    async def sleep(self, seconds: float) -> None:
+        """Return once the clock has been advanced ``seconds`` past now (never by itself)."""
+        until = self.now + seconds
+        while self.now < until:
+            if self._moved is None:
+                self._moved = anyio.Event()
+            await self._moved.wait()
 
 
 @contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import anyio
 import pytest
@@ -11,13 +10,9 @@ from conftest import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexer_service.accumulator import (
-    AccumulatorClosed,
-    AccumulatorConfig,
-    Batch,
-    BatchCore,
-    FileBatchAccumulator,
-)
+from indexer_service.accumulator import AccumulatorConfig, BatchCore, FileBatchAccumulator
+from indexer_service.errors import AccumulatorClosed
+from indexer_service.model import Batch
 
 
 def paths(count: int, prefix: str = "/s") -> list[str]:
@@ -29,13 +24,6 @@ def config(**overrides: float | int | bool) -> AccumulatorConfig:
     values: dict[str, float | int | bool] = {"window_ms": 250, "max_files": 10}
     values.update(overrides)
     return AccumulatorConfig(**values)  # type: ignore[arg-type]
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Yield to the loop until predicate() holds (for state changed by a thread)."""
-    with anyio.fail_after(5):
-        while not predicate():
-            await anyio.sleep(0)
 
 
 async def drain(acc: FileBatchAccumulator) -> list[Batch]:
@@ -96,7 +84,7 @@ def test_core_seals_at_exactly_max_files() -> None:
     assert core.add(["/tenth"], now=1.0) == 1
     batch = core.take()
     assert batch is not None
-    assert batch.paths == (*paths(9), "/tenth")
+    assert batch.keys == (*paths(9), "/tenth")
     assert batch.trigger == "size" and batch.first_added == 0.0
     assert core.pending == 0
 
@@ -132,7 +120,7 @@ def test_core_coalesces_ready_batches_up_to_the_cap_and_never_over() -> None:
     core.seal("force")  # and one of three
     sizes = []
     while (batch := core.take()) is not None:
-        sizes.append((len(batch.paths), batch.merged))
+        sizes.append((len(batch.keys), batch.merged))
     assert sizes == [(20, 2), (20, 2), (13, 2)]
     assert core.stats["batches_coalesced"] == 3
     assert core.stats["largest_batch"] == 20
@@ -160,10 +148,10 @@ def test_core_delivers_each_added_path_exactly_once_per_add_epoch(
     now, outstanding = 0.0, set[str]()
 
     def deliver(batch: Batch) -> None:
-        assert len(batch.paths) <= core.config.max_coalesced_files
-        assert len(set(batch.paths)) == len(batch.paths)
-        assert set(batch.paths) <= outstanding
-        outstanding.difference_update(batch.paths)
+        assert len(batch.keys) <= core.config.max_coalesced_files
+        assert len(set(batch.keys)) == len(batch.keys)
+        assert set(batch.keys) <= outstanding
+        outstanding.difference_update(batch.keys)
 
     for op, arg in ops:
         if op == "add":
@@ -195,15 +183,13 @@ def test_core_delivers_each_added_path_exactly_once_per_add_epoch(
 async def test_lone_file_is_emitted_by_the_timer_after_the_window_not_before() -> None:
     """With a fake clock, a single file is not emitted at window/2 and is emitted at window."""
     clock = FakeClock(100.0)
-    async with FileBatchAccumulator(config(), clock=clock) as acc:
+    async with FileBatchAccumulator(config(), clock=clock, sleep=clock.sleep) as acc:
         await acc.add("/a")
         clock.advance(0.125)
-        acc.clock_advanced()
         await anyio.wait_all_tasks_blocked()
         assert acc.get_stats()["ready"] == 0
         assert acc.get_stats()["pending"] == 1
         clock.advance(0.125)
-        acc.clock_advanced()
         with anyio.fail_after(5):
             batch = await acc.next_batch()
         assert batch == Batch(("/a",), "timer", 100.0)
@@ -212,15 +198,13 @@ async def test_lone_file_is_emitted_by_the_timer_after_the_window_not_before() -
 async def test_trickle_on_the_shell_is_flushed_one_window_after_its_first_file() -> None:
     """Adds during the window join the batch; the timer fires at first file + window."""
     clock = FakeClock()
-    async with FileBatchAccumulator(config(), clock=clock) as acc:
+    async with FileBatchAccumulator(config(), clock=clock, sleep=clock.sleep) as acc:
         for name in ("/a", "/b", "/c"):
             await acc.add(name)
             clock.advance(0.0625)
-            acc.clock_advanced()
             await anyio.wait_all_tasks_blocked()
         assert acc.get_stats()["ready"] == 0
         clock.advance(0.0625)
-        acc.clock_advanced()
         with anyio.fail_after(5):
             batch = await acc.next_batch()
         assert batch == Batch(("/a", "/b", "/c"), "timer", 0.0)
@@ -232,7 +216,7 @@ async def test_full_batch_is_delivered_without_waiting_for_the_window() -> None:
         await acc.add_many(paths(10))
         with anyio.fail_after(5):
             batch = await acc.next_batch()
-        assert batch is not None and batch.trigger == "size" and len(batch.paths) == 10
+        assert batch is not None and batch.trigger == "size" and len(batch.keys) == 10
 
 
 async def test_force_flush_emits_pending_files_and_returns_their_count() -> None:
@@ -253,7 +237,7 @@ async def test_stop_flushes_the_remainder_ends_iteration_and_rejects_later_adds(
     with pytest.raises(AccumulatorClosed):
         await acc.add("/c")
     with pytest.raises(AccumulatorClosed):
-        await anyio.to_thread.run_sync(acc.add_many_threadsafe, ["/c"])
+        await acc.add_many(["/c", "/d"])
     await acc.stop()  # idempotent
 
 
@@ -262,7 +246,7 @@ async def test_stop_without_flush_on_stop_discards_pending_files_and_counts_them
     async with FileBatchAccumulator(config(flush_on_stop=False), clock=FakeClock()) as acc:
         await acc.add_many(paths(13))
         await acc.stop()
-    assert [len(b.paths) for b in await drain(acc)] == [10]
+    assert [len(b.keys) for b in await drain(acc)] == [10]
     assert acc.get_stats()["files_discarded"] == 3
 
 
@@ -276,15 +260,8 @@ async def test_cancelled_run_closes_the_accumulator_so_consumers_finish() -> Non
     assert await drain(acc) == [Batch(("/a",), "stop", 0.0)]
 
 
-async def test_blocking_add_from_the_event_loop_thread_is_refused() -> None:
-    """add_many_threadsafe on the loop thread raises instead of risking a deadlock."""
-    async with FileBatchAccumulator(config(), clock=FakeClock()) as acc:
-        with pytest.raises(RuntimeError, match="add_many"):
-            acc.add_many_threadsafe(["/a"])
-
-
-async def test_eight_threads_adding_ten_thousand_paths_each_deliver_every_path_once() -> None:
-    """Concurrent threaded adds under back-pressure lose and duplicate nothing."""
+async def test_eight_producers_adding_ten_thousand_keys_each_deliver_every_key_once() -> None:
+    """Concurrent producers under back-pressure lose and duplicate nothing."""
     cfg = config(max_files=100, max_pending=1_000, max_coalesced_files=500)
     acc = FileBatchAccumulator(cfg, clock=FakeClock())
     expected = {t: paths(10_000, prefix=f"/t{t}") for t in range(8)}
@@ -292,31 +269,31 @@ async def test_eight_threads_adding_ten_thousand_paths_each_deliver_every_path_o
 
     async def consume() -> None:
         async for batch in acc:
-            delivered.extend(batch.paths)
+            delivered.extend(batch.keys)
 
-    def produce(thread: int) -> None:
-        mine = expected[thread]
+    async def produce(producer: int) -> None:
+        mine = expected[producer]
         for start in range(0, len(mine), 250):
-            acc.add_many_threadsafe(mine[start : start + 250])
+            await acc.add_many(mine[start : start + 250])
 
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             tg.start_soon(consume)
             async with acc, anyio.create_task_group() as producers:
-                for thread in expected:
-                    producers.start_soon(anyio.to_thread.run_sync, produce, thread)
+                for producer in expected:
+                    producers.start_soon(produce, producer)
     assert len(delivered) == 80_000
     assert set(delivered) == {p for ps in expected.values() for p in ps}
 
 
-async def test_threads_racing_on_the_same_paths_deliver_each_once() -> None:
-    """Eight threads adding the same 5,000 paths while nothing is taken yield each path once."""
+async def test_producers_racing_on_the_same_keys_deliver_each_once() -> None:
+    """Eight producers adding the same 5,000 keys while nothing is taken yield each key once."""
     acc = FileBatchAccumulator(config(max_files=100), clock=FakeClock())
     shared = paths(5_000)
     async with acc, anyio.create_task_group() as tg:
         for _ in range(8):
-            tg.start_soon(anyio.to_thread.run_sync, acc.add_many_threadsafe, shared)
-    delivered = [p for batch in await drain(acc) for p in batch.paths]
+            tg.start_soon(acc.add_many, shared)
+    delivered = [p for batch in await drain(acc) for p in batch.keys]
     assert sorted(delivered) == sorted(shared)
     assert acc.get_stats()["duplicates_dropped"] == 7 * 5_000
 
@@ -340,26 +317,10 @@ async def test_back_pressure_suspends_an_async_producer_until_a_batch_is_taken()
             assert acc.get_stats()["producers_waiting"] == 1
             clock.advance(2.0)
             batch = await acc.next_batch()
-            assert batch is not None and len(batch.paths) == 10
+            assert batch is not None and len(batch.keys) == 10
         assert finished
         stats = acc.get_stats()
         assert (stats["pending"], stats["ready"], stats["backpressure_wait_s"]) == (2, 10, 2.0)
-
-
-async def test_back_pressure_blocks_a_threaded_producer_until_a_batch_is_taken() -> None:
-    """At max_pending, add_many_threadsafe() blocks its thread, not the loop, until a take."""
-    clock = FakeClock()
-    cfg = config(max_pending=20, max_coalesced_files=10)
-    async with FileBatchAccumulator(cfg, clock=clock) as acc:
-        await acc.add_many(paths(20))
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(anyio.to_thread.run_sync, acc.add_many_threadsafe, ["/x"])
-            await wait_until(lambda: acc.get_stats()["producers_waiting"] == 1)
-            assert acc.get_stats()["pending"] == 0
-            clock.advance(1.5)
-            assert await acc.next_batch() is not None
-        stats = acc.get_stats()
-        assert (stats["pending"], stats["backpressure_wait_s"]) == (1, 1.5)
 
 
 async def test_stop_releases_a_waiting_producer_with_accumulator_closed() -> None:
@@ -389,23 +350,22 @@ async def test_waiting_batches_are_coalesced_into_one_pull_up_to_the_cap() -> No
         await acc.add_many(paths(70))
         first, second = await acc.next_batch(), await acc.next_batch()
     assert first is not None and second is not None
-    assert (len(first.paths), first.merged) == (30, 3)
-    assert first.paths == tuple(paths(30))
-    assert (len(second.paths), second.merged) == (30, 3)
-    assert [len(b.paths) for b in await drain(acc)] == [10]
+    assert (len(first.keys), first.merged) == (30, 3)
+    assert first.keys == tuple(paths(30))
+    assert (len(second.keys), second.merged) == (30, 3)
+    assert [len(b.keys) for b in await drain(acc)] == [10]
 
 
 async def test_get_stats_counts_adds_duplicates_triggers_and_coalescing() -> None:
     """get_stats reports per-trigger batches, duplicates, coalescing and current queue sizes."""
     clock = FakeClock()
-    async with FileBatchAccumulator(config(max_files=3), clock=clock) as acc:
+    async with FileBatchAccumulator(config(max_files=3), clock=clock, sleep=clock.sleep) as acc:
         await acc.add_many(["/a", "/b", "/a", "/c"])  # size batch, one duplicate
         await acc.add_many(["/c", "/d"])  # /c is in a ready batch: dropped
         clock.advance(0.25)
-        acc.clock_advanced()
         await anyio.wait_all_tasks_blocked()  # timer seals /d
         batch = await acc.next_batch()
-        assert batch is not None and batch.paths == ("/a", "/b", "/c", "/d")
+        assert batch is not None and batch.keys == ("/a", "/b", "/c", "/d")
         await acc.add("/e")
         await acc.force_flush()
         await acc.add("/f")

@@ -23,21 +23,28 @@ import anyio
 import duckdb
 import orjson
 import pytest
-from conftest import TreeFactory, assert_index_matches_tree, indexable_files, indexed_files
+from conftest import (
+    TreeFactory,
+    assert_index_matches_tree,
+    indexable_files,
+    indexed_files,
+    load_batch,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from indexer_service import IndexerService, Settings
-from indexer_service import db as db_module
-from indexer_service.cli import _settings, build_parser
-from indexer_service.db import Database
+from indexer_service.backoff import Backoff
+from indexer_service.cli.main import _settings, build_parser
+from indexer_service.demo.synthetic import LiveWriter
 from indexer_service.errors import ConfigError
-from indexer_service.loader import Loader
-from indexer_service.records import SPECS
-from indexer_service.recovery import DatabaseRecovery
-from indexer_service.synthetic import LiveWriter
-from indexer_service.tracker import FileTracker
+from indexer_service.extract.specs import SPECS
+from indexer_service.sources.json_tree.file_index import FileTracker
+from indexer_service.sources.json_tree.loader import Loader
+from indexer_service.store import database as db_module
+from indexer_service.store.database import Database
+from indexer_service.store.write_retry import WriteRetry
 
 SettingsFactory = Callable[..., Settings]
 MiB = 2**20
@@ -158,9 +165,9 @@ async def test_100_mb_file_is_an_error_the_rest_is_indexed_and_retried_when_it_c
 _RSS_PROBE = """
 import json, resource, sys
 from pathlib import Path
-from indexer_service.db import Database
-from indexer_service.loader import Loader
-from indexer_service.tracker import FileTracker
+from indexer_service.store.database import Database
+from indexer_service.sources.json_tree.loader import Loader
+from indexer_service.sources.json_tree.file_index import FileTracker
 
 root, db_path, limit = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
@@ -168,11 +175,11 @@ def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 with Database(db_path) as db:
     loader = Loader(db, FileTracker(db), root, max_file_bytes=limit)
-    warm = loader.load_batch([str(root / "part/msg_f/prt_small.json")])
+    warm = loader.write(loader.prepare([str(root / "part/msg_f/prt_small.json")]))
     base = peak()
-    huge = loader.load_batch([str(root / "part/msg_f/prt_huge.json")])
+    huge = loader.write(loader.prepare([str(root / "part/msg_f/prt_huge.json")]))
     after_huge = peak()
-    at_limit = loader.load_batch([str(root / "part/msg_f/prt_limit.json")])
+    at_limit = loader.write(loader.prepare([str(root / "part/msg_f/prt_limit.json")]))
     after_limit = peak()
     loader.close()
 print(json.dumps({
@@ -212,7 +219,7 @@ def test_file_over_2_gib_is_an_error_not_a_failed_batch(loader: Loader) -> None:
     huge = _put(loader.root, "part/msg_f/prt_3g.json", b"")
     os.truncate(huge, 3 * 2**30)
     fine = _put(loader.root, "part/msg_f/prt_fine.json", _part("prt_fine"))
-    result = loader.load_batch([huge, fine])
+    result = load_batch(loader, [huge, fine])
     assert (result.errors, result.indexed) == (1, 1)
     assert _entry(loader.db, huge) == (
         "error",
@@ -243,7 +250,7 @@ def test_100000_levels_of_nesting_index_or_fail_cleanly(loader: Loader) -> None:
         "todo": _put(root, "todo/ses_f.json", '[{"id": "1", "content": ' + arrays + "}]"),
         "good": _put(root, "part/msg_f/prt_good.json", _part("prt_good")),
     }  # fmt: skip
-    result = loader.load_batch(list(files.values()))
+    result = load_batch(loader, list(files.values()))
     assert (result.indexed, result.errors, result.requeue) == (3, 4, [])
     db = loader.db
     nested = "JSON nested deeper than 1024 levels at byte "
@@ -371,7 +378,7 @@ async def test_disk_full_injected_is_reported_then_resumed(
     """While every write fails as on a full disk, health says so and names the database, and
     no file is marked as an error; once space is back the database is reopened if DuckDB
     invalidated it, and the index equals the tree."""
-    monkeypatch.setattr(DatabaseRecovery, "cap_seconds", 0.05)
+    monkeypatch.setattr(WriteRetry, "backoff", Backoff(0.5, 0.05))
     tree = storage_tree(sessions=1)
     settings = make_settings()
     svc = IndexerService(settings)
@@ -402,9 +409,9 @@ async def test_workers_failing_together_reopen_the_database_once(
 ) -> None:
     """Two batches that hit the same invalidated database reopen it once, then both load; an
     error that is not the database's (a bug) is raised, not retried."""
-    monkeypatch.setattr(DatabaseRecovery, "cap_seconds", 0.01)
+    monkeypatch.setattr(WriteRetry, "backoff", Backoff(0.5, 0.01))
     with Database(tmp_path / "r.duckdb") as db:
-        recovery = DatabaseRecovery(db, limiter=anyio.CapacityLimiter(1))
+        recovery = WriteRetry(db, limiter=anyio.CapacityLimiter(1))
         calls: list[str] = []
 
         async def load(name: str) -> str:
@@ -544,7 +551,7 @@ async def test_disk_full_on_a_real_tmpfs_is_reported_then_resumed(
     """DuckDB on a real full disk, while the agent keeps writing: commits fail, a checkpoint
     invalidates the database, a stop cannot checkpoint. Health and the logs say so; after
     space is back the service reopens the database and, across a restart, nothing is lost."""
-    monkeypatch.setattr(DatabaseRecovery, "cap_seconds", 0.1)
+    monkeypatch.setattr(WriteRetry, "backoff", Backoff(0.5, 0.1))
     tree = storage_tree(sessions=2)
     settings = make_settings(db_path=small_disk / "index.duckdb", shutdown_timeout=1.0)
     writer = LiveWriter(tree.root, seed=5)
@@ -716,7 +723,7 @@ def test_any_json_of_the_right_shape_is_indexed_or_a_clear_error(
     good = root / "part" / "msg_p" / f"prt_good{next(_SERIAL)}.json"
     good.write_text(json.dumps({"id": good.stem, "type": "text", "text": "fine"}))
 
-    result = prop_loader.load_batch([p for p, *_ in batch] + [str(good)])
+    result = load_batch(prop_loader, [p for p, *_ in batch] + [str(good)])
 
     assert (result.indexed + result.errors, result.requeue) == (len(batch) + 1, [])
     db = prop_loader.db

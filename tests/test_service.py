@@ -15,8 +15,8 @@ from conftest import RunningService, TreeFactory, assert_index_matches_tree, ind
 from structlog.testing import capture_logs
 
 from indexer_service import IndexerService, Settings
-from indexer_service.db import Database
-from indexer_service.synthetic import LiveWriter
+from indexer_service.demo.synthetic import LiveWriter
+from indexer_service.store.database import Database
 
 SettingsFactory = Callable[..., Settings]
 
@@ -254,7 +254,7 @@ async def test_a_tree_growing_past_the_watch_limit_is_warned_about_once(
 ) -> None:
     """The watch limit is checked after every scan, not only the first: directories created
     while the service runs can cross it; the warning comes once."""
-    from indexer_service import watcher
+    from indexer_service.sources.json_tree import watcher
 
     async with running_service(sessions=1) as svc:
         known = svc.stats()["reconciler"]["dirs_known"]

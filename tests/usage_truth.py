@@ -14,11 +14,11 @@ from typing import Any
 
 import orjson
 
-from indexer_service.db import Database
-from indexer_service.loader import Loader
-from indexer_service.synthetic import TreeSpec, generate_tree
-from indexer_service.tracker import FileTracker
-from indexer_service.views import PROMPT_SUMMARY_CHARS
+from indexer_service.demo.synthetic import TreeSpec, generate_tree
+from indexer_service.sources.json_tree.file_index import FileTracker
+from indexer_service.sources.json_tree.loader import Loader
+from indexer_service.store.database import Database
+from indexer_service.store.views import PROMPT_SUMMARY_CHARS
 
 KINDS = ("input", "output", "reasoning", "cache_read", "cache_write")
 TOKENS = tuple(f"tokens_{k}" for k in KINDS)
@@ -127,7 +127,7 @@ def load(root: Path, db_path: Path) -> None:
     with Database(db_path) as db:
         loader = Loader(db, FileTracker(db), root)
         try:
-            result = loader.load_batch(files)
+            result = loader.write(loader.prepare(files))
         finally:
             loader.close()
     assert result.errors == 0

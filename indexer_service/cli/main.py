@@ -1,0 +1,358 @@
+"""The ``indexer-service`` command line: argument parsing, logging setup, signals, exit codes.
+
+The library raises; only this module turns errors into exit codes and installs signal handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from indexer_service._version import __version__
+from indexer_service.cli.logs import configure_logging
+from indexer_service.cli.read import READ_COMMANDS, add_read_commands, run_read_command
+from indexer_service.errors import IndexerError
+from indexer_service.settings import Settings
+
+log = structlog.get_logger("indexer_service.cli.main")
+
+DESCRIPTION = """\
+Keep a DuckDB analytics database continuously and exactly in sync with OpenCode's JSON
+storage tree (~/.local/share/opencode/storage).
+
+commands:
+  run     follow the storage tree and keep the database in sync until stopped (Ctrl-C)
+  index   one-shot: bring the database in line with the tree, print a summary, exit
+  status  counts by file type and status, latest errors, activity, whether a service runs
+  query   run one read-only SELECT (through the running service, or on the file directly)
+  report  daily/monthly usage, sessions, models, tools: tokens, cost, errors (read-only)
+  demo    the service on a generated tree that a simulated agent keeps writing to, then reports
+"""
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _common(p: argparse.ArgumentParser, paths: bool = True) -> None:
+    if paths:
+        p.add_argument(
+            "--storage",
+            type=Path,
+            metavar="DIR",
+            help="OpenCode storage tree (default: $OPENCODE_STORAGE or ~/.local/share/opencode/storage)",
+        )
+        p.add_argument(
+            "--db",
+            type=Path,
+            metavar="FILE",
+            help="DuckDB database file (default: ~/.local/share/indexer-service/index.duckdb)",
+        )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="batches in flight; one is read and one written at a time (default: CPU count, at least 4)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        help="log renderer (default: console on a TTY, JSON lines otherwise)",
+    )
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="indexer-service",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every option can also be set as an INDEXER_<NAME> environment variable.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the service in the foreground")
+    _common(run)
+    run.add_argument("--window-ms", type=float, help="batch window in ms (default: 200)")
+    run.add_argument("--max-files", type=int, help="files per batch (default: 100)")
+    run.add_argument(
+        "--max-file-bytes",
+        type=int,
+        metavar="N",
+        help="larger files get status 'error' without being read (default: 67108864, 64 MiB)",
+    )
+    run.add_argument(
+        "--reconcile-interval", type=float, metavar="S", help="seconds between scans (default: 30)"
+    )
+    run.add_argument(
+        "--shutdown-timeout", type=float, metavar="S", help="clean shutdown budget (default: 10)"
+    )
+    run.add_argument("--no-watch", action="store_true", help="no file watcher: periodic scans only")
+    run.add_argument(
+        "--http-port", type=int, metavar="PORT", help="HTTP API port on 127.0.0.1 (default: 8765)"
+    )
+    run.add_argument("--http-host", metavar="ADDR", help="HTTP API address (default: 127.0.0.1)")
+    run.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --http-host (plain HTTP: the token travels in clear)",
+    )
+    run.add_argument("--no-http", action="store_true", help="serve no HTTP API")
+    run.add_argument(
+        "--demo-if-missing",
+        action="store_true",
+        help="run the demo instead when the storage tree does not exist and neither --storage nor "
+        "INDEXER_STORAGE_PATH names one (what `make run` does)",
+    )
+
+    index = sub.add_parser("index", help="one-shot: sync the database with the tree, then exit")
+    _common(index)
+    index.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_read_commands(sub)
+    _add_demo(sub)
+    return parser
+
+
+def _add_demo(sub: Any) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="watch the service index a generated tree that a simulated agent writes to",
+        description="Generate an OpenCode storage tree in a temporary directory, index it with "
+        "the real service, then write to it like a working agent (new sessions, tool calls, "
+        "streamed text, deletions, malformed files) while a status line shows files indexed, "
+        "files/s, p95 event-to-index latency, pending files and errors. At the end (or on "
+        "Ctrl-C) it prints `report daily` and `status` for the demo database and removes the "
+        "directory. Options may also be set as INDEXER_DEMO_<NAME> variables.",
+    )
+    demo.add_argument(
+        "--sessions", type=int, metavar="N", help="sessions in the tree (default: 20, ~7k files)"
+    )
+    demo.add_argument(
+        "--rate", type=float, metavar="FILES_PER_S", help="files the agent writes/s (default: 100)"
+    )
+    demo.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="seconds of live writing, 0: until Ctrl-C (default: 60)",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        default=None,
+        help="keep the temporary directory and print how to query it",
+    )
+    _common(demo, paths=False)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        "storage_path": getattr(args, "storage", None),
+        "db_path": getattr(args, "db", None),
+        "workers": args.workers,
+        "log_format": args.log_format,
+        "log_level": args.log_level,
+    }
+    for name in (
+        "window_ms",
+        "max_files",
+        "max_file_bytes",
+        "reconcile_interval",
+        "shutdown_timeout",
+    ):
+        overrides[name] = getattr(args, name, None)
+    if getattr(args, "no_watch", False):
+        overrides["watch"] = False
+    if getattr(args, "no_http", False):
+        overrides["http_enabled"] = False
+    if getattr(args, "allow_remote", False):
+        overrides["http_allow_remote"] = True
+    overrides["http_port"] = getattr(args, "http_port", None)
+    overrides["http_host"] = getattr(args, "http_host", None)
+    return Settings.from_env(**overrides)
+
+
+def _check_storage(path: Path) -> None:
+    if not path.is_dir():
+        raise IndexerError(
+            f"storage directory {path} does not exist (is OpenCode installed? pass --storage DIR)"
+        )
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise IndexerError(f"storage directory {path} is not readable by this user")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stdout)
+        return EXIT_OK
+    try:
+        if args.command in READ_COMMANDS:
+            return run_read_command(args)
+        settings = _settings(args)
+        fallback = _demo_instead(args, settings)
+        if fallback:
+            print(
+                f"indexer-service: no OpenCode storage at {settings.storage_path}; running the "
+                "demo instead (pass --storage DIR to index a tree)",
+                file=sys.stderr,
+            )
+        demo = args.command == "demo" or fallback
+        if demo and args.log_level is None and not os.environ.get("INDEXER_LOG_LEVEL"):
+            # the demo's status line says what the service does; logs only for problems
+            settings = dataclasses.replace(settings, log_level="warning")
+        configure_logging(settings.log_format, settings.log_level)  # type: ignore[arg-type]
+        if demo:
+            return _demo(args, settings)
+        _check_storage(settings.storage_path)
+        if args.command == "run":
+            return anyio.run(_run, settings)
+        return anyio.run(_index, settings, args.json)
+    except (IndexerError, BaseExceptionGroup) as exc:
+        error = _indexer_error(exc)
+        if error is None:
+            raise
+        print(f"indexer-service: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _indexer_error(exc: BaseException) -> IndexerError | None:
+    """The IndexerError behind ``exc``, looking inside task-group exception groups."""
+    if isinstance(exc, IndexerError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _indexer_error(inner)) is not None:
+                return found
+    return None
+
+
+async def _signals(service_scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if service_scope.cancel_called:
+                if signum == signal.SIGINT:
+                    # DuckDB's WAL makes every committed batch durable; what was in flight is
+                    # found again by the next start's reconciliation.
+                    print("indexer-service: interrupted again, exiting now", file=sys.stderr)
+                    os._exit(EXIT_INTERRUPTED)
+                continue
+            log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            service_scope.cancel()
+
+
+async def _until_signal(body: Callable[[anyio.CancelScope], Awaitable[None]]) -> None:
+    """Run ``body(stop)``, where SIGINT or SIGTERM cancels ``stop`` (see `_signals`); the body
+    chooses what the scope covers, and so what still runs after a signal."""
+    async with anyio.create_task_group() as tg:
+        stop = anyio.CancelScope()
+        tg.start_soon(_signals, stop)
+        await body(stop)
+        tg.cancel_scope.cancel()
+
+
+async def _run(settings: Settings) -> int:
+    from indexer_service.service import IndexerService
+
+    async def serve(stop: anyio.CancelScope) -> None:
+        with stop:
+            async with IndexerService(settings) as svc, anyio.create_task_group() as tg:
+                if sys.stderr.isatty():
+                    tg.start_soon(_progress, svc)
+                await svc.wait_until_synced()
+                log.info("backfill_done", **svc.stats()["backfill"])
+                await anyio.sleep_forever()
+
+    await _until_signal(serve)
+    return EXIT_OK
+
+
+def _demo_instead(args: argparse.Namespace, settings: Settings) -> bool:
+    """`run --demo-if-missing` where OpenCode's default storage tree does not exist."""
+    if args.command != "run" or not args.demo_if_missing or settings.storage_path.is_dir():
+        return False
+    # a tree named on purpose is not replaced: its absence stays an error
+    return args.storage is None and not os.environ.get("INDEXER_STORAGE_PATH")
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from indexer_service.demo.runner import Demo, DemoOptions
+
+    options = DemoOptions.from_env(
+        **{k: getattr(args, k, None) for k in ("sessions", "rate", "duration", "keep")}
+    )
+    with Demo(options, settings) as demo:
+        anyio.run(_until_signal, demo.run)
+        db = str(demo.settings.db_path)
+        for argv in (["report", "daily", "--db", db], ["status", "--db", db]):
+            print(f"\n$ indexer-service {' '.join(argv)}", flush=True)
+            run_read_command(build_parser().parse_args(argv))
+    return EXIT_OK
+
+
+async def _progress(svc: Any) -> None:
+    """A one-line backfill progress display on a TTY."""
+    started = time.monotonic()
+    while True:
+        await anyio.sleep(0.5)
+        bf = svc.stats()["backfill"]
+        done, total = bf["done"], max(bf["total"], 1)
+        rate = done / max(time.monotonic() - started, 1e-6)
+        eta = (total - done) / rate if rate > 0 else 0
+        sys.stderr.write(
+            f"\rbackfill {done:,}/{bf['total']:,} files  {rate:,.0f} files/s  ETA {eta:,.0f}s  "
+        )
+        sys.stderr.flush()
+        if bf["finished"]:
+            sys.stderr.write("\n")
+            return
+
+
+async def _index(settings: Settings, as_json: bool) -> int:
+    from indexer_service.service import IndexerService
+
+    started = time.monotonic()
+    svc_settings = dataclasses.replace(settings, watch=False)
+    async with IndexerService(svc_settings, periodic_reconcile=False) as svc:
+        await svc.wait_until_synced()
+        counts = await svc.file_counts()
+        stats = svc.stats()
+    elapsed = time.monotonic() - started
+    processed = stats["workers"].get("files_indexed", 0) + stats["workers"].get("files_errors", 0)
+    summary = {
+        "storage": str(settings.storage_path),
+        "db": str(settings.db_path),
+        "files": counts,
+        "processed": processed,
+        "seconds": round(elapsed, 3),
+        "files_per_s": round(processed / elapsed, 1) if elapsed > 0 else 0.0,
+    }
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    return EXIT_OK
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    files: dict[str, dict[str, int]] = summary["files"]
+    statuses = sorted({s for by in files.values() for s in by})
+    print(f"{'type':<14}" + "".join(f"{s:>12}" for s in statuses))
+    for ftype, by in sorted(files.items()):
+        print(f"{ftype:<14}" + "".join(f"{by.get(s, 0):>12,}" for s in statuses))
+    print(
+        f"processed {summary['processed']:,} files in {summary['seconds']:.1f}s "
+        f"({summary['files_per_s']:,.0f} files/s)"
+    )

@@ -1,0 +1,25 @@
+"""Synthetic OpenCode legacy JSON storage trees for tests, benchmarks and the demo.
+
+Files are written as opencode 1.0.x-1.1.x writes them (``JSON.stringify(obj, null, 2)`` bytes in
+zod key order, real ID formats, in place); the bytes depend only on the seed and the parameters.
+"""
+
+from indexer_service.demo.synthetic.files import _write, age_tree
+from indexer_service.demo.synthetic.live import LiveWriter
+from indexer_service.demo.synthetic.malformed import Malformed, add_noise, corrupt, corrupt_random
+from indexer_service.demo.synthetic.spec import DEFAULT_BASE_TIME_MS, TreeSpec, TreeSummary
+from indexer_service.demo.synthetic.tree import generate_tree
+
+__all__ = [
+    "DEFAULT_BASE_TIME_MS",
+    "LiveWriter",
+    "Malformed",
+    "TreeSpec",
+    "TreeSummary",
+    "_write",
+    "add_noise",
+    "age_tree",
+    "corrupt",
+    "corrupt_random",
+    "generate_tree",
+]

@@ -1,0 +1,207 @@
+"""What ``indexer-service status`` and ``query`` print: collected with read-only SQL, so the
+same code works through a running service's API and directly on the database file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from indexer_service.read.query import Params, QueryResult, jsonable
+
+__all__ = [
+    "RECENT_ERRORS_SQL",
+    "QueryFn",
+    "collect_status",
+    "format_result",
+    "format_status",
+]
+
+QueryFn = Callable[[str, Params], QueryResult]
+"""Runs one read-only query: `ServiceClient.query` or `query.run_query` on an open database."""
+
+RECENT_ERRORS_SQL = (
+    "SELECT file_path, file_type, error_message, attempts, updated_at FROM file_index "
+    "WHERE status = 'error' ORDER BY updated_at DESC NULLS LAST, file_path LIMIT $n"
+)
+"""The latest failures first; parameter ``n``."""
+
+_COUNTS_SQL = "SELECT file_type, status, count(*) FROM file_index GROUP BY ALL ORDER BY ALL"
+_ACTIVITY_SQL = (
+    "SELECT count(*) FILTER (WHERE indexed_at >= CAST($minute AS TIMESTAMP)), "
+    "count(*) FILTER (WHERE indexed_at >= CAST($hour AS TIMESTAMP)), max(indexed_at) "
+    "FROM file_index"
+)
+
+
+def _rows(result: QueryResult) -> list[dict[str, Any]]:
+    return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
+
+
+def collect_status(
+    query: QueryFn,
+    *,
+    db: str,
+    service: Mapping[str, Any] | None = None,
+    errors: int = 10,
+) -> dict[str, Any]:
+    """The status report: file counts, latest errors and recent activity from SQL, plus, when
+    ``service`` holds a running service's ``/status`` answer, its state, last reconciliation
+    and throughput."""
+    files: dict[str, dict[str, int]] = {}
+    for ftype, status, n in query(_COUNTS_SQL, None).rows:
+        files.setdefault(str(ftype), {})[str(status)] = int(n)
+    totals: dict[str, int] = {}
+    for by_status in files.values():
+        for status, n in by_status.items():
+            totals[status] = totals.get(status, 0) + n
+    now = datetime.now(UTC).replace(tzinfo=None)  # indexed_at holds naive UTC
+    window = {
+        "minute": (now - timedelta(minutes=1)).isoformat(),  # strings: params may travel as JSON
+        "hour": (now - timedelta(hours=1)).isoformat(),
+    }
+    minute, hour, last = query(_ACTIVITY_SQL, window).rows[0]
+    report: dict[str, Any] = {
+        "db": db,
+        "service": {"running": False},
+        "files": files,
+        "totals": totals,
+        "recent_errors": _rows(query(RECENT_ERRORS_SQL, {"n": errors})),
+        "last_reconcile": None,
+        "throughput": {
+            "indexed_last_minute": int(minute),
+            "indexed_last_hour": int(hour),
+            "last_indexed_at": jsonable(last),
+        },
+    }
+    if service is not None:
+        _add_service(report, service)
+    return jsonable(report)  # type: ignore[no-any-return]
+
+
+def _add_service(report: dict[str, Any], stats: Mapping[str, Any]) -> None:
+    report["service"] = {
+        "running": True,
+        **{k: stats[k] for k in ("state", "uptime_s", "pid", "url", "health") if k in stats},
+    }
+    rec = stats.get("reconciler") or {}
+    if rec.get("last_scan_at"):
+        report["last_reconcile"] = {
+            "at": datetime.fromtimestamp(rec["last_scan_at"], UTC).isoformat(timespec="seconds"),
+            "full": rec.get("last_scan_full"),
+            "duration_s": rec.get("last_duration_s"),
+            "found": rec.get("last", {}),
+            "scans": {k: rec.get(f"scans_{k}", 0) for k in ("full", "partial", "failed")},
+        }
+    workers = stats.get("workers") or {}
+    uptime = float(stats.get("uptime_s") or 0.0)
+    done = sum(int(workers.get(k, 0)) for k in ("files_indexed", "files_errors", "files_deleted"))
+    report["throughput"]["files_per_s_since_start"] = round(done / uptime, 1) if uptime else None
+    report["throughput"].update(
+        {f"batch_ms_{k}": v for k, v in (workers.get("batch_ms") or {}).items()}
+    )
+
+
+def _ago(iso: str | None) -> str:
+    if not iso:
+        return "never"
+    at = datetime.fromisoformat(iso)
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    secs = max(0.0, time.time() - at.timestamp())
+    span = (
+        f"{secs:.0f}s"
+        if secs < 120
+        else f"{secs / 60:.0f}m"
+        if secs < 7200
+        else f"{secs / 3600:.1f}h"
+    )
+    return f"{at.strftime('%Y-%m-%d %H:%M:%S')} UTC ({span} ago)"
+
+
+def format_status(report: Mapping[str, Any]) -> str:
+    """The status report as text for a terminal."""
+    out: list[str] = [f"database: {report['db']}"]
+    svc = report["service"]
+    if svc.get("running"):
+        extra = ", ".join(
+            f"{k} {svc[k]}" for k in ("pid", "url", "state", "health") if svc.get(k) is not None
+        )
+        up = svc.get("uptime_s")
+        out.append(f"service:  running ({extra}{f', up {up:,.0f}s' if up is not None else ''})")
+    else:
+        out.append("service:  not running (read the database file directly)")
+    files: Mapping[str, Mapping[str, int]] = report["files"]
+    statuses = sorted(report["totals"]) or ["indexed"]
+    out.append("")
+    out.append(f"{'file type':<14}" + "".join(f"{s:>12}" for s in statuses) + f"{'total':>12}")
+    for ftype, by in sorted(files.items()):
+        cells = "".join(f"{by.get(s, 0):>12,}" for s in statuses)
+        out.append(f"{ftype:<14}{cells}{sum(by.values()):>12,}")
+    tot = report["totals"]
+    out.append(
+        f"{'all':<14}"
+        + "".join(f"{tot.get(s, 0):>12,}" for s in statuses)
+        + f"{sum(tot.values()):>12,}"
+    )
+    out.append("")
+    rec = report.get("last_reconcile")
+    if rec:
+        found = ", ".join(f"{n} {k}" for k, n in rec["found"].items())
+        kind = "full" if rec["full"] else "partial"
+        out.append(
+            f"last reconciliation: {_ago(rec['at'])}, {kind}, {rec['duration_s']} s: {found}"
+        )
+    else:
+        out.append("last reconciliation: unknown (no service running)")
+    tp = report["throughput"]
+    line = f"throughput: {tp['indexed_last_minute']:,} files indexed in the last minute, "
+    line += f"{tp['indexed_last_hour']:,} in the last hour; last {_ago(tp['last_indexed_at'])}"
+    if tp.get("files_per_s_since_start") is not None:
+        line += f"; {tp['files_per_s_since_start']:,} files/s since start"
+    out.append(line)
+    errors = report["recent_errors"]
+    out.append("")
+    out.append(f"latest errors ({len(errors)}):" if errors else "latest errors: none")
+    for e in errors:
+        out.append(f"  {e['updated_at'] or '-'}  {e['file_type']}  {e['file_path']}")
+        out.append(f"      {e['error_message']} (attempts: {e['attempts']})")
+    return "\n".join(out)
+
+
+def _cell(value: Any, width: int = 60) -> str:
+    if value is None:
+        return "NULL"
+    value = jsonable(value)
+    text = value if isinstance(value, str) else json.dumps(value)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_result(result: QueryResult, fmt: str = "table") -> str:
+    """Rows as ``table`` (aligned text), ``json`` (`QueryResult.to_json`) or ``csv``."""
+    if fmt == "json":
+        return json.dumps(result.to_json(), indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(result.columns)
+        for row in result.rows:
+            writer.writerow(["" if v is None else _cell(v, width=1 << 30) for v in row])
+        return buf.getvalue().rstrip("\n")
+    if fmt != "table":
+        raise ValueError(f"format must be table, json or csv, not {fmt!r}")
+    cells = [[_cell(v) for v in row] for row in result.rows]
+    widths = [len(c) for c in result.columns]
+    for cell_row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, cell_row, strict=True)]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in [list(result.columns), *cells]]  # fmt: skip
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    n = len(result.rows)
+    more = " (truncated: more rows exist; raise --max-rows)" if result.truncated else ""
+    lines.append(f"({n:,} row{'s' if n != 1 else ''}{more})")
+    return "\n".join(lines)

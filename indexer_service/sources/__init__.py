@@ -1,0 +1,1 @@
+"""The stores of OpenCode records, each a `source.Source`: only the service and the CLI pick one."""

@@ -1,0 +1,399 @@
+"""Loader: a batch of storage paths -> record rows and `file_index` entries in one transaction.
+
+`Loader.prepare` (a reader thread) stats and reads each file, then extracts typed rows for the
+whole batch (`extract.Extractor`). `Loader.write` (the writer thread) upserts the rows, applies
+deletions and updates `file_index` in one transaction, so after a crash a batch's rows and its
+`file_index` entries are both there or both absent. A batch first tries a plain ``INSERT`` and
+deletes its keys first only after one hit an existing row (half the cost for new files).
+`Loader.warm` asks the kernel to read a cold bulk batch ahead before it is read. The figures
+behind these choices are in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+import anyio
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import structlog
+
+from indexer_service.extract import SPECS, Extractor, RecordSpec, array_items, diagnose
+from indexer_service.model import BatchResult
+from indexer_service.settings import MAX_FILE_BYTES
+from indexer_service.sources.json_tree.file_index import FailedFile, FileTracker, IndexedFile
+from indexer_service.sources.json_tree.files import (
+    FileChanged,
+    FileTooLarge,
+    NotAFile,
+    Version,
+    current_version,
+    read_file,
+)
+from indexer_service.sources.json_tree.layout import Location, classify
+from indexer_service.sources.json_tree.pagecache import in_page_cache, prefetch
+from indexer_service.sources.json_tree.write_log import WriteLog
+from indexer_service.store.database import Database
+from indexer_service.store.rows import RowWriter, delete_in, one_of
+
+__all__ = ["PREFETCH_MIN_FILES", "Loader", "Prepared"]
+
+log = structlog.get_logger(__name__)
+
+_CONFLICT_RETRIES = 3
+
+
+PREFETCH_MIN_FILES = 256
+"""Smallest batch that is checked for files missing from the page cache (bulk loads)."""
+PREFETCH_THREADS = 4
+_PROBES = 8  # files per batch checked for being in the page cache
+
+
+@dataclass
+class Prepared:
+    """A batch read and extracted, not yet written (see `Loader.write`)."""
+
+    rows: dict[str, pa.Table] = field(default_factory=dict)
+    """Rows by file type."""
+    indexed: list[IndexedFile] = field(default_factory=list)
+    failed: list[FailedFile] = field(default_factory=list)
+    deleted: list[tuple[str, str, str]] = field(default_factory=list)
+    """(path, file type, key) of files that no longer exist."""
+    versions: dict[str, Version] = field(default_factory=dict)
+    requeue: list[str] = field(default_factory=list)
+    skipped: int = 0
+    ticket: int = 0
+    """`WriteLog` ticket taken before the first read."""
+    read_seconds: float = 0.0
+    parse_seconds: float = 0.0
+
+
+@dataclass
+class _Group:
+    """Files of one type read in one batch."""
+
+    spec: RecordSpec
+    paths: list[str] = field(default_factory=list)
+    locs: list[Location] = field(default_factory=list)
+    datas: list[bytes] = field(default_factory=list)
+
+
+class Loader:
+    """Loads batches of storage paths into the record tables (`source.BatchLoader`).
+
+    ``prepare`` may run on any number of threads at once; ``write`` serializes itself.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        tracker: FileTracker,
+        storage_root: Path | str,
+        *,
+        max_file_bytes: int = MAX_FILE_BYTES,
+    ) -> None:
+        self.db = db
+        self.max_file_bytes = max_file_bytes
+        self.tracker = tracker
+        self.root = os.path.abspath(os.fspath(storage_root))
+        self._extractor: Extractor | None = None  # created on first use
+        self._extractor_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._writes = WriteLog()
+        self._rows = RowWriter()
+        self._conflicts = 0  # consecutive batches whose plain INSERT hit an existing row
+        self._replace_for = 0  # batches left to write deleting their keys first
+
+    def close(self) -> None:
+        """Release the in-memory extraction database (a later batch opens it again)."""
+        with self._extractor_lock:
+            extractor, self._extractor = self._extractor, None
+        if extractor is not None:
+            extractor.close()
+
+    def _get_extractor(self) -> Extractor:
+        with self._extractor_lock:
+            if self._extractor is None:
+                self._extractor = Extractor()
+            return self._extractor
+
+    async def warm(self, paths: Sequence[str]) -> int:
+        """Ask the kernel to read a bulk batch ahead when its sampled files are not in the page
+        cache (a first start after a boot: one reader would wait for the disk once per file);
+        return how many files were handed to it (0 for a small or cached batch)."""
+        if len(paths) < PREFETCH_MIN_FILES:
+            return 0
+        step = len(paths) // _PROBES
+        probes = [paths[i * step] for i in range(_PROBES)]
+        cached = await anyio.to_thread.run_sync(lambda: [in_page_cache(p) for p in probes])
+        if False not in cached:
+            return 0
+        size = -(-len(paths) // PREFETCH_THREADS)
+        async with anyio.create_task_group() as tg:
+            for start in range(0, len(paths), size):
+                tg.start_soon(
+                    partial(anyio.to_thread.run_sync, prefetch, paths[start : start + size])
+                )
+        return len(paths)
+
+    # -- prepare -----------------------------------------------------------------------------
+
+    def prepare(self, paths: Sequence[str]) -> Prepared:
+        """Stat and read every path, and extract the rows of the files that parse."""
+        out = Prepared(ticket=self._writes.begin())
+        start = time.perf_counter()
+        groups: dict[str, _Group] = {}
+        for path in dict.fromkeys(os.fspath(p) for p in paths):
+            loc = classify(self.root, path)
+            if loc is None:
+                out.skipped += 1
+                continue
+            try:
+                data, version = read_file(path, self.max_file_bytes)
+            except FileChanged:
+                out.requeue.append(path)
+            except FileTooLarge as exc:
+                v = out.versions[path] = exc.version
+                out.failed.append(
+                    FailedFile(path, loc.file_type, v.mtime, v.size, str(exc), v.mtime_ns)
+                )
+            except (FileNotFoundError, NotADirectoryError, NotAFile):
+                out.deleted.append((path, loc.file_type, loc.key))
+            except OSError as exc:
+                self._unreadable(out, path, loc, exc)
+            else:
+                out.versions[path] = version
+                group = groups.get(loc.file_type)
+                if group is None:
+                    group = groups[loc.file_type] = _Group(SPECS[loc.file_type])
+                group.paths.append(path)
+                group.locs.append(loc)
+                group.datas.append(data)
+        read_done = time.perf_counter()
+        for group in groups.values():
+            self._extract(out, group)
+        out.read_seconds = read_done - start
+        out.parse_seconds = time.perf_counter() - read_done
+        return out
+
+    @staticmethod
+    def _unreadable(out: Prepared, path: str, loc: Location, exc: OSError) -> None:
+        version = current_version(path)
+        if version is not None:
+            out.versions[path] = version
+        v = version or Version(0.0, 0, 0, 0)
+        message = f"cannot read: {exc.strerror or exc}"
+        out.failed.append(FailedFile(path, loc.file_type, v.mtime, v.size, message, v.mtime_ns))
+
+    def _extract(self, out: Prepared, group: _Group) -> None:
+        spec, ftype = group.spec, group.spec.file_type
+        failed: dict[int, str | None] = {}  # file index -> message (None: diagnose)
+        files: list[int] = []  # file index of each input row
+        texts: list[bytes] = []
+        positions: list[int] = []
+        if spec.array:
+            for i, data in enumerate(group.datas):
+                items = array_items(spec, data)
+                if items is None:
+                    failed[i] = None
+                    continue
+                for pos, item in items:
+                    files.append(i)
+                    positions.append(pos)
+                    texts.append(item)
+        else:
+            files = _newest_per_key(group, out.versions)
+            texts = [group.datas[i] for i in files]
+        content = _utf8(texts, files, failed)
+        batch = pa.table(
+            {
+                "file_path": pa.array([group.paths[i] for i in files], pa.string()),
+                "key": pa.array([group.locs[i].key for i in files], pa.string()),
+                "parent": pa.array([group.locs[i].parent for i in files], pa.string()),
+                **({"position": pa.array(positions, pa.int64())} if spec.array else {}),
+                "content": content,
+            }
+        )
+        rows = None
+        if files:
+            extracted = self._get_extractor().extract(spec, batch)
+            for row, message in extracted.bad.items():
+                failed.setdefault(files[row], message)
+            rows = extracted.rows
+        if rows is not None and failed and spec.array:  # a bad item fails its whole file
+            bad = pa.array([group.paths[i] for i in failed], pa.string())
+            rows = rows.filter(pc.invert(pc.is_in(rows.column("file_path"), value_set=bad)))
+        if rows is not None and rows.num_rows:
+            out.rows[ftype] = rows
+        for i, path in enumerate(group.paths):
+            v, key = out.versions[path], group.locs[i].key
+            if i in failed:
+                message = failed[i] or diagnose(group.datas[i], spec, key)
+                out.failed.append(FailedFile(path, ftype, v.mtime, v.size, message, v.mtime_ns))
+            else:
+                out.indexed.append(IndexedFile(path, ftype, v.mtime, v.size, key, v.mtime_ns))
+
+    # -- write -------------------------------------------------------------------------------
+
+    def write(self, prepared: Prepared) -> BatchResult:
+        """Write a prepared batch in one transaction (serialized with other writes).
+
+        A file that another batch wrote after this one read it is stat'ed again; if its version
+        on disk is no longer the one read, it is left out and returned in ``requeue``, so a
+        stale read never overwrites a newer version.
+        """
+        start = time.perf_counter()
+        with self._write_lock:
+            p = self._drop_stale(prepared)
+            try:
+                self._write_locked(p)
+            finally:
+                self._writes.written(p.ticket, _paths(p))
+        for bad in p.failed:
+            log.info("file_error", path=bad.path, file_type=bad.file_type, message=bad.message)
+        by_type: dict[str, int] = {}
+        for f in p.indexed:
+            by_type[f.file_type] = by_type.get(f.file_type, 0) + 1
+        return BatchResult(
+            indexed=len(p.indexed),
+            errors=len(p.failed),
+            deleted=len(p.deleted),
+            skipped=p.skipped,
+            requeue=p.requeue,
+            read_seconds=p.read_seconds,
+            parse_seconds=p.parse_seconds,
+            write_seconds=time.perf_counter() - start,
+            by_type=by_type,
+        )
+
+    def _write_locked(self, p: Prepared) -> None:
+        if self._replace_for:
+            self._replace_for -= 1
+            self._transaction(p, replace=True)
+            return
+        # A plain INSERT costs less than a delete of the keys first, but fails when a row
+        # exists; after a failure the keys are deleted first for 2, 4 ... 64 batches.
+        try:
+            self._transaction(p, replace=False)
+            self._conflicts = 0
+        except duckdb.ConstraintException:
+            self._conflicts += 1
+            self._replace_for = min(2**self._conflicts, 64)
+            self._transaction(p, replace=True)
+
+    def _drop_stale(self, p: Prepared) -> Prepared:
+        """Move files whose disk version is no longer the one read (or that came back after
+        a delete) to ``requeue``, with their rows."""
+        paths = _paths(p)
+        check = self._writes.contended(p.ticket, paths)
+        if check == set():
+            return p
+        check = set(paths) if check is None else check
+        read = [f.path for f in p.indexed] + [f.path for f in p.failed]
+        stale = {
+            path
+            for path in read
+            if path in check and path in p.versions
+            if current_version(path) != p.versions[path]
+        }
+        back = {d[0] for d in p.deleted if d[0] in check and current_version(d[0]) is not None}
+        if not stale and not back:
+            return p
+        rows = p.rows
+        if stale:
+            gone = pa.array(sorted(stale), pa.string())
+            rows = {
+                t: tbl.filter(pc.invert(pc.is_in(tbl.column("file_path"), value_set=gone)))
+                for t, tbl in rows.items()
+            }
+        return replace(
+            p,
+            rows={t: tbl for t, tbl in rows.items() if tbl.num_rows},
+            indexed=[f for f in p.indexed if f.path not in stale],
+            failed=[f for f in p.failed if f.path not in stale],
+            deleted=[d for d in p.deleted if d[0] not in back],
+            requeue=[*p.requeue, *sorted(stale), *sorted(back)],
+        )
+
+    def _transaction(self, p: Prepared, *, replace: bool) -> None:
+        for attempt in range(1, _CONFLICT_RETRIES + 1):
+            try:
+                with self.db.transaction() as cur:
+                    self._apply(cur, p, replace)
+                return
+            except duckdb.TransactionException as exc:
+                # another thread's transaction changed the same file_index rows: retry
+                if "Conflict" not in str(exc) or attempt == _CONFLICT_RETRIES:
+                    raise
+                log.debug("write_conflict_retry", attempt=attempt, error=str(exc))
+
+    def _apply(self, cur: duckdb.DuckDBPyConnection, p: Prepared, replace: bool) -> None:
+        for spec in SPECS.values():
+            table, ftype = spec.table.name, spec.file_type
+            rows = p.rows.get(ftype)
+            if spec.array:  # a list file's rows are replaced whole: items may have gone
+                sessions = [f.record_id or "" for f in p.indexed if f.file_type == ftype]
+                if sessions:
+                    delete_in(cur, table, "session_id", sessions)
+            elif replace and rows is not None:
+                pk = spec.table.primary_key[0]
+                delete_in(cur, table, pk, rows.column(pk).to_pylist())
+            if rows is not None:
+                self._rows.insert(cur, table, rows)
+            gone = [(path, key) for path, t, key in p.deleted if t == ftype]
+            if gone:
+                # The key (from the file name) finds the rows in the index; the path spares
+                # a record whose newest version lives at another path (a session file under
+                # two project directories).
+                by_key, keys = one_of(spec.table.primary_key[0], [g[1] for g in gone])
+                by_path, paths = one_of("file_path", [g[0] for g in gone])
+                cur.execute(f"DELETE FROM {table} WHERE {by_key} AND {by_path}", keys + paths)
+        self.tracker.mark_indexed_batch(p.indexed, replace=replace)
+        self.tracker.mark_error_batch(p.failed)
+        self.tracker.remove([path for path, _, _ in p.deleted])
+
+
+def _paths(p: Prepared) -> list[str]:
+    """Every path the batch writes something for."""
+    return [f.path for f in p.indexed] + [f.path for f in p.failed] + [d[0] for d in p.deleted]
+
+
+def _newest_per_key(group: _Group, versions: dict[str, Version]) -> list[int]:
+    """Indices of the files to extract: one per record id, the newest (ids repeat only when a
+    session file exists under two project directories)."""
+    newest: dict[str, int] = {}
+    for i, loc in enumerate(group.locs):
+        j = newest.get(loc.key)
+        if j is None or versions[group.paths[i]].mtime_ns >= versions[group.paths[j]].mtime_ns:
+            newest[loc.key] = i
+    return (
+        sorted(newest.values()) if len(newest) < len(group.locs) else list(range(len(group.locs)))
+    )
+
+
+def _utf8(texts: list[bytes], files: list[int], failed: dict[int, str | None]) -> pa.Array:
+    """``texts`` as one string array (a single copy); files with invalid UTF-8 are marked
+    failed and blanked."""
+    offsets = pa.array(itertools.accumulate(map(len, texts), initial=0), pa.int64())
+    data = pa.py_buffer(b"".join(texts))
+    array = pa.Array.from_buffers(pa.large_string(), len(texts), [None, offsets.buffers()[1], data])
+    try:
+        array.validate(full=True)
+        return array
+    except pa.ArrowInvalid:
+        pass
+    for row, text in enumerate(texts):
+        try:
+            text.decode()
+        except UnicodeDecodeError:
+            failed[files[row]] = None
+            texts[row] = b""
+    return pa.array(texts, pa.large_binary()).cast(pa.large_string())

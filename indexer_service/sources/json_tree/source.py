@@ -1,0 +1,108 @@
+"""JsonTreeSource: OpenCode's legacy storage tree (one JSON file per record) as a `Source`.
+
+Keys are absolute file paths. The watcher reports changed files, the reconciler lists the tree
+and compares it with ``file_index`` (the source's progress: one row per file, written in the
+same transaction as the file's rows), and the loader reads, extracts and writes batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from indexer_service.model import BatchResult, Emit, ScanReport
+from indexer_service.settings import Settings
+from indexer_service.sources.json_tree.file_index import FileTracker
+from indexer_service.sources.json_tree.loader import Loader, Prepared
+from indexer_service.sources.json_tree.reconciler import Reconciler
+from indexer_service.sources.json_tree.watcher import StorageWatcher
+from indexer_service.store.database import Database
+
+__all__ = ["JsonTreeSource"]
+
+
+class JsonTreeSource:
+    """The storage tree at ``settings.storage_path``, indexed into ``db``; keys go to ``emit``.
+
+    ``on_scan_done`` hears of every reconciliation pass (the service's metrics).
+    """
+
+    name = "json_tree"
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        emit: Emit,
+        *,
+        on_scan_done: Callable[[ScanReport], None] | None = None,
+    ) -> None:
+        root = settings.storage_path
+        self.root = root
+        self.tracker = FileTracker(db)
+        self.loader = Loader(db, self.tracker, root, max_file_bytes=settings.max_file_bytes)
+        self.reconciler = Reconciler(
+            root,
+            db,
+            interval_seconds=settings.reconcile_interval,
+            full_scan_every=settings.full_scan_every,
+            on_missing_files=emit,
+            on_deleted_files=emit,
+            on_scan_done=self._scan_done,
+        )
+        self.watcher = StorageWatcher(root, emit)
+        self._watching = settings.watch
+        self._on_scan_done = on_scan_done
+
+    # -- change notifications and reconciliation ---------------------------------------------
+
+    async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Follow the tree with the file watcher (returns at once when watching is off)."""
+        if not self._watching:
+            task_status.started()
+            return
+        await self.watcher.run(task_status=task_status)
+
+    async def scan(self, *, full: bool | None = None) -> ScanReport:
+        """One reconciliation pass now (see `Reconciler.scan_now`)."""
+        await self.reconciler.scan_now(full=full)
+        assert self.reconciler.last_report is not None
+        return self.reconciler.last_report
+
+    async def reconcile(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The periodic passes, every ``reconcile_interval`` seconds."""
+        await self.reconciler.run(task_status=task_status)
+
+    def _scan_done(self, report: ScanReport) -> None:
+        if self._watching:  # the tree may have grown past the watch limit since
+            self.watcher.check_watch_limit(self.reconciler.get_stats()["dirs_known"])
+        if self._on_scan_done is not None:
+            self._on_scan_done(report)
+
+    # -- loading ------------------------------------------------------------------------------
+
+    async def warm(self, keys: Sequence[str]) -> int:
+        return await self.loader.warm(keys)
+
+    def prepare(self, keys: Sequence[str]) -> Prepared:
+        return self.loader.prepare(keys)
+
+    def write(self, prepared: Prepared) -> BatchResult:
+        return self.loader.write(prepared)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{file type: {status: files}}`` from ``file_index``."""
+        return self.tracker.counts_by_type()
+
+    def get_stats(self) -> dict[str, Any]:
+        return {"reconciler": self.reconciler.get_stats(), "watcher": self.watcher.get_stats()}
+
+    def close(self) -> None:
+        """Stop the listing child process and free the extraction database."""
+        self.reconciler.close()
+        self.loader.close()

@@ -1,0 +1,106 @@
+"""The command line: version, help, exit codes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TreeFactory, assert_index_matches_tree, held_by_another_process
+
+from indexer_service import __version__
+from indexer_service.cli.main import main
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints the package version and exits 0."""
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_module_entry_point_prints_help() -> None:
+    """`python -m indexer_service --help` explains the command and its subcommands."""
+    out = subprocess.run(
+        [sys.executable, "-m", "indexer_service", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "usage: indexer-service" in out
+    assert "OpenCode" in out
+
+
+def _cli(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "indexer_service", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kw,  # type: ignore[call-overload]
+    )
+
+
+def test_index_prints_a_summary(storage_tree: TreeFactory, tmp_path: Path) -> None:
+    """`index` syncs the database with the tree and prints counts by type and status."""
+    tree = storage_tree(sessions=1)
+    db = tmp_path / "i.duckdb"
+    done = _cli("index", "--storage", str(tree.root), "--db", str(db), "--log-level", "warning")
+    assert done.returncode == 0, done.stderr
+    assert "part" in done.stdout and "indexed" in done.stdout
+    assert f"processed {tree.files - tree.counts['other']:,} files" in done.stdout
+    assert_index_matches_tree(tree.root, db)
+
+
+def test_missing_storage_is_a_one_line_error(tmp_path: Path) -> None:
+    """A storage directory that does not exist fails with exit 1 and one line naming it."""
+    done = _cli("index", "--storage", str(tmp_path / "nope"), "--db", str(tmp_path / "x.duckdb"))
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nope" in lines[0] and "does not exist" in lines[0]
+
+
+def test_locked_database_names_the_holder(storage_tree: TreeFactory, tmp_path: Path) -> None:
+    """`run` against a database held by another process exits 1 naming that process's PID."""
+    tree = storage_tree(sessions=1)
+    db = tmp_path / "held.duckdb"
+    with held_by_another_process(db) as pid:
+        done = _cli("run", "--storage", str(tree.root), "--db", str(db))
+    assert done.returncode == 1
+    assert f"locked by process {pid}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_run_stops_cleanly_on_sigterm(storage_tree: TreeFactory, tmp_path: Path) -> None:
+    """`run` backfills, then exits 0 on SIGTERM with the database closed and complete."""
+    tree = storage_tree(sessions=1)
+    db = tmp_path / "r.duckdb"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "indexer_service",
+            "run",
+            "--storage",
+            str(tree.root),
+            "--db",
+            str(db),
+            "--log-format",
+            "json",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if '"backfill_done"' in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=30) == 0
+    assert '"service_stopped"' in rest
+    assert_index_matches_tree(tree.root, db)
