@@ -144,15 +144,23 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from ``INDEXER_<NAME>`` variables (e.g. ``INDEXER_WINDOW_MS=100``), then
         keyword overrides; anything unset keeps its default."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = env.get(f"INDEXER_{f.name.upper()}")
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _convert(f.name, raw, f.type)
+        values = env_values(cls, "INDEXER_", env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def env_values(cls: Any, prefix: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` set as ``<prefix><FIELD>`` variables of ``env`` (default:
+    the process environment), converted to the field's type (int, float, bool or str); empty
+    variables count as unset. A value of the wrong type raises `ConfigError` naming it."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name.upper()}"
+        raw = env.get(name)
+        if raw:
+            values[f.name] = _convert(name, raw, f.type)
+    return values
 
 
 def _convert(name: str, raw: str, typ: Any) -> Any:
@@ -169,5 +177,5 @@ def _convert(name: str, raw: str, typ: Any) -> Any:
                 return False
             raise ValueError(raw)
     except ValueError:
-        raise ConfigError(f"INDEXER_{name.upper()}={raw!r} is not a valid {kind}") from None
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind}") from None
     return raw

@@ -1,31 +1,28 @@
-"""The ``indexer-service`` command line: argument parsing, logging setup, signals, exit codes.
+"""The ``indexer-service`` command line: argument parsing, settings, logging setup, exit codes.
 
-The library raises; only this module turns errors into exit codes and installs signal handlers.
+The library raises; only the CLI turns errors into exit codes (here) and installs signal
+handlers (`cli.serve`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 
+import indexer_service.cli.serve as serve
 from indexer_service._version import __version__
 from indexer_service.cli.logs import configure_logging
 from indexer_service.cli.read import READ_COMMANDS, add_read_commands, run_read_command
+from indexer_service.cli.serve import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from indexer_service.errors import IndexerError
 from indexer_service.settings import Settings
-
-log = structlog.get_logger("indexer_service.cli.main")
 
 DESCRIPTION = """\
 Keep a DuckDB analytics database continuously and exactly in sync with OpenCode's JSON
@@ -39,8 +36,6 @@ commands:
   report  daily/monthly usage, sessions, models, tools: tokens, cost, errors (read-only)
   demo    the service on a generated tree that a simulated agent keeps writing to, then reports
 """
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _common(p: argparse.ArgumentParser, paths: bool = True) -> None:
@@ -216,8 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args, settings)
         _check_storage(settings.storage_path)
         if args.command == "run":
-            return anyio.run(_run, settings)
-        return anyio.run(_index, settings, args.json)
+            return anyio.run(serve.run, settings)
+        return anyio.run(serve.index, settings, args.json)
     except (IndexerError, BaseExceptionGroup) as exc:
         error = _indexer_error(exc)
         if error is None:
@@ -239,46 +234,6 @@ def _indexer_error(exc: BaseException) -> IndexerError | None:
     return None
 
 
-async def _signals(service_scope: anyio.CancelScope) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            if service_scope.cancel_called:
-                if signum == signal.SIGINT:
-                    # DuckDB's WAL makes every committed batch durable; what was in flight is
-                    # found again by the next start's reconciliation.
-                    print("indexer-service: interrupted again, exiting now", file=sys.stderr)
-                    os._exit(EXIT_INTERRUPTED)
-                continue
-            log.info("shutdown_requested", signal=signal.Signals(signum).name)
-            service_scope.cancel()
-
-
-async def _until_signal(body: Callable[[anyio.CancelScope], Awaitable[None]]) -> None:
-    """Run ``body(stop)``, where SIGINT or SIGTERM cancels ``stop`` (see `_signals`); the body
-    chooses what the scope covers, and so what still runs after a signal."""
-    async with anyio.create_task_group() as tg:
-        stop = anyio.CancelScope()
-        tg.start_soon(_signals, stop)
-        await body(stop)
-        tg.cancel_scope.cancel()
-
-
-async def _run(settings: Settings) -> int:
-    from indexer_service.service import IndexerService
-
-    async def serve(stop: anyio.CancelScope) -> None:
-        with stop:
-            async with IndexerService(settings) as svc, anyio.create_task_group() as tg:
-                if sys.stderr.isatty():
-                    tg.start_soon(_progress, svc)
-                await svc.wait_until_synced()
-                log.info("backfill_done", **svc.stats()["backfill"])
-                await anyio.sleep_forever()
-
-    await _until_signal(serve)
-    return EXIT_OK
-
-
 def _demo_instead(args: argparse.Namespace, settings: Settings) -> bool:
     """`run --demo-if-missing` where OpenCode's default storage tree does not exist."""
     if args.command != "run" or not args.demo_if_missing or settings.storage_path.is_dir():
@@ -294,65 +249,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         **{k: getattr(args, k, None) for k in ("sessions", "rate", "duration", "keep")}
     )
     with Demo(options, settings) as demo:
-        anyio.run(_until_signal, demo.run)
+        anyio.run(serve.until_signal, demo.run)
         db = str(demo.settings.db_path)
         for argv in (["report", "daily", "--db", db], ["status", "--db", db]):
             print(f"\n$ indexer-service {' '.join(argv)}", flush=True)
             run_read_command(build_parser().parse_args(argv))
     return EXIT_OK
-
-
-async def _progress(svc: Any) -> None:
-    """A one-line backfill progress display on a TTY."""
-    started = time.monotonic()
-    while True:
-        await anyio.sleep(0.5)
-        bf = svc.stats()["backfill"]
-        done, total = bf["done"], max(bf["total"], 1)
-        rate = done / max(time.monotonic() - started, 1e-6)
-        eta = (total - done) / rate if rate > 0 else 0
-        sys.stderr.write(
-            f"\rbackfill {done:,}/{bf['total']:,} files  {rate:,.0f} files/s  ETA {eta:,.0f}s  "
-        )
-        sys.stderr.flush()
-        if bf["finished"]:
-            sys.stderr.write("\n")
-            return
-
-
-async def _index(settings: Settings, as_json: bool) -> int:
-    from indexer_service.service import IndexerService
-
-    started = time.monotonic()
-    svc_settings = dataclasses.replace(settings, watch=False)
-    async with IndexerService(svc_settings, periodic_reconcile=False) as svc:
-        await svc.wait_until_synced()
-        counts = await svc.file_counts()
-        stats = svc.stats()
-    elapsed = time.monotonic() - started
-    processed = stats["workers"].get("files_indexed", 0) + stats["workers"].get("files_errors", 0)
-    summary = {
-        "storage": str(settings.storage_path),
-        "db": str(settings.db_path),
-        "files": counts,
-        "processed": processed,
-        "seconds": round(elapsed, 3),
-        "files_per_s": round(processed / elapsed, 1) if elapsed > 0 else 0.0,
-    }
-    if as_json:
-        print(json.dumps(summary, indent=2))
-    else:
-        _print_summary(summary)
-    return EXIT_OK
-
-
-def _print_summary(summary: dict[str, Any]) -> None:
-    files: dict[str, dict[str, int]] = summary["files"]
-    statuses = sorted({s for by in files.values() for s in by})
-    print(f"{'type':<14}" + "".join(f"{s:>12}" for s in statuses))
-    for ftype, by in sorted(files.items()):
-        print(f"{ftype:<14}" + "".join(f"{by.get(s, 0):>12,}" for s in statuses))
-    print(
-        f"processed {summary['processed']:,} files in {summary['seconds']:.1f}s "
-        f"({summary['files_per_s']:,.0f} files/s)"
-    )

@@ -21,10 +21,12 @@ from indexer_service.read.query import (
     DEFAULT_MAX_ROWS,
     DEFAULT_TIMEOUT_S,
     Params,
+    QueryFn,
     QueryResult,
     run_query,
 )
-from indexer_service.reports.status import QueryFn, collect_status, format_result, format_status
+from indexer_service.reports.results import format_result
+from indexer_service.reports.status import collect_status, format_status
 from indexer_service.reports.usage import (
     REPORTS,
     ReportFilters,

@@ -10,7 +10,6 @@ and prints ``report daily`` and ``status`` once `Demo.run` returns.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import shutil
 import sys
@@ -35,10 +34,9 @@ from indexer_service.demo.synthetic import (
     corrupt,
     generate_tree,
 )
-from indexer_service.errors import ConfigError
 from indexer_service.http.metrics import histogram_quantile
 from indexer_service.service import IndexerService
-from indexer_service.settings import Settings
+from indexer_service.settings import Settings, at_least, env_values, positive
 
 __all__ = ["Agent", "Demo", "DemoOptions", "StatusLine"]
 
@@ -64,39 +62,17 @@ class DemoOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.sessions < 1:
-            raise ConfigError(f"demo sessions must be >= 1, got {self.sessions!r}")
-        if not self.rate > 0:
-            raise ConfigError(f"demo rate must be > 0 files/s, got {self.rate!r}")
-        if not self.duration >= 0:
-            raise ConfigError(f"demo duration must be >= 0 s, got {self.duration!r}")
+        at_least("demo sessions", self.sessions, 1)
+        positive("demo rate", self.rate, " files/s")
+        at_least("demo duration", self.duration, 0, "0 s")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> DemoOptions:
         """Options from ``INDEXER_DEMO_<FIELD>`` variables (``INDEXER_DEMO_DURATION=5``), then
         keyword overrides that are not None."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            name = f"INDEXER_DEMO_{f.name.upper()}"
-            if raw := env.get(name):
-                try:
-                    values[f.name] = _PARSE[str(f.type)](raw)
-                except ValueError:
-                    raise ConfigError(f"{name}={raw!r} is not a valid {f.type}") from None
+        values = env_values(cls, "INDEXER_DEMO_", env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
-
-
-def _flag(raw: str) -> bool:
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
-
-
-_PARSE: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": _flag}
 
 
 class StatusLine:

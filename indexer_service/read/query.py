@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_MAX_ROWS",
     "DEFAULT_TIMEOUT_S",
     "Params",
+    "QueryFn",
     "QueryResult",
     "ReadOnlyQueries",
     "jsonable",
@@ -128,6 +129,10 @@ def _json_value(value: Any) -> Any:
 
 
 # -- the runner --------------------------------------------------------------------------------
+
+
+QueryFn = Callable[[str, Params], QueryResult]
+"""Runs one read-only query: `ServiceClient.query`, or `run_query` on an open database."""
 
 
 class _Watchdog:

@@ -1,28 +1,16 @@
-"""What ``indexer-service status`` and ``query`` print: collected with read-only SQL, so the
-same code works through a running service's API and directly on the database file."""
+"""What ``indexer-service status`` prints: collected with read-only SQL, so the same code works
+through a running service's API and directly on the database file."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from indexer_service.read.query import Params, QueryResult, jsonable
+from indexer_service.read.query import QueryFn, QueryResult, jsonable
 
-__all__ = [
-    "RECENT_ERRORS_SQL",
-    "QueryFn",
-    "collect_status",
-    "format_result",
-    "format_status",
-]
-
-QueryFn = Callable[[str, Params], QueryResult]
-"""Runs one read-only query: `ServiceClient.query` or `query.run_query` on an open database."""
+__all__ = ["RECENT_ERRORS_SQL", "collect_status", "format_status"]
 
 RECENT_ERRORS_SQL = (
     "SELECT file_path, file_type, error_message, attempts, updated_at FROM file_index "
@@ -170,38 +158,3 @@ def format_status(report: Mapping[str, Any]) -> str:
         out.append(f"  {e['updated_at'] or '-'}  {e['file_type']}  {e['file_path']}")
         out.append(f"      {e['error_message']} (attempts: {e['attempts']})")
     return "\n".join(out)
-
-
-def _cell(value: Any, width: int = 60) -> str:
-    if value is None:
-        return "NULL"
-    value = jsonable(value)
-    text = value if isinstance(value, str) else json.dumps(value)
-    text = text.replace("\n", "\\n")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def format_result(result: QueryResult, fmt: str = "table") -> str:
-    """Rows as ``table`` (aligned text), ``json`` (`QueryResult.to_json`) or ``csv``."""
-    if fmt == "json":
-        return json.dumps(result.to_json(), indent=2)
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(result.columns)
-        for row in result.rows:
-            writer.writerow(["" if v is None else _cell(v, width=1 << 30) for v in row])
-        return buf.getvalue().rstrip("\n")
-    if fmt != "table":
-        raise ValueError(f"format must be table, json or csv, not {fmt!r}")
-    cells = [[_cell(v) for v in row] for row in result.rows]
-    widths = [len(c) for c in result.columns]
-    for cell_row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, cell_row, strict=True)]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in [list(result.columns), *cells]]  # fmt: skip
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    n = len(result.rows)
-    more = " (truncated: more rows exist; raise --max-rows)" if result.truncated else ""
-    lines.append(f"({n:,} row{'s' if n != 1 else ''}{more})")
-    return "\n".join(lines)

@@ -1,7 +1,7 @@
 """``indexer-service report``: usage, sessions, models and tools, from the analytics views.
 
 Each report is parameterised read-only SQL over the views of `views` (filters ``since``,
-``until``, ``project``), run through a `report.QueryFn`: the running service's query API, or
+``until``, ``project``), run through a `read.query.QueryFn`: the running service's query API, or
 `query.run_query` on the database file opened read-only. Totals come from SQL too (a
 ``GROUPING SETS`` row, or a second query for sessions), so medians and distinct counts are exact.
 """
@@ -15,8 +15,8 @@ from datetime import date
 from typing import Any
 
 from indexer_service.errors import ConfigError, IndexerError, QueryFailed
-from indexer_service.read.query import jsonable
-from indexer_service.reports.status import QueryFn
+from indexer_service.read.query import QueryFn, jsonable
+from indexer_service.reports.table import table_lines
 from indexer_service.store.views import TOOL_AGGREGATES, USAGE_AGGREGATES
 
 __all__ = ["REPORTS", "Report", "ReportFilters", "collect_report", "format_report", "parse_date"]
@@ -254,16 +254,8 @@ def format_report(report: Report) -> str:
         else "total"
     )
     total[0] = label
-    widths = [max(len(r[i]) for r in [*table, total]) for i in range(len(cols))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if fmt in _NUMERIC else c.ljust(w)
-            for c, w, (_, _, fmt) in zip(cells, widths, cols, strict=True)
-        ).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    out = [line(table[0]), rule, *(line(r) for r in table[1:]), rule, line(total)]
+    numeric = {i for i, (_, _, fmt) in enumerate(cols) if fmt in _NUMERIC}
+    out = table_lines(table[0], table[1:], total=total, right=numeric)
     if report.truncated:
         out.append(
             f"(only the first {len(report.rows):,} rows; narrow with --since/--until/--project)"

@@ -1,8 +1,8 @@
 """FileTracker: what is known about each storage file, in the `file_index` table.
 
 Every file has one row: its type, the mtime and size of the version whose rows are in the
-database, and a status: ``indexed``, ``error`` (with a message, retried with backoff) or
-``pending``. Batch methods write the whole batch in one statement; called inside
+database, and a status: ``indexed`` or ``error`` (with a message, retried with backoff).
+Batch methods write the whole batch in one statement; called inside
 `Database.transaction()` they join the caller's transaction.
 """
 
@@ -24,7 +24,6 @@ from indexer_service.store.rows import one_of
 
 INDEXED = "indexed"
 ERROR = "error"
-PENDING = "pending"
 
 
 FILE_RETRY = Backoff(base_seconds=30.0, cap_seconds=3600.0)
@@ -87,6 +86,17 @@ def _sizes(rows: Sequence[IndexedFile] | Sequence[FailedFile]) -> pa.Array:
     return pa.array([min(r.size, _SIZE_MAX) for r in rows], pa.int32())
 
 
+def _version_columns(rows: Sequence[IndexedFile] | Sequence[FailedFile]) -> dict[str, pa.Array]:
+    """The ``file_index`` columns both kinds of row have: path, type and the version seen."""
+    return {
+        "file_path": pa.array([r.path for r in rows], pa.string()),
+        "file_type": pa.array([r.file_type for r in rows], pa.string()),
+        "mtime": pa.array([r.mtime for r in rows], pa.float64()),
+        "size": _sizes(rows),
+        "mtime_ns": pa.array([r.mtime_ns for r in rows], pa.int64()),
+    }
+
+
 def _utc(epoch: float) -> datetime:
     """TIMESTAMP columns hold naive UTC."""
     return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None)
@@ -145,16 +155,8 @@ class FileTracker:
             return
         now = _utc(self.clock())
         paths = [r.path for r in rows]
-        table = pa.table(
-            {
-                "file_path": paths,
-                "file_type": [r.file_type for r in rows],
-                "mtime": pa.array([r.mtime for r in rows], pa.float64()),
-                "size": _sizes(rows),
-                "record_id": pa.array([r.record_id for r in rows], pa.string()),
-                "mtime_ns": pa.array([r.mtime_ns for r in rows], pa.int64()),
-            }
-        )
+        record_ids = pa.array([r.record_id for r in rows], pa.string())
+        table = pa.table({**_version_columns(rows), "record_id": record_ids})
         with self.db.transaction() as cur:  # joins the loader's transaction
             cur.register("_indexed_batch", table)
             try:
@@ -194,16 +196,7 @@ class FileTracker:
             return
         now = self.clock()
         paths = [r.path for r in rows]
-        table = pa.table(
-            {
-                "file_path": paths,
-                "file_type": [r.file_type for r in rows],
-                "mtime": pa.array([r.mtime for r in rows], pa.float64()),
-                "size": _sizes(rows),
-                "message": [r.message for r in rows],
-                "mtime_ns": pa.array([r.mtime_ns for r in rows], pa.int64()),
-            }
-        )
+        table = pa.table({**_version_columns(rows), "message": [r.message for r in rows]})
         known, params = one_of("file_path", paths)
         cur = self.db.cursor()
         cur.register("_failed_batch", table)
@@ -229,16 +222,6 @@ class FileTracker:
             )
         finally:
             _unregister(cur, "_failed_batch")
-
-    def mark_pending(self, paths: Iterable[str]) -> int:
-        """Mark known files as waiting to be (re)indexed; unknown paths need no row to be pending."""
-        paths = list(paths)
-        if not paths:
-            return 0
-        where, params = one_of("file_path", paths)
-        sql = f"UPDATE file_index SET status = 'pending' WHERE {where}"
-        row = self.db.cursor().execute(sql, params).fetchall()
-        return int(row[0][0]) if row else 0
 
     def remove(self, paths: Iterable[str]) -> int:
         """Forget deleted files; returns how many rows were removed."""
@@ -295,16 +278,3 @@ class FileTracker:
         for ftype, status, n in rows:
             out.setdefault(str(ftype), {})[str(status)] = int(n)
         return out
-
-    def errors(self, limit: int = 20) -> list[FileEntry]:
-        """The most recent failures first."""
-        rows = (
-            self.db.cursor()
-            .execute(
-                f"SELECT {_ENTRY_COLS} FROM file_index WHERE status = 'error' "
-                "ORDER BY updated_at DESC NULLS LAST, file_path LIMIT ?",
-                [limit],
-            )
-            .fetchall()
-        )
-        return [FileEntry(*r) for r in rows]

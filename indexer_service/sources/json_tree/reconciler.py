@@ -41,6 +41,7 @@ from anyio.abc import TaskStatus
 
 from indexer_service.errors import ConfigError
 from indexer_service.model import SCAN_KINDS, Emit, ScanReport
+from indexer_service.settings import at_least, positive
 from indexer_service.sources.json_tree.file_index import same_version_sql
 from indexer_service.sources.json_tree.layout import classify_relative
 from indexer_service.sources.json_tree.listing import SCHEMA, Listing, Scandir
@@ -151,10 +152,9 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         on_scan_done: Callable[[ScanReport], None] | None = None,
         shard_min_files: int | None = 50_000,
     ) -> None:
-        if not interval_seconds > 0:
-            raise ConfigError(f"interval_seconds must be > 0, got {interval_seconds!r}")
-        if full_scan_every < 1 or chunk_size < 1:
-            raise ConfigError("full_scan_every and chunk_size must be >= 1")
+        positive("interval_seconds", interval_seconds)
+        at_least("full_scan_every", full_scan_every, 1)
+        at_least("chunk_size", chunk_size, 1)
         if not 0 < full_scan_cpu_share <= 1:
             raise ConfigError(f"full_scan_cpu_share must be in (0, 1], got {full_scan_cpu_share!r}")
         self.storage_path = Path(storage_path)

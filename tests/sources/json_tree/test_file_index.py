@@ -72,7 +72,7 @@ def test_error_attempts_reset_when_the_file_changes(tracker: FileTracker) -> Non
 
 
 def test_needs_indexing_decisions(tracker: FileTracker, clock: FakeClock) -> None:
-    """Unknown, changed, pending and due-error files need indexing; unchanged ones do not."""
+    """Unknown, changed and due-error files need indexing; unchanged ones do not."""
     tracker.mark_indexed("/a", "part", 1.0, 10, "a", mtime_ns=1_000_000_000)
     assert not tracker.needs_indexing("/a", 1.0, 10, mtime_ns=1_000_000_000)
     assert tracker.needs_indexing("/a", 1.0, 10, mtime_ns=1_000_000_001)  # same size, newer
@@ -84,9 +84,6 @@ def test_needs_indexing_decisions(tracker: FileTracker, clock: FakeClock) -> Non
     clock.now += 31
     assert tracker.needs_indexing("/b", 5.0, 3)  # due
     assert tracker.needs_indexing("/b", 6.0, 3)  # changed: always
-
-    assert tracker.mark_pending(["/a", "/unknown"]) == 1
-    assert tracker.needs_indexing("/a", 1.0, 10, mtime_ns=1_000_000_000)
 
 
 def test_v1_rows_compare_on_float_mtime(db: Database, tracker: FileTracker) -> None:
@@ -107,13 +104,12 @@ def test_indexing_again_clears_the_error(tracker: FileTracker) -> None:
     assert (entry.status, entry.error_message, entry.attempts) == ("indexed", None, 0)
 
 
-def test_remove_and_errors_listing(tracker: FileTracker, clock: FakeClock) -> None:
-    """Removed files are gone; errors() lists the newest failures first, limited."""
+def test_remove_forgets_files(tracker: FileTracker, clock: FakeClock) -> None:
+    """Removed files are gone, with their counts."""
     tracker.mark_indexed_batch([IndexedFile(f"/i{i}", "part", 1, 1, None) for i in range(3)])
     for i in range(3):
         clock.now += 1
         tracker.mark_error(f"/e{i}", f"bad {i}", file_type="message")
-    assert [e.path for e in tracker.errors(limit=2)] == ["/e2", "/e1"]
     assert tracker.remove(["/i0", "/e0", "/never"]) == 2
     assert tracker.counts_by_status() == {"indexed": 2, "error": 2}
     assert tracker.remove([]) == 0

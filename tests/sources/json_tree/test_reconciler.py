@@ -292,7 +292,9 @@ async def test_pending_and_due_errors_in_pruned_dirs(
     index(tracker, files)
     rec, _, _ = make(root, db, clock)
     assert list(await rec.scan_now()) == []
-    tracker.mark_pending([str(files[3])])
+    # a status other than indexed or error (none is written today) is read again
+    sql = "UPDATE file_index SET status = 'pending' WHERE file_path = ?"
+    db.cursor().execute(sql, [str(files[3])])
     s = files[6].stat()
     tracker.mark_error(str(files[6]), "truncated", file_type="part", mtime=s.st_mtime, size=s.st_size, mtime_ns=s.st_mtime_ns)  # fmt: skip
     assert strs(await rec.scan_now()) == {str(files[3])}

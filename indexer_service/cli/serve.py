@@ -1,0 +1,130 @@
+"""``indexer-service run`` and ``index``: the service in the foreground until a signal, or one
+sync with a summary. SIGINT and SIGTERM are handled here and only here."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import structlog
+
+from indexer_service.settings import Settings
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "index",
+    "run",
+    "until_signal",
+]
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+async def _signals(service_scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if service_scope.cancel_called:
+                if signum == signal.SIGINT:
+                    # DuckDB's WAL makes every committed batch durable; what was in flight is
+                    # found again by the next start's reconciliation.
+                    print("indexer-service: interrupted again, exiting now", file=sys.stderr)
+                    os._exit(EXIT_INTERRUPTED)
+                continue
+            log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            service_scope.cancel()
+
+
+async def until_signal(body: Callable[[anyio.CancelScope], Awaitable[None]]) -> None:
+    """Run ``body(stop)``, where SIGINT or SIGTERM cancels ``stop`` (see `_signals`); the body
+    chooses what the scope covers, and so what still runs after a signal."""
+    async with anyio.create_task_group() as tg:
+        stop = anyio.CancelScope()
+        tg.start_soon(_signals, stop)
+        await body(stop)
+        tg.cancel_scope.cancel()
+
+
+async def run(settings: Settings) -> int:
+    """Index, then follow changes until SIGINT or SIGTERM."""
+    from indexer_service.service import IndexerService  # not loaded for the read commands
+
+    async def serve(stop: anyio.CancelScope) -> None:
+        with stop:
+            async with IndexerService(settings) as svc, anyio.create_task_group() as tg:
+                if sys.stderr.isatty():
+                    tg.start_soon(_progress, svc)
+                await svc.wait_until_synced()
+                log.info("backfill_done", **svc.stats()["backfill"])
+                await anyio.sleep_forever()
+
+    await until_signal(serve)
+    return EXIT_OK
+
+
+async def _progress(svc: Any) -> None:
+    """A one-line backfill progress display on a TTY."""
+    started = time.monotonic()
+    while True:
+        await anyio.sleep(0.5)
+        bf = svc.stats()["backfill"]
+        done, total = bf["done"], max(bf["total"], 1)
+        rate = done / max(time.monotonic() - started, 1e-6)
+        eta = (total - done) / rate if rate > 0 else 0
+        sys.stderr.write(
+            f"\rbackfill {done:,}/{bf['total']:,} files  {rate:,.0f} files/s  ETA {eta:,.0f}s  "
+        )
+        sys.stderr.flush()
+        if bf["finished"]:
+            sys.stderr.write("\n")
+            return
+
+
+async def index(settings: Settings, as_json: bool) -> int:
+    """Bring the database in line with the tree once, print a summary, return the exit code."""
+    from indexer_service.service import IndexerService
+
+    started = time.monotonic()
+    svc_settings = dataclasses.replace(settings, watch=False)
+    async with IndexerService(svc_settings, periodic_reconcile=False) as svc:
+        await svc.wait_until_synced()
+        counts = await svc.file_counts()
+        stats = svc.stats()
+    elapsed = time.monotonic() - started
+    processed = stats["workers"].get("files_indexed", 0) + stats["workers"].get("files_errors", 0)
+    summary = {
+        "storage": str(settings.storage_path),
+        "db": str(settings.db_path),
+        "files": counts,
+        "processed": processed,
+        "seconds": round(elapsed, 3),
+        "files_per_s": round(processed / elapsed, 1) if elapsed > 0 else 0.0,
+    }
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    return EXIT_OK
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    files: dict[str, dict[str, int]] = summary["files"]
+    statuses = sorted({s for by in files.values() for s in by})
+    print(f"{'type':<14}" + "".join(f"{s:>12}" for s in statuses))
+    for ftype, by in sorted(files.items()):
+        print(f"{ftype:<14}" + "".join(f"{by.get(s, 0):>12,}" for s in statuses))
+    print(
+        f"processed {summary['processed']:,} files in {summary['seconds']:.1f}s "
+        f"({summary['files_per_s']:,.0f} files/s)"
+    )
