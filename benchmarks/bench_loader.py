@@ -1,6 +1,6 @@
 """Bulk-load throughput of the Loader through the WorkerPool, against a read+orjson ceiling.
 
-    python -m benchmarks.bench_loader [--files 100000] [--batch 2000] [--workers N] [--runs 3]
+    python -m benchmarks.bench_loader [--files 100000] [--batch 5000] [--workers N] [--runs 3]
 
 Generates a synthetic storage tree once (cached under /tmp), then per run: the ceiling (plain
 ``open().read()`` + ``orjson.loads`` of every file, one thread), then a load of the whole tree
@@ -154,7 +154,9 @@ def load(
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=100_000)
-    ap.add_argument("--batch", type=int, default=2_000, help="files per batch (bulk mode: 2000)")
+    ap.add_argument(
+        "--batch", type=int, default=5_000, help="files per batch (the service's max_batch_files)"
+    )
     ap.add_argument(
         "--workers",
         type=int,

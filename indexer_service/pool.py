@@ -79,7 +79,7 @@ class WorkerPool:
 
         Paths to read again go to ``requeue`` from a separate task, so a full queue upstream
         cannot stall the workers. A batch whose write fails for a database-level reason (a full
-        disk) is retried by `recovery`; any other error writing a batch is raised.
+        disk) is retried by `WriteRetry`; any other error writing a batch is raised.
         """
         send, receive = anyio.create_memory_object_stream[tuple[Batch, float]](0)
         async with anyio.create_task_group() as tg:

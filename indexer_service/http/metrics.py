@@ -106,7 +106,7 @@ class Metrics:
         )
         self.files = Gauge(
             "files",
-            "Files in file_index by file type and status (indexed, error, pending)",
+            "Files in file_index by file type and status (indexed, error)",
             ["file_type", "status"],
             namespace=ns,
             registry=r,

@@ -1,4 +1,4 @@
-"""Declarative database schema: tables, their columns and indexes, applied by `db.Database`.
+"""Declarative database schema: tables, their columns and indexes, applied by `migrate.migrate`.
 
 New columns are added by appending them to a table's column list: start-up migration adds
 missing columns with `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`, so old databases upgrade in place.
@@ -65,7 +65,7 @@ FILE_INDEX = Table(
 )
 
 # Record tables: one row per record file (per array item for todos and session_diffs). Column
-# meanings are in docs/schema.md; `records.py` holds the SQL that fills each column. Ids of parents
+# meanings are in docs/schema.md; `extract/specs.py` holds the SQL that fills each column. Ids of parents
 # come from the path (`Location.parent`); `raw` is the whole document (the item for arrays), so
 # fields without a column stay queryable. Times are UTC TIMESTAMPs, durations milliseconds.
 RECORD_TABLES: tuple[Table, ...] = (
@@ -206,6 +206,6 @@ RECORD_TABLES: tuple[Table, ...] = (
         primary_key=("session_id", "file"),
     ),
 )
-"""Tables holding the OpenCode records, filled by `loader.Loader` with rows from `records`."""
+"""Tables holding the OpenCode records, filled by the sources with rows from `extract`."""
 
 ALL_TABLES: tuple[Table, ...] = (FILE_INDEX, *RECORD_TABLES)

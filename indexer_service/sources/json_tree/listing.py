@@ -91,6 +91,6 @@ class Listing:
     dirs_listed: int = 0
     dirs_checked: int = 0
     child_cpu_s: float = 0.0
-    """CPU seconds a listing child process spent on this pass (`sharded_listing`)."""
+    """CPU seconds a listing child process spent on this pass (`sharded`)."""
     unavailable: str | None = None
     root_missing: bool = False

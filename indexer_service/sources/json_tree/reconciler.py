@@ -1,10 +1,10 @@
 """Reconciler: the periodic scan that makes sure no storage file is missed.
 
-Each scan lists the tree (`listing.TreeLister`: scandir + stat, ~3x faster here than DuckDB
+Each scan lists the tree (`lister.TreeLister`: scandir + stat, ~3x faster here than DuckDB
 ``glob``/``read_blob``) into Arrow and compares it with ``file_index`` in one DuckDB join, in a
-worker thread. New files (no row), modified ones (size or mtime: `tracker.same_version_sql`),
-retried ones (an ``error`` row of the same version whose ``retry_after`` passed) and pending ones
-go to ``on_missing_files`` and are `scan_now`'s result, all of them, in chunks. Rows whose file is
+worker thread. New files (no row), modified ones (size or mtime: `file_index.same_version_sql`),
+retried ones (an ``error`` row of the same version whose ``retry_after`` passed) and rows of any
+other status go to ``on_missing_files`` and are `scan_now`'s result, all of them, in chunks. Rows whose file is
 gone go to ``on_deleted_files``, only from directories listed completely in that scan (a failed
 listing infers nothing) and once a ``stat`` confirms ENOENT. A missing storage dir reports nothing.
 
