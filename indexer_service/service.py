@@ -11,6 +11,7 @@ checkpoints and closes the database, all within ``settings.shutdown_timeout``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,18 +30,23 @@ from indexer_service.http.server import serve_api
 from indexer_service.model import Batch, BatchResult, ScanReport
 from indexer_service.pool import WorkerPool
 from indexer_service.read.query import Params, QueryResult, ReadOnlyQueries
+from indexer_service.routing import SourceRouter
 from indexer_service.settings import Settings
+from indexer_service.source import Source
+from indexer_service.sources.discover import discover
 from indexer_service.sources.json_tree import JsonTreeSource
+from indexer_service.sources.sqlite import SqliteSource
 from indexer_service.store.database import Database
 
 log = structlog.get_logger(__name__)
 
 
 class IndexerService(anyio.AsyncContextManagerMixin):
-    """Keep the database at ``settings.db_path`` in sync with ``settings.storage_path``.
+    """Keep the database at ``settings.db_path`` in sync with OpenCode's stores: the ones the
+    settings name, or the ones found (`sources.discover`).
 
     ``async with IndexerService(settings) as svc:`` opens and migrates the database, starts the
-    watcher, runs the initial reconciliation (the backfill of an existing tree), then follows
+    watchers, runs the initial reconciliation (the backfill of existing records), then follows
     changes until the block exits. It never blocks the event loop: DuckDB and file I/O run in
     worker threads.
     """
@@ -65,11 +71,36 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             ),
             clock=clock,
         )
-        self._source = JsonTreeSource(
-            settings, self._db, self._acc.add_many, on_scan_done=self._scan_done
-        )
+        self.stores = discover(settings)
+        # The databases first: where both stores hold a record, the database's row wins, and
+        # the legacy tree's backfill then skips what the databases' backfill wrote.
+        self._databases = [
+            SqliteSource(
+                path,
+                self._db,
+                self._acc.add_many,
+                interval_seconds=settings.reconcile_interval,
+                on_scan_done=self._scan_done,
+            )
+            for path in self.stores.databases
+        ]
+        self._sources: list[Source[Any]] = list(self._databases)
+        self._json: JsonTreeSource | None = None
+        if self.stores.storage is not None:
+            tree = dataclasses.replace(settings, storage_path=self.stores.storage)
+            self._json = JsonTreeSource(
+                tree,
+                self._db,
+                self._acc.add_many,
+                on_scan_done=self._scan_done,
+                defer_to_databases=bool(self.stores.databases),
+            )
+            self._sources.append(self._json)
         self._pool = WorkerPool(
-            self._source, self._db, workers=settings.workers, on_batch_done=self._batch_done
+            SourceRouter(self._sources),
+            self._db,
+            workers=settings.workers,
+            on_batch_done=self._batch_done,
         )
         self._progress = anyio.Event()
         self._initial_done = anyio.Event()
@@ -90,7 +121,8 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         await anyio.to_thread.run_sync(self._db.open)
         log.info(
             "service_starting",
-            storage=str(self.settings.storage_path),
+            storage=None if self.stores.storage is None else str(self.stores.storage),
+            opencode_db=[str(d) for d in self.stores.databases],
             db=str(self.settings.db_path),
             workers=self.settings.workers,
         )
@@ -142,22 +174,27 @@ class IndexerService(anyio.AsyncContextManagerMixin):
 
     async def _start_producers(self, tg: TaskGroup) -> None:
         # Watch first, then scan: a change made while the initial scan runs is seen by one of them.
-        await tg.start(self._source.watch)
+        if self.settings.watch:
+            for source in self._sources:
+                await tg.start(source.watch)
         tg.start_soon(self._initial_scan)
         if self._periodic:
-            await tg.start(self._source.reconcile)
+            for source in self._sources:
+                await tg.start(source.reconcile)
 
     async def _initial_scan(self) -> None:
         """The backfill: everything the index does not match, through the same accumulator and
         workers as live changes (in large coalesced batches)."""
         try:
-            report = await self._source.scan()
-            self._backfill["total"] = report.missing
+            for source in self._sources:
+                report = await source.scan()
+                self._backfill["total"] += report.missing
         finally:
             self._initial_done.set()
 
     def _close_db(self) -> None:
-        self._source.close()
+        for source in self._sources:
+            source.close()
         if self._db.is_open:
             try:
                 self._db.checkpoint()
@@ -230,14 +267,25 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         scan finds what the watcher may have missed meanwhile, and that is written too."""
         await self._initial_done.wait()
         await self.drain()
-        await self._source.scan(full=True)  # also stats files in unchanged directories
+        for source in self._sources:  # full: also stats files in unchanged directories
+            await source.scan(full=True)
         await self.drain()
         self._backfill["finished"] = True
 
     async def file_counts(self) -> dict[str, dict[str, int]]:
         """``{file_type: {status: count}}`` read from `file_index` now."""
-        self._counts = await anyio.to_thread.run_sync(self._source.counts)
+        self._counts = await anyio.to_thread.run_sync(self._all_counts)
         return self._counts
+
+    def _all_counts(self) -> dict[str, dict[str, int]]:
+        """``{record type: {status: count}}`` over every source."""
+        total: dict[str, dict[str, int]] = {}
+        for source in self._sources:
+            for kind, by_status in source.counts().items():
+                into = total.setdefault(kind, {})
+                for status, n in by_status.items():
+                    into[status] = into.get(status, 0) + n
+        return total
 
     def health(self) -> tuple[bool, str]:
         """(healthy, reason) for ``/healthz``: healthy while the pipeline runs and writes work."""
@@ -245,6 +293,9 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             return False, f"pipeline is {self._state}"
         if (failing := self._pool.retry.health()) is not None:
             return False, failing
+        for source in self._sources:
+            if (reason := source.health()) is not None:
+                return False, reason
         return True, "running"
 
     async def query(
@@ -263,12 +314,13 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         return {
             "state": self._state,
             "uptime_s": round(uptime, 3),
-            "storage_path": str(self.settings.storage_path),
+            "storage_path": None if self.stores.storage is None else str(self.stores.storage),
             "db_path": str(self.settings.db_path),
             "backfill": dict(self._backfill),
             "accumulator": self._acc.get_stats(),
             "workers": self._pool.get_stats(),
             "database": self._pool.retry.get_stats(),
-            **self._source.get_stats(),
+            **(self._json.get_stats() if self._json is not None else {}),
+            "databases": {str(s.path): s.get_stats() for s in self._databases},
             "files": self._counts,
         }

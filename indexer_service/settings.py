@@ -65,8 +65,11 @@ def default_workers() -> int:
 class Settings:
     """Everything the service can be told. Invalid values raise `ConfigError` naming the setting."""
 
-    storage_path: Path = field(default_factory=default_storage_path)
-    """The OpenCode storage tree to index."""
+    storage_path: Path | None = None
+    """The legacy OpenCode storage tree to follow. With ``opencode_db`` also None, OpenCode's
+    stores are looked for (`sources.discover`): its tree and its databases."""
+    opencode_db: Path | None = None
+    """OpenCode's SQLite database to follow (waited for if it does not exist yet)."""
     db_path: Path = field(default_factory=default_db_path)
     """The DuckDB database file the service owns."""
     window_ms: float = 200.0
@@ -111,10 +114,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         # absolute (not resolved: a symlinked storage keeps the paths the watcher reports)
-        for name in ("storage_path", "db_path"):
-            object.__setattr__(
-                self, name, Path(os.path.abspath(Path(getattr(self, name)).expanduser()))
-            )
+        for name in ("storage_path", "opencode_db", "db_path"):
+            if (value := getattr(self, name)) is not None:
+                object.__setattr__(self, name, Path(os.path.abspath(Path(value).expanduser())))
         for name in ("window_ms", "reconcile_interval", "shutdown_timeout", "query_timeout_s"):
             positive(name, getattr(self, name))
         for name in ("max_files", "workers", "full_scan_every"):

@@ -41,7 +41,15 @@ class Source(BatchLoader[P], Protocol):
     """One store of OpenCode records: change notifications, reconciliation, loading."""
 
     name: str
-    """Short stable name (``json_tree``), used in logs and stats."""
+    """Short stable name (``json_tree``, ``sqlite:<path>``), used in logs and stats."""
+
+    def owns(self, key: str) -> bool:
+        """Whether ``key`` is one of this source's keys (several sources share a pipeline)."""
+        ...
+
+    def health(self) -> str | None:
+        """Why the source cannot be read now (for ``/healthz``), or None while it can."""
+        ...
 
     async def watch(self, *, task_status: TaskStatus[None]) -> None:
         """Hand keys that may have changed to the pipeline until cancelled; ``started()`` once

@@ -22,15 +22,16 @@ from indexer_service.cli.logs import configure_logging
 from indexer_service.cli.read import READ_COMMANDS, add_read_commands, run_read_command
 from indexer_service.cli.serve import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from indexer_service.errors import IndexerError
-from indexer_service.settings import Settings
+from indexer_service.settings import Settings, default_storage_path
+from indexer_service.sources.discover import discover, opencode_data_dir
 
 DESCRIPTION = """\
-Keep a DuckDB analytics database continuously and exactly in sync with OpenCode's JSON
-storage tree (~/.local/share/opencode/storage).
+Keep a DuckDB analytics database continuously and exactly in sync with OpenCode's records:
+its SQLite database (~/.local/share/opencode/opencode.db) and its legacy JSON storage tree.
 
 commands:
-  run     follow the storage tree and keep the database in sync until stopped (Ctrl-C)
-  index   one-shot: bring the database in line with the tree, print a summary, exit
+  run     follow OpenCode's stores and keep the database in sync until stopped (Ctrl-C)
+  index   one-shot: bring the database in line with the stores, print a summary, exit
   status  counts by file type and status, latest errors, activity, whether a service runs
   query   run one read-only SELECT (through the running service, or on the file directly)
   report  daily/monthly usage, sessions, models, tools: tokens, cost, errors (read-only)
@@ -41,10 +42,18 @@ commands:
 def _common(p: argparse.ArgumentParser, paths: bool = True) -> None:
     if paths:
         p.add_argument(
+            "--opencode-db",
+            type=Path,
+            metavar="FILE",
+            help="OpenCode's SQLite database, opencode >= 1.2 (waited for if it does not exist)",
+        )
+        p.add_argument(
             "--storage",
             type=Path,
             metavar="DIR",
-            help="OpenCode storage tree (default: $OPENCODE_STORAGE or ~/.local/share/opencode/storage)",
+            help="OpenCode's legacy storage tree, opencode 1.0-1.1. With neither option, both "
+            "are looked for: ~/.local/share/opencode/opencode*.db and .../storage "
+            "($XDG_DATA_HOME, $OPENCODE_STORAGE)",
         )
         p.add_argument(
             "--db",
@@ -152,6 +161,7 @@ def _add_demo(sub: Any) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
         "storage_path": getattr(args, "storage", None),
+        "opencode_db": getattr(args, "opencode_db", None),
         "db_path": getattr(args, "db", None),
         "workers": args.workers,
         "log_format": args.log_format,
@@ -198,8 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         fallback = _demo_instead(args, settings)
         if fallback:
             print(
-                f"indexer-service: no OpenCode storage at {settings.storage_path}; running the "
-                "demo instead (pass --storage DIR to index a tree)",
+                f"indexer-service: no OpenCode data at {default_storage_path()} or "
+                f"{opencode_data_dir()}/opencode*.db; running the demo instead (pass "
+                "--storage DIR or --opencode-db FILE to index)",
                 file=sys.stderr,
             )
         demo = args.command == "demo" or fallback
@@ -209,7 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.log_format, settings.log_level)  # type: ignore[arg-type]
         if demo:
             return _demo(args, settings)
-        _check_storage(settings.storage_path)
+        if settings.storage_path is not None:  # named: it must be there
+            _check_storage(settings.storage_path)
+        if args.command == "index" and discover(settings).existing().empty:
+            raise IndexerError(
+                "no OpenCode data to index: no storage tree at "
+                f"{settings.storage_path or default_storage_path()} and no database "
+                f"{settings.opencode_db or str(opencode_data_dir()) + '/opencode*.db'}"
+            )
         if args.command == "run":
             return anyio.run(serve.run, settings)
         return anyio.run(serve.index, settings, args.json)
@@ -235,11 +253,12 @@ def _indexer_error(exc: BaseException) -> IndexerError | None:
 
 
 def _demo_instead(args: argparse.Namespace, settings: Settings) -> bool:
-    """`run --demo-if-missing` where OpenCode's default storage tree does not exist."""
-    if args.command != "run" or not args.demo_if_missing or settings.storage_path.is_dir():
+    """`run --demo-if-missing` where OpenCode has left no data on this machine yet."""
+    if args.command != "run" or not args.demo_if_missing:
         return False
-    # a tree named on purpose is not replaced: its absence stays an error
-    return args.storage is None and not os.environ.get("INDEXER_STORAGE_PATH")
+    stores = discover(settings)
+    # a store named on purpose is not replaced: its absence stays an error (or is waited for)
+    return stores.discovered and stores.existing().empty
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -104,7 +104,8 @@ async def index(settings: Settings, as_json: bool) -> int:
     elapsed = time.monotonic() - started
     processed = stats["workers"].get("files_indexed", 0) + stats["workers"].get("files_errors", 0)
     summary = {
-        "storage": str(settings.storage_path),
+        "storage": stats["storage_path"],
+        "opencode_db": list(stats["databases"]),
         "db": str(settings.db_path),
         "files": counts,
         "processed": processed,

@@ -210,6 +210,8 @@ class Demo:
 
     dir: Path
     """The temporary directory (set on entering the ``with`` block)."""
+    storage: Path
+    """The generated storage tree in it."""
 
     def __init__(self, options: DemoOptions, settings: Settings) -> None:
         self.options = options
@@ -220,9 +222,10 @@ class Demo:
 
     def __enter__(self) -> Self:
         self.dir = Path(tempfile.mkdtemp(prefix="indexer-demo-"))
+        self.storage = self.dir / "storage"
         self.settings = dataclasses.replace(
             self._base,
-            storage_path=self.dir / "storage",
+            storage_path=self.storage,
             db_path=self.dir / "index.duckdb",
             http_port=0,  # never the port of a real service running on this machine
         )
@@ -251,7 +254,7 @@ class Demo:
         """Generate the tree, backfill it, then write live until ``options.duration`` is over or
         ``stop`` is cancelled (Ctrl-C); either way the index then catches up with the tree and
         the service shuts down in order. ``stop`` covers only the demo's own work."""
-        opts, storage, db = self.options, self.settings.storage_path, self.settings.db_path
+        opts, storage, db = self.options, self.storage, self.settings.db_path
         ends = f"for {opts.duration:g} s (Ctrl-C stops sooner)" if opts.duration else "until Ctrl-C"
         self._say(
             "indexer-service demo: the service on a generated OpenCode tree, then an agent "
@@ -271,7 +274,7 @@ class Demo:
                 await self._live(svc, list(tree.session_ids))
 
     def _generate(self) -> TreeSummary:
-        opts, storage = self.options, self.settings.storage_path
+        opts, storage = self.options, self.storage
         # the tree's sessions end about when the demo starts, so the daily report shows dates
         # near today (about one hour of history per session)
         base = int(time.time() * 1000) - 2 * _HOUR_MS * opts.sessions
@@ -310,7 +313,7 @@ class Demo:
 
     async def _live(self, svc: IndexerService, old_sessions: list[str]) -> None:
         opts = self.options
-        agent = Agent(svc.settings.storage_path, old_sessions, opts.rate, opts.seed)
+        agent = Agent(self.storage, old_sessions, opts.rate, opts.seed)
         meter, line = _Meter(svc), StatusLine(self._out, self._tty)
         self._say(
             f"live:      the agent writes ~{opts.rate:g} files/s: new sessions, tool calls, "

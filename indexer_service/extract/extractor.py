@@ -3,6 +3,7 @@ query (or in Python for small plain batches), and `array_items` splits array fil
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +18,12 @@ from indexer_service.extract.python_twin import python_rows
 from indexer_service.extract.specs import RecordSpec
 from indexer_service.store.cursors import ThreadCursors
 
-__all__ = ["Extracted", "Extractor", "array_items"]
+__all__ = [
+    "Extracted",
+    "Extractor",
+    "array_items",
+    "utf8_column",
+]
 
 _BATCH = "_records_batch"
 
@@ -172,3 +178,23 @@ def array_items(spec: RecordSpec, data: bytes) -> list[tuple[int, bytes]] | None
                 return None
         items[key] = (i, orjson.dumps(item))
     return list(items.values())
+
+
+def utf8_column(texts: list[bytes], owners: list[int], failed: dict[int, str | None]) -> pa.Array:
+    """``texts`` as one string array (a single copy). A text that is not valid UTF-8 is blanked
+    and its owner (``owners[row]``: a file, a database row) marked failed for `diagnose`."""
+    offsets = pa.array(itertools.accumulate(map(len, texts), initial=0), pa.int64())
+    data = pa.py_buffer(b"".join(texts))
+    array = pa.Array.from_buffers(pa.large_string(), len(texts), [None, offsets.buffers()[1], data])
+    try:
+        array.validate(full=True)
+        return array
+    except pa.ArrowInvalid:
+        pass
+    for row, text in enumerate(texts):
+        try:
+            text.decode()
+        except UnicodeDecodeError:
+            failed[owners[row]] = None
+            texts[row] = b""
+    return pa.array(texts, pa.large_binary()).cast(pa.large_string())

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import duckdb
 import pyarrow as pa
 
-__all__ = ["LOOKUP_MAX_KEYS", "RowWriter", "delete_in", "one_of"]
+__all__ = ["LOOKUP_MAX_KEYS", "RowWriter", "database_keys", "delete_in", "one_of"]
 
 
 LOOKUP_MAX_KEYS = 256
@@ -37,6 +37,18 @@ def delete_in(
     of INSERT OR REPLACE here (a 76-row upsert into parts: 5.7 ms against 12.4)."""
     where, params = one_of(column, keys)
     cur.execute(f"DELETE FROM {table} WHERE {where}", params).fetchall()
+
+
+def database_keys(
+    cur: duckdb.DuckDBPyConnection, table: str, column: str, keys: Sequence[object]
+) -> set[object]:
+    """The ``keys`` whose rows came from an OpenCode database (they have no ``file_path``):
+    where both stores hold a record, the database's row wins over the legacy file's."""
+    if not keys:
+        return set()
+    where, params = one_of(column, list(dict.fromkeys(keys)))
+    sql = f"SELECT DISTINCT {column} FROM {table} WHERE file_path IS NULL AND {where}"
+    return {row[0] for row in cur.execute(sql, params).fetchall()}
 
 
 class RowWriter:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Version 1: the original `file_index` without status. Version 2: status, retries, record tables.
-3: analytics views (`views.py`). 4: no index on `file_index.status`."""
+3: analytics views (`views.py`). 4: no index on `file_index.status`. 5: `row_index` and
+`source_state` (the SQLite source's progress)."""
 
 DROPPED_INDEXES = ("idx_file_index_status",)
 """Indexes of earlier versions that start-up migration drops. An ART index on a column of two
@@ -208,4 +209,33 @@ RECORD_TABLES: tuple[Table, ...] = (
 )
 """Tables holding the OpenCode records, filled by the sources with rows from `extract`."""
 
-ALL_TABLES: tuple[Table, ...] = (FILE_INDEX, *RECORD_TABLES)
+ROW_INDEX = Table(
+    name="row_index",
+    columns=_cols(
+        ("source", "VARCHAR NOT NULL"),  # the database file the row came from
+        ("kind", "VARCHAR NOT NULL"),  # project, session, message, part, todo
+        ("id", "VARCHAR NOT NULL"),  # the OpenCode id (the session id for todo)
+        ("version", "BIGINT"),  # time_updated (ms), or a checksum of the row where that lies
+        ("status", "VARCHAR"),  # indexed or error
+        ("error_message", "VARCHAR"),
+        ("attempts", "INTEGER DEFAULT 0"),  # consecutive failed attempts on this version
+        ("retry_after", "DOUBLE"),  # epoch seconds before which an error row is not retried
+        ("updated_at", "TIMESTAMP"),
+    ),
+    primary_key=("source", "kind", "id"),
+)
+"""What the SQLite source knows of each row it read: the `file_index` of a database."""
+
+SOURCE_STATE = Table(
+    name="source_state",
+    columns=_cols(
+        ("source", "VARCHAR NOT NULL"),
+        ("key", "VARCHAR NOT NULL"),  # e.g. part.rowid, part.watermark
+        ("value", "BIGINT"),
+        ("updated_at", "TIMESTAMP"),
+    ),
+    primary_key=("source", "key"),
+)
+"""A source's cursors, written in the same transaction as the rows they cover."""
+
+ALL_TABLES: tuple[Table, ...] = (FILE_INDEX, *RECORD_TABLES, ROW_INDEX, SOURCE_STATE)

@@ -155,17 +155,19 @@ def test_sigint_stops_a_demo_process_cleanly(tmp_path: Path) -> None:
 def test_run_falls_back_to_the_demo_without_storage(
     demo_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`run --demo-if-missing` (what `make run` runs) says in one line that OpenCode's storage
-    is missing, then runs the demo; INDEXER_DEMO_* variables shorten it."""
+    """`run --demo-if-missing` (what `make run` runs) says in one line that OpenCode has left no
+    data (no database, no legacy tree), then runs the demo; INDEXER_DEMO_* variables shorten it."""
     monkeypatch.setenv("OPENCODE_STORAGE", str(demo_tmp / "nope"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(demo_tmp / "data"))
     monkeypatch.delenv("INDEXER_STORAGE_PATH", raising=False)
     monkeypatch.setenv("INDEXER_DEMO_SESSIONS", "1")
     monkeypatch.setenv("INDEXER_DEMO_DURATION", "1")
     assert main(["run", "--demo-if-missing", "--workers", "2"]) == 0
     out, err = capsys.readouterr()
     assert err.splitlines() == [
-        f"indexer-service: no OpenCode storage at {demo_tmp / 'nope'}; running the demo "
-        "instead (pass --storage DIR to index a tree)"
+        f"indexer-service: no OpenCode data at {demo_tmp / 'nope'} or "
+        f"{demo_tmp / 'data/opencode'}/opencode*.db; running the demo instead (pass --storage DIR "
+        "or --opencode-db FILE to index)"
     ]
     assert "writing to it for 1 s" in out
     _assert_user_output(out)
@@ -183,7 +185,7 @@ def test_make_run_without_opencode_storage_runs_the_demo(tmp_path: Path) -> None
     one line, runs the demo and exits 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INDEXER_", "OPENCODE_"))}
     env.update(
-        HOME=str(tmp_path),  # no ~/.local/share/opencode/storage there
+        HOME=str(tmp_path),  # no ~/.local/share/opencode there
         TMPDIR=str(tmp_path),
         INDEXER_HTTP_PORT="0",
         INDEXER_DEMO_SESSIONS="1",
@@ -198,33 +200,41 @@ def test_make_run_without_opencode_storage_runs_the_demo(tmp_path: Path) -> None
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == [
-        f"indexer-service: no OpenCode storage at {tmp_path}/.local/share/opencode/storage; "
-        "running the demo instead (pass --storage DIR to index a tree)"
+        f"indexer-service: no OpenCode data at {tmp_path}/.local/share/opencode/storage or "
+        f"{tmp_path}/.local/share/opencode/opencode*.db; running the demo instead (pass "
+        "--storage DIR or --opencode-db FILE to index)"
     ]
     _assert_user_output(proc.stdout)
     assert _demo_dirs(tmp_path) == []
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [["run"], ["run", "--demo-if-missing", "--storage", "{missing}"]],
-    ids=["without-flag", "explicit-storage"],
-)
-def test_missing_storage_stays_an_error(
-    argv: list[str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+def test_a_named_storage_tree_that_is_missing_stays_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Without the flag, or with a tree named on purpose, a missing tree is the usual error."""
+    """A tree named on purpose is not replaced by the demo: its absence is the usual error."""
     missing = tmp_path / "missing"
-    monkeypatch.setenv("OPENCODE_STORAGE", str(missing))
-    code = main([a.format(missing=missing) for a in argv])
+    code = main(["run", "--demo-if-missing", "--storage", str(missing)])
     out, err = capsys.readouterr()
     assert (code, out) == (1, "")
     assert err.splitlines() == [
         f"indexer-service: error: storage directory {missing} does not exist "
         "(is OpenCode installed? pass --storage DIR)"
+    ]
+
+
+def test_index_with_no_opencode_data_is_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`index` on a machine where OpenCode has left nothing says where it looked (`run` would
+    wait for the database instead)."""
+    monkeypatch.setenv("OPENCODE_STORAGE", str(tmp_path / "missing"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    code = main(["index", "--db", str(tmp_path / "index.duckdb")])
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        f"indexer-service: error: no OpenCode data to index: no storage tree at "
+        f"{tmp_path / 'missing'} and no database {tmp_path / 'data/opencode'}/opencode*.db"
     ]
 
 

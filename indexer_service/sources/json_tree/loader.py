@@ -11,7 +11,6 @@ behind these choices are in docs/benchmarks.md.
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 import time
@@ -26,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
 
-from indexer_service.extract import SPECS, Extractor, RecordSpec, array_items, diagnose
+from indexer_service.extract import SPECS, Extractor, RecordSpec, array_items, diagnose, utf8_column
 from indexer_service.model import BatchResult
 from indexer_service.settings import MAX_FILE_BYTES
 from indexer_service.sources.json_tree.file_index import FailedFile, FileTracker, IndexedFile
@@ -42,7 +41,7 @@ from indexer_service.sources.json_tree.layout import Location, classify
 from indexer_service.sources.json_tree.pagecache import in_page_cache, prefetch
 from indexer_service.sources.json_tree.write_log import WriteLog
 from indexer_service.store.database import Database
-from indexer_service.store.rows import RowWriter, delete_in, one_of
+from indexer_service.store.rows import RowWriter, database_keys, delete_in, one_of
 
 __all__ = ["PREFETCH_MIN_FILES", "Loader", "Prepared"]
 
@@ -99,8 +98,11 @@ class Loader:
         storage_root: Path | str,
         *,
         max_file_bytes: int = MAX_FILE_BYTES,
+        defer_to_databases: bool = False,
     ) -> None:
         self.db = db
+        self.defer_to_databases = defer_to_databases
+        """An OpenCode database is indexed too: a record it holds is not overwritten."""
         self.max_file_bytes = max_file_bytes
         self.tracker = tracker
         self.root = os.path.abspath(os.fspath(storage_root))
@@ -212,7 +214,7 @@ class Loader:
         else:
             files = _newest_per_key(group, out.versions)
             texts = [group.datas[i] for i in files]
-        content = _utf8(texts, files, failed)
+        content = utf8_column(texts, files, failed)
         batch = pa.table(
             {
                 "file_path": pa.array([group.paths[i] for i in files], pa.string()),
@@ -339,13 +341,23 @@ class Loader:
         for spec in SPECS.values():
             table, ftype = spec.table.name, spec.file_type
             rows = p.rows.get(ftype)
+            key = "session_id" if spec.array else spec.table.primary_key[0]
+            owned: set[object] = set()
+            if self.defer_to_databases and rows is not None:
+                owned = database_keys(cur, table, key, rows.column(key).to_pylist())
+                if owned:
+                    in_db = pc.is_in(rows.column(key), value_set=pa.array(list(owned)))
+                    rows = rows.filter(pc.invert(in_db))
             if spec.array:  # a list file's rows are replaced whole: items may have gone
-                sessions = [f.record_id or "" for f in p.indexed if f.file_type == ftype]
+                sessions = [
+                    f.record_id or ""
+                    for f in p.indexed
+                    if f.file_type == ftype and f.record_id not in owned
+                ]
                 if sessions:
                     delete_in(cur, table, "session_id", sessions)
             elif replace and rows is not None:
-                pk = spec.table.primary_key[0]
-                delete_in(cur, table, pk, rows.column(pk).to_pylist())
+                delete_in(cur, table, key, rows.column(key).to_pylist())
             if rows is not None:
                 self._rows.insert(cur, table, rows)
             gone = [(path, key) for path, t, key in p.deleted if t == ftype]
@@ -377,23 +389,3 @@ def _newest_per_key(group: _Group, versions: dict[str, Version]) -> list[int]:
     return (
         sorted(newest.values()) if len(newest) < len(group.locs) else list(range(len(group.locs)))
     )
-
-
-def _utf8(texts: list[bytes], files: list[int], failed: dict[int, str | None]) -> pa.Array:
-    """``texts`` as one string array (a single copy); files with invalid UTF-8 are marked
-    failed and blanked."""
-    offsets = pa.array(itertools.accumulate(map(len, texts), initial=0), pa.int64())
-    data = pa.py_buffer(b"".join(texts))
-    array = pa.Array.from_buffers(pa.large_string(), len(texts), [None, offsets.buffers()[1], data])
-    try:
-        array.validate(full=True)
-        return array
-    except pa.ArrowInvalid:
-        pass
-    for row, text in enumerate(texts):
-        try:
-            text.decode()
-        except UnicodeDecodeError:
-            failed[files[row]] = None
-            texts[row] = b""
-    return pa.array(texts, pa.large_binary()).cast(pa.large_string())

@@ -39,11 +39,21 @@ class JsonTreeSource:
         emit: Emit,
         *,
         on_scan_done: Callable[[ScanReport], None] | None = None,
+        defer_to_databases: bool = False,
     ) -> None:
         root = settings.storage_path
+        if root is None:
+            raise ValueError("JsonTreeSource needs settings.storage_path")
         self.root = root
+        self._prefix = str(root).rstrip("/") + "/"
         self.tracker = FileTracker(db)
-        self.loader = Loader(db, self.tracker, root, max_file_bytes=settings.max_file_bytes)
+        self.loader = Loader(
+            db,
+            self.tracker,
+            root,
+            max_file_bytes=settings.max_file_bytes,
+            defer_to_databases=defer_to_databases,
+        )
         self.reconciler = Reconciler(
             root,
             db,
@@ -57,13 +67,17 @@ class JsonTreeSource:
         self._watching = settings.watch
         self._on_scan_done = on_scan_done
 
+    def owns(self, key: str) -> bool:
+        """Whether ``key`` is a path under this tree."""
+        return key.startswith(self._prefix)
+
+    def health(self) -> str | None:
+        return None
+
     # -- change notifications and reconciliation ---------------------------------------------
 
     async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Follow the tree with the file watcher (returns at once when watching is off)."""
-        if not self._watching:
-            task_status.started()
-            return
+        """Follow the tree with the file watcher."""
         await self.watcher.run(task_status=task_status)
 
     async def scan(self, *, full: bool | None = None) -> ScanReport:

@@ -1,0 +1,66 @@
+"""SourceRouter: one `BatchLoader` over several sources, so that they share one pipeline.
+
+A batch holds keys of any source; the router gives each source its own keys (`Source.owns`),
+prepares them in turn and writes them in turn, each source in its own transaction, and adds up
+what the batch did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from indexer_service.model import BatchResult
+from indexer_service.source import Source
+
+__all__ = ["SourceRouter"]
+
+Prepared = list[tuple[Source[Any], Any]]
+
+
+class SourceRouter:
+    """Routes keys to ``sources`` (a key no source owns is skipped)."""
+
+    def __init__(self, sources: Sequence[Source[Any]]) -> None:
+        self.sources = list(sources)
+
+    def _split(self, keys: Sequence[str]) -> list[tuple[Source[Any], list[str]]]:
+        if len(self.sources) == 1:
+            return [(self.sources[0], list(keys))]
+        groups: dict[int, list[str]] = {}
+        for key in keys:
+            for i, source in enumerate(self.sources):
+                if source.owns(key):
+                    groups.setdefault(i, []).append(key)
+                    break
+        return [(self.sources[i], group) for i, group in sorted(groups.items())]
+
+    async def warm(self, keys: Sequence[str]) -> int:
+        return sum([await source.warm(group) for source, group in self._split(keys)])
+
+    def prepare(self, keys: Sequence[str]) -> Prepared:
+        return [(source, source.prepare(group)) for source, group in self._split(keys)]
+
+    def write(self, prepared: Prepared) -> BatchResult:
+        results = [source.write(p) for source, p in prepared]
+        if len(results) == 1:
+            return results[0]
+        total = BatchResult(0, 0, 0, 0, [], 0.0, 0.0, 0.0, {})
+        for r in results:
+            by_type = dict(total.by_type)
+            for k, n in r.by_type.items():
+                by_type[k] = by_type.get(k, 0) + n
+            total = replace(
+                total,
+                indexed=total.indexed + r.indexed,
+                errors=total.errors + r.errors,
+                deleted=total.deleted + r.deleted,
+                skipped=total.skipped + r.skipped,
+                requeue=[*total.requeue, *r.requeue],
+                read_seconds=total.read_seconds + r.read_seconds,
+                parse_seconds=total.parse_seconds + r.parse_seconds,
+                write_seconds=total.write_seconds + r.write_seconds,
+                by_type=by_type,
+            )
+        return total

@@ -1,0 +1,72 @@
+"""Which of OpenCode's stores to follow: the ones named in the settings, or the ones found.
+
+With neither ``storage_path`` nor ``opencode_db`` set, both are looked for where OpenCode keeps
+them: the legacy tree ``$XDG_DATA_HOME/opencode/storage`` (if it exists) and the databases
+``$XDG_DATA_HOME/opencode/opencode*.db`` (channel builds use ``opencode-<channel>.db``). When no
+database exists yet, ``opencode.db`` is followed anyway: it is picked up once opencode creates
+it. Naming either store chooses it alone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from indexer_service.settings import Settings, default_storage_path
+
+__all__ = ["Stores", "discover", "find_databases", "opencode_data_dir"]
+
+_NOT_DATABASES = ("-wal", "-shm", "-journal")
+
+
+def opencode_data_dir() -> Path:
+    """``$XDG_DATA_HOME/opencode`` (default ``~/.local/share/opencode``)."""
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "opencode"
+
+
+def find_databases(folder: Path) -> list[Path]:
+    """The OpenCode databases in ``folder`` (``opencode*.db``), sorted; none if it is missing."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    return [
+        folder / n
+        for n in names
+        if n.startswith("opencode") and n.endswith(".db") and not n.endswith(_NOT_DATABASES)
+    ]
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The stores to follow: a legacy tree (or None) and databases (each may not exist yet)."""
+
+    storage: Path | None
+    databases: tuple[Path, ...]
+    discovered: bool
+    """Whether they were looked for (no store named in the settings)."""
+
+    def existing(self) -> Stores:
+        """Only the stores that exist now (for a one-shot sync)."""
+        return Stores(
+            self.storage if self.storage is not None and self.storage.is_dir() else None,
+            tuple(d for d in self.databases if d.is_file()),
+            self.discovered,
+        )
+
+    @property
+    def empty(self) -> bool:
+        return self.storage is None and not self.databases
+
+
+def discover(settings: Settings) -> Stores:
+    """The stores ``settings`` name, or the ones found on this machine when it names none."""
+    if settings.storage_path is not None or settings.opencode_db is not None:
+        dbs = (settings.opencode_db,) if settings.opencode_db is not None else ()
+        return Stores(settings.storage_path, dbs, discovered=False)
+    tree = default_storage_path()
+    folder = opencode_data_dir()
+    databases = find_databases(folder) or [folder / "opencode.db"]
+    return Stores(tree if tree.is_dir() else None, tuple(databases), discovered=True)

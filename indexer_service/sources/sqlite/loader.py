@@ -1,0 +1,329 @@
+"""DbLoader: reads what changed in OpenCode's database and writes it into the record tables.
+
+Keys are the poll signal (`DbKeys.poll`: read what changed since the last poll) and row keys
+(`DbKeys.row`: read these records again, or delete them if they are gone). `DbLoader.prepare`
+reads in one short snapshot, then extracts typed rows with the record specs the JSON tree uses;
+`DbLoader.write` writes rows, deletions, ``row_index`` and the poll's cursors in one
+transaction. A database row wins over a legacy file's row with the same id.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from indexer_service.extract import SPECS, Extractor, diagnose, utf8_column
+from indexer_service.model import BatchResult
+from indexer_service.sources.sqlite.progress import RowTracker
+from indexer_service.sources.sqlite.queries import KINDS, Kind, Row, fetch, versions
+from indexer_service.sources.sqlite.reader import Reader
+from indexer_service.store.database import Database
+from indexer_service.store.rows import RowWriter, delete_in
+
+__all__ = ["DbKeys", "DbLoader", "DbPrepared"]
+
+
+@dataclass(frozen=True)
+class DbKeys:
+    """The keys of one database: ``<prefix>poll`` and ``<prefix><kind>:<id>``."""
+
+    prefix: str
+
+    @property
+    def poll(self) -> str:
+        return self.prefix + "poll"
+
+    def row(self, kind: str, key: str) -> str:
+        return f"{self.prefix}{kind}:{key}"
+
+    def parse(self, key: str) -> tuple[str, str] | None:
+        """(kind, id) of a row key; None for the poll key."""
+        kind, _, ident = key[len(self.prefix) :].partition(":")
+        return (kind, ident) if ident else None
+
+
+@dataclass
+class DbPrepared:
+    """One batch read and extracted, not yet written."""
+
+    rows: dict[str, pa.Table] = field(default_factory=dict)
+    indexed: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
+    failed: dict[str, list[tuple[str, int, str]]] = field(default_factory=lambda: defaultdict(list))
+    deleted: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    state: dict[str, int] = field(default_factory=dict)
+    """Cursors to save with this batch."""
+    claimed_from: dict[str, int] | None = None
+    """The cursors before this batch's poll claimed its rows (restored if the write fails)."""
+    requeue: list[str] = field(default_factory=list)
+    read_seconds: float = 0.0
+    parse_seconds: float = 0.0
+
+
+class DbLoader:
+    """Loads batches of one database's keys (`source.BatchLoader`)."""
+
+    def __init__(
+        self,
+        db: Database,
+        reader: Reader,
+        keys: DbKeys,
+        tracker: RowTracker,
+        *,
+        chunk_rows: int = 20_000,
+        tail_rows: int = 20_000,
+        lookback_ms: int = 10_000,
+    ) -> None:
+        self.db = db
+        self.reader = reader
+        self.keys = keys
+        self.tracker = tracker
+        self.chunk_rows = chunk_rows
+        """New rows read per table and poll; more go to the next poll (the backfill)."""
+        self.tail_rows = tail_rows
+        """Rows below the newest read again when their ``time_updated`` moved; an older row
+        that changes is found by the reconciler."""
+        self.lookback_ms = lookback_ms
+        """How far behind the newest ``time_updated`` a change may arrive (opencode stamps
+        the time before a write that may wait up to 5 s on the lock)."""
+        self._extractor: Extractor | None = None
+        self._rows = RowWriter()
+        self._claimed: dict[str, int] | None = None  # cursors as far as polls have read
+        self._data_version: int | None = None
+        self.polls = 0
+        self.polls_skipped = 0
+
+    def close(self) -> None:
+        if self._extractor is not None:
+            self._extractor.close()
+            self._extractor = None
+
+    async def warm(self, keys: Sequence[str]) -> int:
+        return 0
+
+    def claimed(self) -> dict[str, int]:
+        """The cursors as far as polls have read (loaded from ``source_state`` on first use)."""
+        if self._claimed is None:
+            self._claimed = self.tracker.load_state(self.db.cursor())
+        return self._claimed
+
+    # -- prepare ----------------------------------------------------------------------------
+
+    def prepare(self, keys: Sequence[str]) -> DbPrepared:
+        """Read the records behind ``keys`` in one snapshot and extract their rows."""
+        out = DbPrepared()
+        started = time.perf_counter()
+        wanted: dict[str, list[str]] = defaultdict(list)
+        poll = False
+        for key in keys:
+            parsed = self.keys.parse(key)
+            if parsed is None:
+                poll = True
+            elif parsed[0] in KINDS:
+                wanted[parsed[0]].append(parsed[1])
+        found: dict[str, list[Row]] = defaultdict(list)
+        if poll and self._changed_since_last_poll():
+            self.polls += 1
+            with self.reader.snapshot() as con:
+                self._poll(con, out, found)
+        elif poll:
+            self.polls_skipped += 1
+        if wanted:
+            with self.reader.snapshot() as con:
+                for kind, ids in wanted.items():
+                    self._fetch(con, KINDS[kind], ids, out, found)
+        read = time.perf_counter()
+        for kind, rows in found.items():
+            self._extract(KINDS[kind], rows, out)
+        out.read_seconds, out.parse_seconds = read - started, time.perf_counter() - read
+        return out
+
+    def _changed_since_last_poll(self) -> bool:
+        """False only when the connection saw no commit since the last poll."""
+        was_open = self.reader.is_open
+        version = self.reader.data_version()
+        changed = not was_open or version != self._data_version
+        self._data_version = version
+        return changed
+
+    def _poll(self, con: sqlite3.Connection, out: DbPrepared, found: dict[str, list[Row]]) -> None:
+        state = self.claimed()
+        out.claimed_from = dict(state)
+        sessions: set[str] = set()
+        more = False
+        for kind in (KINDS["message"], KINDS["part"]):
+            rows, full = self._changed_rows(con, kind, state)
+            more = more or full
+            found[kind.name] += rows
+            sessions.update(r[6] for r in rows if r[6] is not None)
+        for kind in (KINDS["project"], KINDS["session"]):
+            recent = self._recent(con, kind, state)
+            found[kind.name] += recent
+            sessions.update(r[0] for r in recent if kind.name == "session")
+        if sessions:
+            ids = list(sessions)
+            more_sessions = self._rows_of(con, KINDS["session"], "id", ids)
+            found["session"] = _unique(found["session"], more_sessions)
+        todo = self._recent(con, KINDS["todo"], state)
+        todo_sessions = sessions | {r[0] for r in todo}
+        if todo_sessions:
+            found["todo"] = self._rows_of(con, KINDS["todo"], "session_id", list(todo_sessions))
+            # a session whose list is now empty: its todos are deleted
+            have = {r[0] for r in found["todo"]}
+            out.deleted["todo"] += [s for s in todo_sessions if s not in have]
+        out.state = dict(state)
+        if more:
+            out.requeue.append(self.keys.poll)
+
+    def _changed_rows(
+        self, con: sqlite3.Connection, kind: Kind, state: dict[str, int]
+    ) -> tuple[list[Row], bool]:
+        """New rows (by rowid, at most ``chunk_rows``) and recent rows whose ``time_updated``
+        moved; advances the kind's cursors in ``state``."""
+        last = state.get(f"{kind.name}.rowid", 0)
+        newest = con.execute(f"SELECT max(rowid) FROM {kind.table}").fetchone()[0] or 0
+        last = min(last, newest)  # the newest rows were deleted: their rowids may come back
+        new = fetch(con, kind.where("rowid > ?", "rowid") + " LIMIT ?", (last, self.chunk_rows))
+        mark = state.get(f"{kind.name}.updated", 0)
+        moved = fetch(
+            con,
+            kind.where("rowid > ? AND rowid <= ? AND time_updated >= ?"),
+            (max(0, last - self.tail_rows), last, mark - self.lookback_ms),
+        )
+        rows = [*new, *moved]
+        if new:
+            state[f"{kind.name}.rowid"] = new[-1][5]
+        else:
+            state[f"{kind.name}.rowid"] = last
+        if rows:
+            state[f"{kind.name}.updated"] = max(mark, max(r[3] for r in rows))
+        return rows, len(new) == self.chunk_rows
+
+    def _recent(self, con: sqlite3.Connection, kind: Kind, state: dict[str, int]) -> list[Row]:
+        """Rows of a small table whose ``time_updated`` is recent (all on the first poll)."""
+        mark = state.get(f"{kind.name}.updated", 0)
+        rows = fetch(con, kind.where("time_updated >= ?"), (mark - self.lookback_ms,))
+        if rows:
+            state[f"{kind.name}.updated"] = max(mark, max(r[3] for r in rows))
+        return rows
+
+    @staticmethod
+    def _rows_of(con: sqlite3.Connection, kind: Kind, column: str, ids: list[str]) -> list[Row]:
+        sql = kind.where(f"{column} IN (SELECT value FROM json_each(?))")
+        return fetch(con, sql, (orjson.dumps(ids).decode(),))
+
+    def _fetch(
+        self,
+        con: sqlite3.Connection,
+        kind: Kind,
+        ids: list[str],
+        out: DbPrepared,
+        found: dict[str, list[Row]],
+    ) -> None:
+        rows = self._rows_of(con, kind, kind.key, ids)
+        found[kind.name] += rows
+        have = {r[0] for r in rows}
+        out.deleted[kind.name] += [i for i in dict.fromkeys(ids) if i not in have]
+
+    # -- extract ----------------------------------------------------------------------------
+
+    def _extract(self, kind: Kind, rows: list[Row], out: DbPrepared) -> None:
+        spec = SPECS[kind.name]
+        rows = _unique(rows, [])
+        texts = [r[4] for r in rows]
+        failed: dict[int, str | None] = {}
+        content = utf8_column(list(texts), list(range(len(rows))), failed)
+        batch = pa.table(
+            {
+                "file_path": pa.nulls(len(rows), pa.string()),
+                "key": pa.array([r[0] for r in rows], pa.string()),
+                "parent": pa.array([r[1] for r in rows], pa.string()),
+                **({"position": pa.array([r[2] for r in rows], pa.int64())} if spec.array else {}),
+                "content": content,
+            }
+        )
+        extracted = self._get_extractor().extract(spec, batch)
+        for row, message in extracted.bad.items():
+            failed.setdefault(row, message)
+        messages: dict[str, str] = {}
+        for i in sorted(failed):
+            key = rows[i][0]
+            messages.setdefault(key, failed[i] or diagnose(texts[i], spec, key))
+        table = extracted.rows
+        if table is not None and messages and spec.array:  # a list is written whole or not
+            keep = [s not in messages for s in table.column("session_id").to_pylist()]
+            table = table.filter(pa.array(keep))
+        if table is not None and table.num_rows:
+            out.rows[kind.name] = table
+        version = versions(kind, rows)
+        for key in dict.fromkeys(r[0] for r in rows):
+            if key in messages:
+                out.failed[kind.name].append((key, version[key], messages[key]))
+            else:
+                out.indexed[kind.name].append((key, version[key]))
+
+    def _get_extractor(self) -> Extractor:
+        if self._extractor is None:
+            self._extractor = Extractor()
+        return self._extractor
+
+    # -- write ------------------------------------------------------------------------------
+
+    def write(self, p: DbPrepared) -> BatchResult:
+        """Write one prepared batch in one transaction."""
+        started = time.perf_counter()
+        try:
+            with self.db.transaction() as cur:
+                for name in KINDS:
+                    self._apply(cur, name, p)
+                self.tracker.save_state(cur, p.state)
+        except BaseException:
+            if p.claimed_from is not None and self._claimed is not None:
+                for key, value in p.claimed_from.items():  # read those rows again
+                    self._claimed[key] = min(self._claimed.get(key, value), value)
+            raise
+        by_type = {k: len(v) for k, v in p.indexed.items() if v}
+        return BatchResult(
+            indexed=sum(by_type.values()),
+            errors=sum(len(v) for v in p.failed.values()),
+            deleted=sum(len(v) for v in p.deleted.values()),
+            skipped=0,
+            requeue=p.requeue,
+            read_seconds=p.read_seconds,
+            parse_seconds=p.parse_seconds,
+            write_seconds=time.perf_counter() - started,
+            by_type=by_type,
+        )
+
+    def _apply(self, cur: duckdb.DuckDBPyConnection, name: str, p: DbPrepared) -> None:
+        spec = SPECS[name]
+        table, key = spec.table.name, spec.table.primary_key[0]
+        indexed = [i for i, _ in p.indexed.get(name, ())]
+        if indexed:  # the database's row replaces any row of that id, a legacy file's too
+            delete_in(cur, table, key, indexed)
+        rows = p.rows.get(name)
+        if rows is not None:
+            self._rows.insert(cur, table, rows)
+        gone = p.deleted.get(name, [])
+        if gone:  # only rows that came from a database (a legacy file's row has a path)
+            cur.execute(
+                f"DELETE FROM {table} WHERE file_path IS NULL AND {key} IN (SELECT unnest(?))",
+                [gone],
+            ).fetchall()
+        self.tracker.mark_indexed(cur, name, p.indexed.get(name, []))
+        self.tracker.mark_failed(cur, name, p.failed.get(name, []))
+        self.tracker.remove(cur, name, gone)
+
+
+def _unique(rows: list[Row], more: list[Row]) -> list[Row]:
+    """``rows`` then ``more``, each record once (its last read wins; a list keeps its items)."""
+    seen: dict[tuple[str, int | None], Row] = {}
+    for r in [*rows, *more]:
+        seen[(r[0], r[2])] = r
+    return list(seen.values())

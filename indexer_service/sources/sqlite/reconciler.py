@@ -1,0 +1,83 @@
+"""DbReconciler: compares every record of OpenCode's database with ``row_index``.
+
+Polls find new and changed rows; only a complete listing finds deleted ones (opencode leaves no
+tombstone) and changes a poll cannot see (a row updated long after it was written, a session
+rewritten with the same ``time_updated``). A pass lists ``(id, version)`` of every record in one
+snapshot, compares it with ``row_index`` in one DuckDB join per kind, and hands on the row keys
+of new, changed, deleted and retry-due records. Messages and parts are listed only up to the
+rowid the polls have reached: the rest is theirs to read.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pyarrow as pa
+
+from indexer_service.model import SCAN_KINDS
+from indexer_service.sources.sqlite.loader import DbLoader
+from indexer_service.sources.sqlite.queries import KINDS, Kind, fetch, versions
+from indexer_service.store.database import Database
+
+__all__ = ["DbReconciler", "Found"]
+
+_COMPARE = """
+SELECT l.id, CASE WHEN r.id IS NULL THEN 'new'
+                  WHEN r.version IS DISTINCT FROM l.version THEN 'modified'
+                  ELSE 'retried' END AS kind
+FROM _listing l LEFT JOIN (
+  SELECT id, version, status, retry_after FROM row_index WHERE source = $source AND kind = $kind
+) r USING (id)
+WHERE r.id IS NULL OR r.version IS DISTINCT FROM l.version
+   OR (r.status = 'error' AND coalesce(r.retry_after, 0) <= $now)
+"""
+_GONE = """
+SELECT id FROM row_index r WHERE source = $source AND kind = $kind
+  AND NOT EXISTS (SELECT 1 FROM _listing l WHERE l.id = r.id)
+"""
+
+Found = dict[str, list[tuple[str, str]]]
+"""Kind of finding (new, modified, retried, deleted) -> (record kind, id) pairs."""
+
+
+class DbReconciler:
+    """One pass over a database: `scan` (blocking: a worker thread)."""
+
+    def __init__(self, loader: DbLoader, db: Database) -> None:
+        self.loader = loader
+        self.db = db
+
+    def scan(self, now: float) -> Found:
+        """Everything out of sync between the database and the index, by finding."""
+        claimed = self.loader.claimed()
+        with self.loader.reader.snapshot() as con:
+            listings = {name: _listing(con, kind, claimed) for name, kind in KINDS.items()}
+        found: Found = {k: [] for k in SCAN_KINDS}
+        cur = self.db.cursor()
+        source = self.loader.tracker.source
+        for name, listing in listings.items():
+            cur.register("_listing", listing)
+            try:
+                params = {"source": source, "kind": name, "now": now}
+                for ident, finding in cur.execute(_COMPARE, params).fetchall():
+                    found[finding].append((name, ident))
+                gone = cur.execute(_GONE, {"source": source, "kind": name}).fetchall()
+                found["deleted"] += [(name, ident) for (ident,) in gone]
+            finally:
+                cur.unregister("_listing")
+        return found
+
+
+def _listing(con: sqlite3.Connection, kind: Kind, claimed: dict[str, int]) -> pa.Table:
+    """``(id, version)`` of every record of ``kind`` (by-rowid kinds: up to the claimed rowid)."""
+    if kind.name in ("session", "todo"):  # versions are checksums of what is read
+        version = versions(kind, fetch(con, kind.select))
+        ids, values = list(version), list(version.values())
+    else:
+        where = (
+            f" WHERE rowid <= {int(claimed.get(f'{kind.name}.rowid', 0))}" if kind.by_rowid else ""
+        )
+        rows = con.execute(f"SELECT {kind.key}, time_updated FROM {kind.table}{where}").fetchall()
+        ids = [r[0].decode("utf-8", "replace") if isinstance(r[0], bytes) else r[0] for r in rows]
+        values = [r[1] if isinstance(r[1], int) else 0 for r in rows]
+    return pa.table({"id": pa.array(ids, pa.string()), "version": pa.array(values, pa.int64())})

@@ -1,0 +1,217 @@
+"""SqliteSource: OpenCode's SQLite database (opencode >= 1.2) as a `Source`.
+
+Keys are ``sqlite:<path>|poll`` (read what changed) and ``sqlite:<path>|<kind>:<id>`` (read one
+record again, or delete it). The watcher turns every write to the database or its WAL into a
+poll key; the accumulator coalesces them (100 signals or 200 ms), so one poll reads what many
+commits changed. A poll that finds no commit since the last one (``PRAGMA data_version``) reads
+nothing. Reconciliation lists every record and finds deletions. The connection is closed after
+``idle_close_s`` without a read, so opencode can tidy its WAL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+from watchfiles import awatch
+
+from indexer_service.model import SCAN_KINDS, BatchResult, Emit, ScanReport
+from indexer_service.sources.sqlite.loader import DbKeys, DbLoader, DbPrepared
+from indexer_service.sources.sqlite.progress import RowTracker
+from indexer_service.sources.sqlite.reader import DatabaseUnreadable, Reader
+from indexer_service.sources.sqlite.reconciler import DbReconciler
+from indexer_service.store.database import Database
+from indexer_service.threads import run_in_thread
+
+__all__ = ["SqliteSource"]
+
+log = structlog.get_logger(__name__)
+
+
+class SqliteSource:
+    """The database at ``path`` (it may not exist yet: it is waited for), indexed into ``db``."""
+
+    def __init__(
+        self,
+        path: Path,
+        db: Database,
+        emit: Emit,
+        *,
+        interval_seconds: float = 30.0,
+        on_scan_done: Callable[[ScanReport], None] | None = None,
+        idle_close_s: float = 10.0,
+        rearm_seconds: float = 0.5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.name = f"sqlite:{self.path}"
+        self.keys = DbKeys(self.name + "|")
+        self.reader = Reader(self.path)
+        self.tracker = RowTracker(self.name, clock=clock)
+        self.loader = DbLoader(db, self.reader, self.keys, self.tracker)
+        self._reconciler = DbReconciler(self.loader, db)
+        self._db = db
+        self._emit = emit
+        self._interval = interval_seconds
+        self._on_scan_done = on_scan_done
+        self._idle_close_s = idle_close_s
+        self._rearm_seconds = rearm_seconds
+        self._clock = clock
+        self._lock = anyio.Lock()
+        self._unavailable: str | None = None
+        self._stats: dict[str, Any] = {
+            "signals": 0, "scans": 0, "scans_failed": 0, "last_scan_at": None,
+            "last_duration_s": 0.0, "last": dict.fromkeys(SCAN_KINDS, 0),
+        }  # fmt: skip
+
+    def owns(self, key: str) -> bool:
+        """Whether ``key`` is one of this database's keys."""
+        return key.startswith(self.keys.prefix)
+
+    def health(self) -> str | None:
+        """Why the database cannot be read now (missing, locked, not a database), or None."""
+        return self._unavailable
+
+    # -- change notifications -----------------------------------------------------------------
+
+    async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Emit a poll for every change of the database file or its WAL, until cancelled;
+        waits for the database's folder to exist, and closes the connection when idle."""
+        started = False
+        names = {self.path.name, self.path.name + "-wal"}
+        while True:
+            if not self.path.parent.is_dir():
+                if not started:
+                    started = True
+                    task_status.started()
+                await anyio.sleep(self._rearm_seconds)
+                continue
+            existed = False  # (re)armed: whatever happened while unwatched is polled for
+            async for changes in awatch(
+                self.path.parent,
+                watch_filter=lambda _change, p: Path(p).name in names,
+                recursive=False,
+                debounce=50,
+                step=10,
+                rust_timeout=int(self._rearm_seconds * 1000),
+                yield_on_timeout=True,
+                ignore_permission_denied=True,
+            ):
+                if not started:
+                    started = True
+                    task_status.started()
+                exists = self.path.exists()
+                if changes or (exists and not existed):
+                    self._stats["signals"] += 1
+                    await self._emit([self.keys.poll])
+                existed = exists
+                if self.reader.is_open and self.reader.idle_for() > self._idle_close_s:
+                    await anyio.to_thread.run_sync(self.reader.close)
+                if not self.path.parent.is_dir():
+                    break
+
+    # -- reconciliation -----------------------------------------------------------------------
+
+    async def scan(self, *, full: bool | None = None) -> ScanReport:
+        """List every record, hand on what is out of sync, and poll."""
+        async with self._lock:
+            started = time.perf_counter()
+            counts = dict.fromkeys(SCAN_KINDS, 0)
+            await self._emit([self.keys.poll])
+            if self.path.exists():
+                try:
+                    found = await run_in_thread(
+                        lambda: self._reconciler.scan(self._clock()), lambda: None
+                    )
+                except DatabaseUnreadable as exc:
+                    self._unreadable(str(exc))
+                    found = {}
+                else:
+                    self._readable()
+                for finding, pairs in found.items():
+                    counts[finding] = len(pairs)
+                    if pairs:
+                        await self._emit([self.keys.row(kind, ident) for kind, ident in pairs])
+            report = ScanReport(True, time.perf_counter() - started, counts)
+            self._stats.update(
+                scans=self._stats["scans"] + 1,
+                last_scan_at=self._clock(),
+                last_duration_s=round(report.duration_s, 4),
+                last=counts,
+            )
+            if any(counts.values()):
+                log.info("db_reconcile_done", db=str(self.path), **counts)
+            if self._on_scan_done is not None:
+                self._on_scan_done(report)
+            return report
+
+    async def reconcile(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """A scan every ``interval_seconds`` until cancelled."""
+        task_status.started()
+        while True:
+            await anyio.sleep(self._interval)
+            try:
+                await self.scan()
+            except Exception as exc:  # the loop outlives a failed scan
+                self._stats["scans_failed"] += 1
+                log.error("db_reconcile_failed", db=str(self.path), error=repr(exc))
+
+    # -- loading -------------------------------------------------------------------------------
+
+    async def warm(self, keys: Sequence[str]) -> int:
+        return 0
+
+    def prepare(self, keys: Sequence[str]) -> DbPrepared:
+        """Read ``keys``; an unreadable database gives an empty batch and a health reason."""
+        if not self.path.exists():
+            return DbPrepared()
+        try:
+            prepared = self.loader.prepare(keys)
+        except DatabaseUnreadable as exc:
+            self._unreadable(str(exc))
+            return DbPrepared()
+        self._readable()
+        return prepared
+
+    def write(self, prepared: DbPrepared) -> BatchResult:
+        return self.loader.write(prepared)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def _unreadable(self, reason: str) -> None:
+        if reason != self._unavailable:
+            log.error("opencode_db_unreadable", db=str(self.path), error=reason,
+                      action="retried at the next change or reconciliation")  # fmt: skip
+        self._unavailable = reason
+
+    def _readable(self) -> None:
+        if self._unavailable is not None:
+            log.info("opencode_db_readable", db=str(self.path))
+        self._unavailable = None
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{kind: {status: rows}}`` of this database, from ``row_index``."""
+        return self.tracker.counts(self._db.cursor())
+
+    def get_stats(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "exists": self.path.exists(),
+            "unavailable": self._unavailable,
+            "polls": self.loader.polls,
+            "polls_skipped": self.loader.polls_skipped,
+            "busy_retries": self.reader.busy_retries,
+            "longest_read_s": round(self.reader.longest_read_s, 4),
+            "connection_open": self.reader.is_open,
+            **self._stats,
+            "last": dict(self._stats["last"]),
+        }
+
+    def close(self) -> None:
+        self.reader.close()
+        self.loader.close()
