@@ -6,7 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ("bench_accumulator", "bench_loader", "bench_reconciler", "bench_service")
+BENCHMARKS = (
+    "bench_accumulator",
+    "bench_loader",
+    "bench_reconciler",
+    "bench_service",
+    "bench_sqlite",
+)
 
 
 def main() -> int:

@@ -80,6 +80,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 self._db,
                 self._acc.add_many,
                 interval_seconds=settings.reconcile_interval,
+                poll_rows=settings.db_poll_rows,
                 on_scan_done=self._scan_done,
             )
             for path in self.stores.databases

@@ -70,6 +70,9 @@ class Settings:
     stores are looked for (`sources.discover`): its tree and its databases."""
     opencode_db: Path | None = None
     """OpenCode's SQLite database to follow (waited for if it does not exist yet)."""
+    db_poll_rows: int = 20_000
+    """Rows a poll of a database reads per table at most (the backfill goes on in the next):
+    bounds the memory of a batch and the length of each read transaction."""
     db_path: Path = field(default_factory=default_db_path)
     """The DuckDB database file the service owns."""
     window_ms: float = 200.0
@@ -119,7 +122,7 @@ class Settings:
                 object.__setattr__(self, name, Path(os.path.abspath(Path(value).expanduser())))
         for name in ("window_ms", "reconcile_interval", "shutdown_timeout", "query_timeout_s"):
             positive(name, getattr(self, name))
-        for name in ("max_files", "workers", "full_scan_every"):
+        for name in ("max_files", "workers", "full_scan_every", "db_poll_rows"):
             at_least(name, getattr(self, name), 1)
         if not 1 <= self.max_file_bytes <= MAX_FILE_BYTES_LIMIT:
             raise ConfigError(

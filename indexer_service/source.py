@@ -10,9 +10,10 @@ transaction as the rows. The accumulator and the worker pool see only keys and t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
+import anyio
 from anyio.abc import TaskStatus
 
 from indexer_service.model import BatchResult, ScanReport
@@ -77,3 +78,23 @@ class Source(BatchLoader[P], Protocol):
     def close(self) -> None:
         """Release what the source holds (helper processes, in-memory databases)."""
         ...
+
+
+async def every(
+    seconds: float,
+    scan: Callable[[], Awaitable[object]],
+    *,
+    on_failure: Callable[[Exception], None],
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """A source's periodic reconciliation: ``scan()`` every ``seconds`` until cancelled,
+    ``started()`` at once (the first pass is the caller's); a pass that fails goes to
+    ``on_failure`` and the loop goes on."""
+    task_status.started()
+    while True:
+        await sleep(seconds)
+        try:
+            await scan()
+        except Exception as exc:
+            on_failure(exc)

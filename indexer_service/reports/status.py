@@ -12,12 +12,26 @@ from indexer_service.read.query import QueryFn, QueryResult, jsonable
 
 __all__ = ["RECENT_ERRORS_SQL", "collect_status", "format_status"]
 
-RECENT_ERRORS_SQL = (
+_FILE_ERRORS = (
     "SELECT file_path, file_type, error_message, attempts, updated_at FROM file_index "
-    "WHERE status = 'error' ORDER BY updated_at DESC NULLS LAST, file_path LIMIT $n"
+    "WHERE status = 'error'"
 )
-"""The latest failures first; parameter ``n``."""
+_ROW_ERRORS = (
+    "SELECT source || ' ' || kind || ' ' || id, kind, error_message, attempts, updated_at "
+    "FROM row_index WHERE status = 'error'"
+)
+_LATEST = " ORDER BY updated_at DESC NULLS LAST, file_path LIMIT $n"
 
+RECENT_ERRORS_SQL = f"{_FILE_ERRORS} UNION ALL {_ROW_ERRORS}{_LATEST}"
+"""The latest failures of either store first (a database row as ``<source> <kind> <id>``);
+parameter ``n``."""
+
+_DB_COUNTS_SQL = "SELECT source, kind, status, count(*) FROM row_index GROUP BY ALL ORDER BY ALL"
+_DB_STATE_SQL = (
+    "SELECT source, max(value) FILTER (WHERE ends_with(key, '.updated')), max(updated_at) "
+    "FROM source_state GROUP BY source"
+)
+_HAS_ROW_INDEX = "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'row_index'"
 _COUNTS_SQL = "SELECT file_type, status, count(*) FROM file_index GROUP BY ALL ORDER BY ALL"
 _ACTIVITY_SQL = (
     "SELECT count(*) FILTER (WHERE indexed_at >= CAST($minute AS TIMESTAMP)), "
@@ -53,12 +67,16 @@ def collect_status(
         "hour": (now - timedelta(hours=1)).isoformat(),
     }
     minute, hour, last = query(_ACTIVITY_SQL, window).rows[0]
+    databases = query(_HAS_ROW_INDEX, None).rows[0][0] > 0  # an index of an older version: no
     report: dict[str, Any] = {
         "db": db,
         "service": {"running": False},
         "files": files,
         "totals": totals,
-        "recent_errors": _rows(query(RECENT_ERRORS_SQL, {"n": errors})),
+        "databases": _databases(query) if databases else {},
+        "recent_errors": _rows(
+            query(RECENT_ERRORS_SQL if databases else _FILE_ERRORS + _LATEST, {"n": errors})
+        ),
         "last_reconcile": None,
         "throughput": {
             "indexed_last_minute": int(minute),
@@ -71,11 +89,35 @@ def collect_status(
     return jsonable(report)  # type: ignore[no-any-return]
 
 
+def _databases(query: QueryFn) -> dict[str, dict[str, Any]]:
+    """Per OpenCode database: rows by kind and status, and the newest change indexed."""
+    out: dict[str, dict[str, Any]] = {}
+    for source, kind, status, n in query(_DB_COUNTS_SQL, None).rows:
+        rows = out.setdefault(str(source), {"rows": {}})["rows"]
+        rows.setdefault(str(kind), {})[str(status)] = int(n)
+    for source, newest_ms, written in query(_DB_STATE_SQL, None).rows:
+        entry = out.setdefault(str(source), {"rows": {}})
+        entry["newest_change_indexed"] = (
+            None
+            if newest_ms is None
+            else datetime.fromtimestamp(newest_ms / 1000, UTC).isoformat(timespec="seconds")
+        )
+        entry["last_written_at"] = jsonable(written)
+    return out
+
+
 def _add_service(report: dict[str, Any], stats: Mapping[str, Any]) -> None:
     report["service"] = {
         "running": True,
         **{k: stats[k] for k in ("state", "uptime_s", "pid", "url", "health") if k in stats},
     }
+    for path, db in (stats.get("databases") or {}).items():
+        entry = report["databases"].setdefault(f"sqlite:{path}", {"rows": {}})
+        entry["service"] = {
+            k: db.get(k)
+            for k in ("exists", "unavailable", "polls", "polls_skipped", "last_poll_at",
+                      "longest_read_s", "connection_open")
+        }  # fmt: skip
     rec = stats.get("reconciler") or {}
     if rec.get("last_scan_at"):
         report["last_reconcile"] = {
@@ -151,6 +193,9 @@ def format_status(report: Mapping[str, Any]) -> str:
     if tp.get("files_per_s_since_start") is not None:
         line += f"; {tp['files_per_s_since_start']:,} files/s since start"
     out.append(line)
+    for source, db in report.get("databases", {}).items():
+        out.append("")
+        out.extend(_database_lines(source, db))
     errors = report["recent_errors"]
     out.append("")
     out.append(f"latest errors ({len(errors)}):" if errors else "latest errors: none")
@@ -158,3 +203,30 @@ def format_status(report: Mapping[str, Any]) -> str:
         out.append(f"  {e['updated_at'] or '-'}  {e['file_type']}  {e['file_path']}")
         out.append(f"      {e['error_message']} (attempts: {e['attempts']})")
     return "\n".join(out)
+
+
+def _database_lines(source: str, db: Mapping[str, Any]) -> list[str]:
+    """One OpenCode database: rows by kind, errors, the newest change indexed, the polls."""
+    rows: Mapping[str, Mapping[str, int]] = db.get("rows", {})
+    kinds = ", ".join(f"{k} {by.get('indexed', 0):,}" for k, by in sorted(rows.items()))
+    errors = sum(by.get("error", 0) for by in rows.values())
+    out = [
+        f"opencode database {source.removeprefix('sqlite:')}",
+        f"  rows indexed: {kinds or 'none yet'}; {errors:,} error{'s' if errors != 1 else ''}",
+        f"  newest change indexed: {_ago(db.get('newest_change_indexed'))}",
+    ]
+    svc = db.get("service")
+    if svc:
+        state = f"unreadable: {svc['unavailable']}" if svc.get("unavailable") else "readable"
+        if not svc.get("exists"):
+            state = "waiting for opencode to create it"
+        out.append(
+            f"  {state}; polls {svc.get('polls', 0):,} ({svc.get('polls_skipped', 0):,} found "
+            f"no commit), last {_ago(_iso(svc.get('last_poll_at')))}; longest read "
+            f"{svc.get('longest_read_s', 0)} s"
+        )
+    return out
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()

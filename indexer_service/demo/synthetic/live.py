@@ -13,7 +13,45 @@ from indexer_service.demo.synthetic.state import _Ses
 from indexer_service.demo.synthetic.tree import _Gen
 
 
-class LiveWriter:
+class LiveSessions:
+    """The generator as a running opencode drives it: sessions opened one by one, a step at a
+    time, through ``sink`` (files or database rows). Deterministic for a seed."""
+
+    def __init__(self, sink: _Sink, seed: int, base_time_ms: int) -> None:
+        self._sink = sink
+        spec = TreeSpec(seed=seed, base_time_ms=base_time_ms, compact_ratio=0, share_ratio=0)
+        self._gen = _Gen(spec, sink)
+        self._gen.text_rate = 1.0  # every step streams a text part
+        self._project = self._gen.project(git=True)
+        self._sessions: dict[str, _Ses] = {}
+
+    def new_session(self) -> str:
+        """Write a new, empty session (and the project on first use); return its ID."""
+        g = self._gen
+        g.tick(1_000, 60_000)
+        if not self._sessions:
+            g.write_project(self._project)
+        s = g.open_session(self._project, None, "build", "")
+        self._sessions[s.id] = s
+        g.close_session(s)
+        return s.id
+
+    def _step(self, session_id: str) -> str:
+        """Write one assistant step (a user message first when a new turn starts), then the
+        session; return where the step's text part went."""
+        g, s = self._gen, self._sessions[session_id]
+        self._sink.log.clear()
+        if not s.user or g.r.random() < 0.25:
+            s.user, created = g.open_turn(s)
+            parts = g.user_parts(s, s.user, "plain", "explore", "")
+            g.emit(s, g.user_message(s, s.user, created, summary=False), parts)
+        g.step(s, s.user, "stop" if g.r.random() < 0.3 else "tools")
+        text = g.last_text
+        g.close_session(s)
+        return text
+
+
+class LiveWriter(LiveSessions):
     """Writes sessions step by step like a running opencode: in place, no temp file, no rename.
 
     Deterministic for a seed. ``on_write(path)`` runs right after each file is closed, so a
@@ -30,40 +68,16 @@ class LiveWriter:
         on_write: Callable[[Path], None] | None = None,
     ) -> None:
         self.root = Path(root)
-        self._sink = _Sink(self.root, live=True, on_write=on_write)
-        spec = TreeSpec(seed=seed, base_time_ms=base_time_ms, compact_ratio=0, share_ratio=0)
-        self._gen = _Gen(spec, self._sink)
-        self._gen.text_rate = 1.0  # every step streams a text part
-        self._project = self._gen.project(git=True)
-        self._sessions: dict[str, _Ses] = {}
+        super().__init__(_Sink(self.root, live=True, on_write=on_write), seed, base_time_ms)
         self.last_text_part: Path | None = None
         """The text part written by the latest ``write_step`` (a target for ``stream_text``)."""
-
-    def new_session(self) -> str:
-        """Write a new, empty session (and the project file on first use); return its ID."""
-        g = self._gen
-        g.tick(1_000, 60_000)
-        if not self._sessions:
-            g.write_project(self._project)
-        s = g.open_session(self._project, None, "build", "")
-        self._sessions[s.id] = s
-        g.close_session(s)
-        return s.id
 
     def write_step(self, session_id: str) -> list[Path]:
         """Write one assistant step (message + parts, then session and session_diff).
 
         A user message with its text part comes first when a new turn starts.
         """
-        g, s = self._gen, self._sessions[session_id]
-        self._sink.log.clear()
-        if not s.user or g.r.random() < 0.25:
-            s.user, created = g.open_turn(s)
-            parts = g.user_parts(s, s.user, "plain", "explore", "")
-            g.emit(s, g.user_message(s, s.user, created, summary=False), parts)
-        g.step(s, s.user, "stop" if g.r.random() < 0.3 else "tools")
-        self.last_text_part = Path(g.last_text)
-        g.close_session(s)
+        self.last_text_part = Path(self._step(session_id))
         return list(self._sink.log)
 
     def stream_text(self, part_path: Path, deltas: int = 20) -> list[Path]:

@@ -227,18 +227,7 @@ def generate_db(
         sink = SqliteSink(conn, now_ms=lambda: spec.base_time_ms, commit_every=2_000)
         g = _Gen(spec, cast(_Sink, sink))
         sink.now_ms = lambda: g.t
-        r = g.r
-        # the loop of generate_tree: same RNG calls in the same order
-        projects = [g.project(git=True) for _ in range(spec.projects)] + [g.project(git=False)]
-        sink.raw("migration", "migration", b"2")
-        for _ in range(spec.sessions):
-            if spec.max_files is not None and sink.counts.total() + len(projects) >= spec.max_files:
-                break
-            g.tick(60_000, 3_600_000)
-            p = projects[-1] if len(projects) == 1 or r.random() < 0.15 else r.choice(projects[:-1])
-            g.session(p, crash=r.random() < spec.crashed_ratio)
-        for p in projects:
-            g.write_project(p)
+        g.history("migration")  # the same records as generate_tree's for the same spec
         sink.flush()
         if bad := conn.execute("PRAGMA foreign_key_check").fetchmany(5):
             raise RuntimeError(f"dangling references in {path}: {bad}")

@@ -11,18 +11,17 @@ from typing import cast
 import orjson
 
 from indexer_service.demo.synthetic.files import _Sink
+from indexer_service.demo.synthetic.live import LiveSessions
 from indexer_service.demo.synthetic.opencode_db import SqliteSink, rel_id
 from indexer_service.demo.synthetic.opencode_schema import connect, create_schema
-from indexer_service.demo.synthetic.spec import DEFAULT_BASE_TIME_MS, TreeSpec
-from indexer_service.demo.synthetic.state import _Ses
-from indexer_service.demo.synthetic.tree import _Gen
+from indexer_service.demo.synthetic.spec import DEFAULT_BASE_TIME_MS
 
 
 def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-class LiveDbWriter:
+class LiveDbWriter(LiveSessions):
     """``LiveWriter`` on an ``opencode.db``: writes sessions step by step like a running opencode,
     one commit per record, ``time_updated`` from the wall clock.
 
@@ -46,17 +45,13 @@ class LiveDbWriter:
         exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'session'"
         if self.conn.execute(exists).fetchone() is None:
             create_schema(self.conn)
-        self._sink = SqliteSink(self.conn, now_ms=_wall_ms, live=True, on_write=on_write)
-        spec = TreeSpec(seed=seed, base_time_ms=base_time_ms, compact_ratio=0, share_ratio=0)
-        self._gen = _Gen(spec, cast(_Sink, self._sink))
-        self._gen.text_rate = 1.0  # every step streams a text part
-        self._project = self._gen.project(git=True)
-        self._sessions: dict[str, _Ses] = {}
+        self._db_sink = SqliteSink(self.conn, now_ms=_wall_ms, live=True, on_write=on_write)
+        super().__init__(cast(_Sink, self._db_sink), seed, base_time_ms)
         self.last_text_part: str | None = None
         """The ID of the text part written by the latest ``write_step`` (for ``stream_text``)."""
 
     def close(self) -> None:
-        self._sink.flush()
+        self._db_sink.flush()
         self.conn.close()
 
     def __enter__(self) -> LiveDbWriter:
@@ -65,32 +60,13 @@ class LiveDbWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def new_session(self) -> str:
-        """Write a new, empty session (and the project row on first use); return its ID."""
-        g = self._gen
-        g.tick(1_000, 60_000)
-        if not self._sessions:
-            g.write_project(self._project)
-        s = g.open_session(self._project, None, "build", "")
-        self._sessions[s.id] = s
-        g.close_session(s)
-        return s.id
-
     def write_step(self, session_id: str) -> list[str]:
         """Write one assistant step (message + parts, then the session row), as ``LiveWriter``.
 
         A user message with its text part comes first when a new turn starts.
         """
-        g, s = self._gen, self._sessions[session_id]
-        self._sink.log.clear()
-        if not s.user or g.r.random() < 0.25:
-            s.user, created = g.open_turn(s)
-            parts = g.user_parts(s, s.user, "plain", "explore", "")
-            g.emit(s, g.user_message(s, s.user, created, summary=False), parts)
-        g.step(s, s.user, "stop" if g.r.random() < 0.3 else "tools")
-        self.last_text_part = rel_id(g.last_text) or None
-        g.close_session(s)
-        return list(self._sink.log)
+        self.last_text_part = rel_id(self._step(session_id)) or None
+        return list(self._db_sink.log)
 
     def stream_text(self, part: str, deltas: int = 20) -> list[str]:
         """Append to the text/reasoning part with ID ``part`` ``deltas`` times: each delta is an
@@ -105,14 +81,14 @@ class LiveDbWriter:
             raise ValueError(f"not a text or reasoning part: {part}")
         g, text, rel = self._gen, obj["text"], f"part/{row[0]}/{part}.json"
         start = g.t
-        self._sink.log.clear()
+        self._db_sink.log.clear()
         for i in range(1, deltas + 1):
             now = g.tick(5, 80)
             text += " " + g.c.sentences[g.r.randrange(len(g.c.sentences))]
             obj["text"] = text
             obj["time"] = {"start": now, "end": now} if i == deltas else {"start": start}
-            self._sink.rewrite(rel, obj)
-        return list(self._sink.log)
+            self._db_sink.rewrite(rel, obj)
+        return list(self._db_sink.log)
 
     def delete_session(self, session_id: str) -> list[str]:
         """Delete like ``Session.remove``: child sessions first, then the session row, whose
@@ -125,7 +101,7 @@ class LiveDbWriter:
         children = "SELECT id FROM session WHERE parent_id = ? ORDER BY id"
         for (child,) in self.conn.execute(children, (session_id,)).fetchall():
             removed += self.delete_session(child)
-        self._sink.flush()
+        self._db_sink.flush()
         c, key = self.conn, (session_id,)
         c.execute("BEGIN IMMEDIATE")  # what is listed is what the delete removes
         try:

@@ -111,6 +111,22 @@ class _Gen(_Turns):
         self.close_session(s)
         return s
 
+    def history(self, migration: str) -> None:
+        """Write the spec's whole history through the sink: projects, sessions (until
+        ``max_files``), the ``migration`` marker; the same RNG calls whatever the sink."""
+        spec, sink, r = self.spec, self.sink, self.r
+        projects = [self.project(git=True) for _ in range(spec.projects)]
+        projects.append(self.project(git=False))
+        sink.raw(migration, "migration", b"2")
+        for _ in range(spec.sessions):
+            if spec.max_files is not None and sink.counts.total() + len(projects) >= spec.max_files:
+                break
+            self.tick(60_000, 3_600_000)
+            p = projects[-1] if len(projects) == 1 or r.random() < 0.15 else r.choice(projects[:-1])
+            self.session(p, crash=r.random() < spec.crashed_ratio)
+        for p in projects:
+            self.write_project(p)
+
     def child_session(self, parent: _Ses, agent: str, title: str, prompt: str) -> _Ses:
         """A sub-agent session: one prompt, then all its steps."""
         s = self.open_session(parent.project, parent, agent, title)
@@ -131,15 +147,5 @@ def generate_tree(
         spec = replace(spec, sessions=max(files, 1), max_files=files)
     sink = _Sink(Path(root), live=False, on_write=None)
     g = _Gen(spec, sink)
-    r = g.r
-    projects = [g.project(git=True) for _ in range(spec.projects)] + [g.project(git=False)]
-    sink.raw(f"{sink.root}/migration", "migration", b"2")
-    for _ in range(spec.sessions):
-        if spec.max_files is not None and sink.counts.total() + len(projects) >= spec.max_files:
-            break
-        g.tick(60_000, 3_600_000)
-        p = projects[-1] if len(projects) == 1 or r.random() < 0.15 else r.choice(projects[:-1])
-        g.session(p, crash=r.random() < spec.crashed_ratio)
-    for p in projects:
-        g.write_project(p)
+    g.history(f"{sink.root}/migration")
     return TreeSummary(Path(root), dict(sink.counts), sink.bytes, tuple(g.session_ids))

@@ -42,6 +42,7 @@ from anyio.abc import TaskStatus
 from indexer_service.errors import ConfigError
 from indexer_service.model import SCAN_KINDS, Emit, ScanReport
 from indexer_service.settings import at_least, positive
+from indexer_service.source import every
 from indexer_service.sources.json_tree.file_index import same_version_sql
 from indexer_service.sources.json_tree.layout import classify_relative
 from indexer_service.sources.json_tree.listing import SCHEMA, Listing, Scandir
@@ -191,14 +192,17 @@ class Reconciler(anyio.AsyncContextManagerMixin):
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Scan every ``interval_seconds`` until cancelled; ``started()`` at once."""
-        task_status.started()
-        while True:
-            await self._sleep(self.interval_seconds)
-            try:
-                await self.scan_now()
-            except Exception as exc:  # the loop outlives a failed scan
-                self._stats["scans_failed"] += 1
-                log.error("reconcile_failed", error=repr(exc), exc_info=exc)
+        await every(
+            self.interval_seconds,
+            self.scan_now,
+            on_failure=self._failed,
+            sleep=self._sleep,
+            task_status=task_status,
+        )
+
+    def _failed(self, exc: Exception) -> None:
+        self._stats["scans_failed"] += 1
+        log.error("reconcile_failed", error=repr(exc), exc_info=exc)
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncIterator[Self]:

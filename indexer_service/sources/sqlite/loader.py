@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,11 @@ from indexer_service.store.database import Database
 from indexer_service.store.rows import RowWriter, delete_in
 
 __all__ = ["DbKeys", "DbLoader", "DbPrepared"]
+
+_EMPTY = -1
+"""The version of a session's todo list that had no item when last read."""
+_SEEN_MAX = 50_000
+"""Records whose last read version is remembered (the newest ones)."""
 
 
 @dataclass(frozen=True)
@@ -95,9 +101,12 @@ class DbLoader:
         self._extractor: Extractor | None = None
         self._rows = RowWriter()
         self._claimed: dict[str, int] | None = None  # cursors as far as polls have read
+        self._seen: dict[str, dict[str, int]] = {name: {} for name in KINDS}  # key -> version
         self._data_version: int | None = None
         self.polls = 0
         self.polls_skipped = 0
+        self.last_poll_at: float | None = None
+        """Epoch seconds of the latest poll that read the database."""
 
     def close(self) -> None:
         if self._extractor is not None:
@@ -130,6 +139,7 @@ class DbLoader:
         found: dict[str, list[Row]] = defaultdict(list)
         if poll and self._changed_since_last_poll():
             self.polls += 1
+            self.last_poll_at = time.time()
             with self.reader.snapshot() as con:
                 self._poll(con, out, found)
         elif poll:
@@ -174,12 +184,34 @@ class DbLoader:
         todo_sessions = sessions | {r[0] for r in todo}
         if todo_sessions:
             found["todo"] = self._rows_of(con, KINDS["todo"], "session_id", list(todo_sessions))
-            # a session whose list is now empty: its todos are deleted
             have = {r[0] for r in found["todo"]}
-            out.deleted["todo"] += [s for s in todo_sessions if s not in have]
+            empty = [s for s in todo_sessions if s not in have]  # an empty list: deleted
+            seen = self._seen["todo"]
+            out.deleted["todo"] += [s for s in empty if seen.get(s) != _EMPTY]
+            seen.update(dict.fromkeys(empty, _EMPTY))
+        self._drop_unchanged(found)
         out.state = dict(state)
         if more:
             out.requeue.append(self.keys.poll)
+
+    def _drop_unchanged(self, found: dict[str, list[Row]]) -> None:
+        """Drop records a poll already read at the same version: the lookback re-selects what
+        changed in the last seconds, and a session or a todo list is re-read whenever its
+        messages move; writing them again would cost without changing anything."""
+        for name, rows in found.items():
+            if not rows:
+                continue
+            seen = self._seen[name]
+            current = versions(KINDS[name], rows)
+            for r in rows:  # two writes in one millisecond keep time_updated: the text tells
+                current[r[0]] = zlib.crc32(r[4], current[r[0]] & 0xFFFFFFFF)
+            fresh = {k for k, v in current.items() if seen.get(k) != v}
+            found[name] = [r for r in rows if r[0] in fresh]
+            for key in fresh:
+                seen.pop(key, None)  # re-inserted last: the oldest entries are pruned first
+                seen[key] = current[key]
+            while len(seen) > _SEEN_MAX:
+                del seen[next(iter(seen))]
 
     def _changed_rows(
         self, con: sqlite3.Connection, kind: Kind, state: dict[str, int]
@@ -287,6 +319,8 @@ class DbLoader:
             if p.claimed_from is not None and self._claimed is not None:
                 for key, value in p.claimed_from.items():  # read those rows again
                     self._claimed[key] = min(self._claimed.get(key, value), value)
+                for seen in self._seen.values():
+                    seen.clear()
             raise
         by_type = {k: len(v) for k, v in p.indexed.items() if v}
         return BatchResult(

@@ -21,6 +21,7 @@ from anyio.abc import TaskStatus
 from watchfiles import awatch
 
 from indexer_service.model import SCAN_KINDS, BatchResult, Emit, ScanReport
+from indexer_service.source import every
 from indexer_service.sources.sqlite.loader import DbKeys, DbLoader, DbPrepared
 from indexer_service.sources.sqlite.progress import RowTracker
 from indexer_service.sources.sqlite.reader import DatabaseUnreadable, Reader
@@ -43,6 +44,7 @@ class SqliteSource:
         emit: Emit,
         *,
         interval_seconds: float = 30.0,
+        poll_rows: int = 20_000,
         on_scan_done: Callable[[ScanReport], None] | None = None,
         idle_close_s: float = 10.0,
         rearm_seconds: float = 0.5,
@@ -53,7 +55,7 @@ class SqliteSource:
         self.keys = DbKeys(self.name + "|")
         self.reader = Reader(self.path)
         self.tracker = RowTracker(self.name, clock=clock)
-        self.loader = DbLoader(db, self.reader, self.keys, self.tracker)
+        self.loader = DbLoader(db, self.reader, self.keys, self.tracker, chunk_rows=poll_rows)
         self._reconciler = DbReconciler(self.loader, db)
         self._db = db
         self._emit = emit
@@ -123,7 +125,8 @@ class SqliteSource:
             started = time.perf_counter()
             counts = dict.fromkeys(SCAN_KINDS, 0)
             await self._emit([self.keys.poll])
-            if self.path.exists():
+            polled = await anyio.to_thread.run_sync(self.loader.claimed)
+            if self.path.exists() and polled:  # before the first poll, the poll is the backfill
                 try:
                     found = await run_in_thread(
                         lambda: self._reconciler.scan(self._clock()), lambda: None
@@ -152,14 +155,11 @@ class SqliteSource:
 
     async def reconcile(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """A scan every ``interval_seconds`` until cancelled."""
-        task_status.started()
-        while True:
-            await anyio.sleep(self._interval)
-            try:
-                await self.scan()
-            except Exception as exc:  # the loop outlives a failed scan
-                self._stats["scans_failed"] += 1
-                log.error("db_reconcile_failed", db=str(self.path), error=repr(exc))
+        await every(self._interval, self.scan, on_failure=self._failed, task_status=task_status)
+
+    def _failed(self, exc: Exception) -> None:
+        self._stats["scans_failed"] += 1
+        log.error("db_reconcile_failed", db=str(self.path), error=repr(exc))
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -205,6 +205,7 @@ class SqliteSource:
             "unavailable": self._unavailable,
             "polls": self.loader.polls,
             "polls_skipped": self.loader.polls_skipped,
+            "last_poll_at": self.loader.last_poll_at,
             "busy_retries": self.reader.busy_retries,
             "longest_read_s": round(self.reader.longest_read_s, 4),
             "connection_open": self.reader.is_open,
