@@ -82,6 +82,13 @@ def _child(queue: Any, fn: Callable[..., Any], *args: Any) -> None:
     queue.put(result)
 
 
+def _copy(src: Path, dst: Path) -> None:
+    """A copy of a database file, with no WAL or shared memory of an earlier copy beside it."""
+    for f in (dst, dst.with_name(dst.name + "-wal"), dst.with_name(dst.name + "-shm")):
+        f.unlink(missing_ok=True)
+    shutil.copyfile(src, dst)
+
+
 def counts(path: Path) -> dict[str, int]:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
         return {
@@ -138,7 +145,10 @@ def backfill(opencode: Path, index: Path) -> dict[str, Any]:
 def reconcile(opencode: Path, index: Path) -> dict[str, Any]:
     """A full pass over an indexed database; then a deleted session reflected by one pass."""
     copy = opencode.with_name("reconcile.db")
-    shutil.copyfile(opencode, copy)
+    _copy(opencode, copy)
+    index = index.with_name("reconcile.duckdb")  # the copy is a source of its own
+    for f in (index, index.with_name(index.name + ".wal")):
+        f.unlink(missing_ok=True)
 
     async def run() -> dict[str, Any]:
         settings = _settings(copy, index, watch=False)
@@ -175,7 +185,8 @@ def reconcile(opencode: Path, index: Path) -> dict[str, Any]:
     try:
         return anyio.run(run)
     finally:
-        copy.unlink(missing_ok=True)
+        for f in (copy, index, index.with_name(index.name + ".wal")):
+            f.unlink(missing_ok=True)
 
 
 def idle(opencode: Path, index: Path, seconds: float) -> dict[str, Any]:
@@ -239,7 +250,7 @@ def live(opencode: Path, index: Path, rate: float, seconds: float) -> dict[str, 
     ctx = multiprocessing.get_context("spawn")
 
     def alone() -> int:
-        shutil.copyfile(opencode, copy)
+        _copy(opencode, copy)
         proc = ctx.Process(target=_writer, args=(str(copy), rate, seconds / 2, str(out)))
         proc.start()
         peak = _wal_peak(copy, proc)
@@ -247,7 +258,10 @@ def live(opencode: Path, index: Path, rate: float, seconds: float) -> dict[str, 
         return peak
 
     wal_alone = alone()
-    shutil.copyfile(opencode, copy)
+    _copy(opencode, copy)
+    index = index.with_name("live.duckdb")  # the copy is a source of its own: a fresh index
+    for f in (index, index.with_name(index.name + ".wal")):
+        f.unlink(missing_ok=True)
 
     async def run() -> dict[str, Any]:
         async with IndexerService(_settings(copy, index)) as svc:
@@ -301,7 +315,7 @@ def live(opencode: Path, index: Path, rate: float, seconds: float) -> dict[str, 
     try:
         return anyio.run(run)
     finally:
-        for f in (copy, out):
+        for f in (copy, out, index, index.with_name(index.name + ".wal")):
             f.unlink(missing_ok=True)
 
 

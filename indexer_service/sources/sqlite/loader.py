@@ -103,6 +103,7 @@ class DbLoader:
         self._claimed: dict[str, int] | None = None  # cursors as far as polls have read
         self._seen: dict[str, dict[str, int]] = {name: {} for name in KINDS}  # key -> version
         self._data_version: int | None = None
+        self._more = False  # the last poll stopped at chunk_rows: more rows are waiting
         self.polls = 0
         self.polls_skipped = 0
         self.last_poll_at: float | None = None
@@ -155,10 +156,11 @@ class DbLoader:
         return out
 
     def _changed_since_last_poll(self) -> bool:
-        """False only when the connection saw no commit since the last poll."""
+        """False only when the connection saw no commit since the last poll, and that poll
+        read everything there was (a chunked backfill goes on with no commit)."""
         was_open = self.reader.is_open
         version = self.reader.data_version()
-        changed = not was_open or version != self._data_version
+        changed = not was_open or version != self._data_version or self._more
         self._data_version = version
         return changed
 
@@ -191,6 +193,7 @@ class DbLoader:
             seen.update(dict.fromkeys(empty, _EMPTY))
         self._drop_unchanged(found)
         out.state = dict(state)
+        self._more = more
         if more:
             out.requeue.append(self.keys.poll)
 

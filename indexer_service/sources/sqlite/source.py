@@ -66,8 +66,9 @@ class SqliteSource:
         self._clock = clock
         self._lock = anyio.Lock()
         self._unavailable: str | None = None
+        self._listed: tuple[object, ...] | None = None  # the files as of the last listing
         self._stats: dict[str, Any] = {
-            "signals": 0, "scans": 0, "scans_failed": 0, "last_scan_at": None,
+            "signals": 0, "scans": 0, "listings": 0, "scans_failed": 0, "last_scan_at": None,
             "last_duration_s": 0.0, "last": dict.fromkeys(SCAN_KINDS, 0),
         }  # fmt: skip
 
@@ -120,13 +121,18 @@ class SqliteSource:
     # -- reconciliation -----------------------------------------------------------------------
 
     async def scan(self, *, full: bool | None = None) -> ScanReport:
-        """List every record, hand on what is out of sync, and poll."""
+        """Poll, then list every record and hand on what is out of sync. A periodic pass
+        (``full=None``) lists nothing when neither the database nor its WAL changed since the
+        last listing: no commit, nothing to find (idle costs two ``stat`` calls)."""
         async with self._lock:
             started = time.perf_counter()
             counts = dict.fromkeys(SCAN_KINDS, 0)
             await self._emit([self.keys.poll])
             polled = await anyio.to_thread.run_sync(self.loader.claimed)
-            if self.path.exists() and polled:  # before the first poll, the poll is the backfill
+            seen = _fingerprint(self.path)
+            unchanged = full is None and seen == self._listed and self._unavailable is None
+            if self.path.exists() and polled and not unchanged:  # no poll yet: it is the backfill
+                self._stats["listings"] += 1
                 try:
                     found = await run_in_thread(
                         lambda: self._reconciler.scan(self._clock()), lambda: None
@@ -136,6 +142,9 @@ class SqliteSource:
                     found = {}
                 else:
                     self._readable()
+                    # a file changed within the last 2 s may change again without its mtime
+                    # moving (one timestamp tick): such a listing is not trusted
+                    self._listed = seen if _settled(seen) else None
                 for finding, pairs in found.items():
                     counts[finding] = len(pairs)
                     if pairs:
@@ -216,3 +225,24 @@ class SqliteSource:
     def close(self) -> None:
         self.reader.close()
         self.loader.close()
+
+
+def _fingerprint(path: Path) -> tuple[object, ...]:
+    """The database file's and its WAL's (mtime_ns, size): every commit changes one of them."""
+    out: list[object] = []
+    for file in (path, path.with_name(path.name + "-wal")):
+        try:
+            st = file.stat()
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _settled(fingerprint: tuple[object, ...], racy_ns: int = 2_000_000_000) -> bool:
+    """Whether every file of ``fingerprint`` was last modified more than 2 s ago."""
+    now = time.time_ns()
+    return all(
+        f is None or (isinstance(f, tuple) and now - int(f[0]) > racy_ns) for f in fingerprint
+    )

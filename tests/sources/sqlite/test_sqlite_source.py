@@ -3,7 +3,9 @@ the real service, a real DuckDB file."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 from pathlib import Path
 
 import anyio
@@ -81,6 +83,40 @@ async def test_backfill_gives_the_rows_the_legacy_tree_gives(tmp_path: Path) -> 
         )
         status = dict(con.execute("SELECT status, count(*) FROM row_index GROUP BY ALL").fetchall())
     assert set(status) == {"indexed"}
+
+
+async def test_a_backfill_in_many_polls_reads_every_chunk(tmp_path: Path) -> None:
+    """With polls of 100 rows a table, one wait_until_synced still indexes every record
+    (each full poll asks for the next, although nothing was committed in between)."""
+    opencode = tmp_path / "opencode.db"
+    generate_db(opencode, SPEC)
+    async with IndexerService(_settings(tmp_path, opencode_db=opencode, db_poll_rows=100)) as svc:
+        await svc.wait_until_synced()
+        _assert_index_equals_database(svc, opencode)
+        assert (
+            svc.stats()["databases"][str(opencode)]["polls"] >= len(_ids(opencode, "part")) // 100
+        )
+
+
+async def test_a_periodic_pass_lists_the_database_only_after_a_commit(tmp_path: Path) -> None:
+    """Idle costs nothing: with no commit since the last listing (the files unchanged and
+    settled) a periodic pass lists nothing; after a delete it lists and finds it."""
+    opencode = tmp_path / "opencode.db"
+    generate_db(opencode, SPEC)
+    async with IndexerService(_settings(tmp_path, opencode_db=opencode)) as svc:
+        await svc.wait_until_synced()
+        source = svc._databases[0]
+        old = time.time() - 60
+        for f in opencode.parent.glob("opencode.db*"):
+            os.utime(f, (old, old))
+        await source.scan(full=True)
+        listed = source.get_stats()["listings"]
+        await source.scan()
+        assert source.get_stats()["listings"] == listed
+        with LiveDbWriter(opencode, seed=2) as writer:
+            writer.delete_session(sorted(_ids(opencode, "session"))[0])
+        report = await source.scan()
+        assert source.get_stats()["listings"] == listed + 1 and report.counts["deleted"] > 0
 
 
 async def test_live_steps_streams_and_deletes_converge(tmp_path: Path) -> None:
