@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import structlog
 
 from indexer_service.demo.synthetic import TreeSpec, TreeSummary, generate_tree
 from indexer_service.model import BatchResult
@@ -106,6 +107,14 @@ def held_by_another_process(db_path: Path) -> Iterator[int]:
         yield holder.pid
     finally:
         holder.communicate("", timeout=30)
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """A test that runs the CLI in process configures structlog globally (a level filter that
+    would hide info events from the next test's `capture_logs`): give the defaults back."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(autouse=True)

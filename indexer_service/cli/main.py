@@ -129,25 +129,32 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_demo(sub: Any) -> None:
     demo = sub.add_parser(
         "demo",
-        help="watch the service index a generated tree that a simulated agent writes to",
-        description="Generate an OpenCode storage tree in a temporary directory, index it with "
-        "the real service, then write to it like a working agent (new sessions, tool calls, "
-        "streamed text, deletions, malformed files) while a status line shows files indexed, "
-        "files/s, p95 event-to-index latency, pending files and errors. At the end (or on "
-        "Ctrl-C) it prints `report daily` and `status` for the demo database and removes the "
-        "directory. Options may also be set as INDEXER_DEMO_<NAME> variables.",
+        help="watch the service index a generated OpenCode store that a simulated agent writes to",
+        description="Generate an OpenCode database (opencode.db; with --legacy-tree a JSON "
+        "storage tree) in a temporary directory, index it with the real service, then write to "
+        "it like a working agent (new sessions, tool calls, streamed text, deletions, malformed "
+        "records) while a status line shows records indexed, records/s, p95 event-to-index "
+        "latency, pending records and errors. At the end (or on Ctrl-C) it prints `report "
+        "daily` and `status` for the demo database and removes the directory. Options may also "
+        "be set as INDEXER_DEMO_<NAME> variables.",
     )
     demo.add_argument(
-        "--sessions", type=int, metavar="N", help="sessions in the tree (default: 20, ~7k files)"
+        "--sessions", type=int, metavar="N", help="sessions generated (default: 20, ~7k records)"
     )
     demo.add_argument(
-        "--rate", type=float, metavar="FILES_PER_S", help="files the agent writes/s (default: 100)"
+        "--rate", type=float, metavar="PER_S", help="records the agent writes/s (default: 100)"
     )
     demo.add_argument(
         "--duration",
         type=float,
         metavar="S",
         help="seconds of live writing, 0: until Ctrl-C (default: 60)",
+    )
+    demo.add_argument(
+        "--legacy-tree",
+        action="store_true",
+        default=None,
+        help="generate a legacy JSON storage tree (OpenCode 1.0-1.1) instead of an opencode.db",
     )
     demo.add_argument(
         "--keep",
@@ -265,7 +272,10 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from indexer_service.demo.runner import Demo, DemoOptions
 
     options = DemoOptions.from_env(
-        **{k: getattr(args, k, None) for k in ("sessions", "rate", "duration", "keep")}
+        **{
+            k: getattr(args, k, None)
+            for k in ("sessions", "rate", "duration", "keep", "legacy_tree")
+        }
     )
     with Demo(options, settings) as demo:
         anyio.run(serve.until_signal, demo.run)

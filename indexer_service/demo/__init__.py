@@ -1,0 +1,1 @@
+"""`indexer-service demo`: the real service on a generated OpenCode store, written to live."""

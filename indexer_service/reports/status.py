@@ -33,6 +33,12 @@ _DB_STATE_SQL = (
 )
 _HAS_ROW_INDEX = "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'row_index'"
 _COUNTS_SQL = "SELECT file_type, status, count(*) FROM file_index GROUP BY ALL ORDER BY ALL"
+_ALL_COUNTS_SQL = (
+    "SELECT type, status, sum(n)::BIGINT FROM ("
+    "SELECT file_type AS type, status, count(*) AS n FROM file_index GROUP BY ALL UNION ALL "
+    "SELECT kind, status, count(*) FROM row_index GROUP BY ALL) GROUP BY ALL ORDER BY ALL"
+)
+"""Records by type and status, files of the legacy tree and rows of the databases together."""
 _ACTIVITY_SQL = (
     "SELECT count(*) FILTER (WHERE indexed_at >= CAST($minute AS TIMESTAMP)), "
     "count(*) FILTER (WHERE indexed_at >= CAST($hour AS TIMESTAMP)), max(indexed_at) "
@@ -54,8 +60,9 @@ def collect_status(
     """The status report: file counts, latest errors and recent activity from SQL, plus, when
     ``service`` holds a running service's ``/status`` answer, its state, last reconciliation
     and throughput."""
+    databases = query(_HAS_ROW_INDEX, None).rows[0][0] > 0  # an index of an older version: no
     files: dict[str, dict[str, int]] = {}
-    for ftype, status, n in query(_COUNTS_SQL, None).rows:
+    for ftype, status, n in query(_ALL_COUNTS_SQL if databases else _COUNTS_SQL, None).rows:
         files.setdefault(str(ftype), {})[str(status)] = int(n)
     totals: dict[str, int] = {}
     for by_status in files.values():
@@ -67,7 +74,6 @@ def collect_status(
         "hour": (now - timedelta(hours=1)).isoformat(),
     }
     minute, hour, last = query(_ACTIVITY_SQL, window).rows[0]
-    databases = query(_HAS_ROW_INDEX, None).rows[0][0] > 0  # an index of an older version: no
     report: dict[str, Any] = {
         "db": db,
         "service": {"running": False},
@@ -167,7 +173,7 @@ def format_status(report: Mapping[str, Any]) -> str:
     files: Mapping[str, Mapping[str, int]] = report["files"]
     statuses = sorted(report["totals"]) or ["indexed"]
     out.append("")
-    out.append(f"{'file type':<14}" + "".join(f"{s:>12}" for s in statuses) + f"{'total':>12}")
+    out.append(f"{'record type':<14}" + "".join(f"{s:>12}" for s in statuses) + f"{'total':>12}")
     for ftype, by in sorted(files.items()):
         cells = "".join(f"{by.get(s, 0):>12,}" for s in statuses)
         out.append(f"{ftype:<14}{cells}{sum(by.values()):>12,}")

@@ -4,14 +4,12 @@ runs, through the HTTP API when one does, and a clear error when neither is poss
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-import structlog
 from conftest import held_by_another_process
 
 from indexer_service.cli.main import main
@@ -20,13 +18,6 @@ from indexer_service.http.server import serve_api
 from indexer_service.read.query import Params, QueryResult, ReadOnlyQueries
 from indexer_service.sources.json_tree.file_index import FailedFile, FileTracker, IndexedFile
 from indexer_service.store.database import Database
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    """The CLI configures structlog globally; give the next test the defaults back."""
-    yield
-    structlog.reset_defaults()
 
 
 def _fill(db: Database) -> None:

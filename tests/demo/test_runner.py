@@ -12,34 +12,28 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import anyio
+import duckdb
 import pytest
-import structlog
 from conftest import FakeClock, TreeFactory, assert_index_matches_tree
+from opencode_db_truth import assert_index_equals
 
 from indexer_service.cli.main import main
-from indexer_service.demo.runner import Agent, DemoOptions, StatusLine
+from indexer_service.demo.agent import Agent, StatusLine
+from indexer_service.demo.runner import DemoOptions
 from indexer_service.errors import ConfigError
 from indexer_service.http.metrics import Metrics, histogram_quantile
 
 REPO = Path(__file__).parents[2]
 LIVE_LINE = re.compile(
-    r"^\[ *\d+s\] [\d,]+ files indexed  [\d,]+ files/s  p95 ([\d,]+ ms|-)  "
+    r"^\[ *\d+s\] [\d,]+ (files|records) indexed  [\d,]+ (files|records)/s  p95 ([\d,]+ ms|-)  "
     r"(?P<pending>[\d,]+) pending  [\d,]+ errors$",
     flags=re.M,
 )
 SHORT = ["--sessions", "2", "--duration", "2", "--workers", "2"]
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    """The CLI configures structlog globally; give the next test the defaults back."""
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture
@@ -55,11 +49,13 @@ def _demo_dirs(base: Path) -> list[Path]:
 
 def _assert_user_output(out: str) -> None:
     """Backfill, the live line (settled: nothing pending at the end), then report and status."""
-    assert re.search(r"^backfill:  [\d,]+ files in [\d.]+ s .*, 3 errors", out, flags=re.M)
+    assert re.search(
+        r"^backfill:  [\d,]+ (records|files) in [\d.]+ s .*, 3 errors", out, flags=re.M
+    )
     lines = list(LIVE_LINE.finditer(out))
     assert lines, out
     assert lines[-1]["pending"] == "0"
-    assert re.search(r"^stopped:   .* the agent wrote [\d,]+ files", out, flags=re.M)
+    assert re.search(r"^stopped:   .* the agent wrote [\d,]+ (records|files)", out, flags=re.M)
     report = out.index("$ indexer-service report daily --db ")
     status = out.index("$ indexer-service status --db ")
     assert report < status
@@ -84,16 +80,22 @@ def test_demo_backfills_writes_live_and_reports(
     assert _demo_dirs(demo_tmp) == []
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["opencode-db", "legacy-tree"])
 def test_keep_leaves_an_index_in_sync_and_says_how_to_query_it(
-    demo_tmp: Path, capsys: pytest.CaptureFixture[str]
+    demo_tmp: Path, capsys: pytest.CaptureFixture[str], legacy: bool
 ) -> None:
-    """With --keep the tree and database stay, the index matches the tree, and the printed
-    query command works."""
-    assert main(["demo", *SHORT, "--keep"]) == 0
+    """With --keep the store and database stay, the index matches the store, and the printed
+    query command works; the database by default, the legacy tree with --legacy-tree."""
+    assert main(["demo", *SHORT, "--keep", *(["--legacy-tree"] if legacy else [])]) == 0
     out = capsys.readouterr().out
     [kept] = _demo_dirs(demo_tmp)
-    assert f"kept {kept} (storage/ and index.duckdb)" in out
-    assert_index_matches_tree(kept / "storage", kept / "index.duckdb")
+    store = "storage" if legacy else "opencode.db"
+    assert f"kept {kept} ({store} and index.duckdb)" in out
+    if legacy:
+        assert_index_matches_tree(kept / "storage", kept / "index.duckdb")
+    else:
+        with duckdb.connect(str(kept / "index.duckdb"), read_only=True) as con:
+            assert_index_equals(kept / "opencode.db", con)
     command = re.search(r'^  indexer-service query --db (\S+) "(.+)"$', out, flags=re.M)
     assert command is not None and command[1] == str(kept / "index.duckdb")
     assert main(["query", "--db", command[1], command[2], "--format", "csv"]) == 0
@@ -281,7 +283,14 @@ def test_help_lists_the_demo(capsys: pytest.CaptureFixture[str]) -> None:
         main(["demo", "--help"])
     out = capsys.readouterr().out
     assert info.value.code == 0
-    for option in ("--sessions N", "--rate FILES_PER_S", "--duration S", "--keep", "--workers"):
+    for option in (
+        "--sessions N",
+        "--rate PER_S",
+        "--legacy-tree",
+        "--duration S",
+        "--keep",
+        "--workers",
+    ):
         assert option in out
     assert "--storage" not in out and "INDEXER_DEMO_" in out
 

@@ -5,7 +5,7 @@ databases, and the same report through a running service."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,6 @@ from typing import Any
 import anyio
 import duckdb
 import pytest
-import structlog
 from usage_truth import Truth, build_tree, load
 
 from indexer_service.cli import read as cli_read
@@ -29,13 +28,6 @@ from indexer_service.store.views import VIEWS
 
 SUMS = ("messages", "errors", "tokens_input", "tokens_output", "tokens_reasoning",
         "tokens_cache_read", "tokens_cache_write", "tokens_total", "cost")  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    """The CLI configures structlog globally; give the next test the defaults back."""
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="module")

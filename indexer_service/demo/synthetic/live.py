@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 
 from indexer_service.demo.synthetic.files import _INDENT, _Sink
+from indexer_service.demo.synthetic.malformed import Malformed, corrupt
 from indexer_service.demo.synthetic.spec import DEFAULT_BASE_TIME_MS, TreeSpec
 from indexer_service.demo.synthetic.state import _Ses
 from indexer_service.demo.synthetic.tree import _Gen
@@ -72,6 +73,9 @@ class LiveWriter(LiveSessions):
         self.last_text_part: Path | None = None
         """The text part written by the latest ``write_step`` (a target for ``stream_text``)."""
 
+    damage_kinds: tuple[Malformed, ...] = tuple(Malformed)
+    """The ways `corrupt_part` can damage a part."""
+
     def write_step(self, session_id: str) -> list[Path]:
         """Write one assistant step (message + parts, then session and session_diff).
 
@@ -79,6 +83,14 @@ class LiveWriter(LiveSessions):
         """
         self.last_text_part = Path(self._step(session_id))
         return list(self._sink.log)
+
+    def step_parts(self, written: list[Path]) -> list[Path]:
+        """The parts among ``written`` but the text part that may still stream."""
+        return [p for p in written if p.parent.parent.name == "part" and p != self.last_text_part]
+
+    def corrupt_part(self, part: Path, kind: Malformed, seed: int = 0) -> None:
+        """Leave part file ``part`` damaged as ``kind`` says."""
+        corrupt(part, kind, seed)
 
     def stream_text(self, part_path: Path, deltas: int = 20) -> list[Path]:
         """Append to a text/reasoning part ``deltas`` times, rewriting it in place each time."""

@@ -24,30 +24,38 @@ class Malformed(enum.Enum):
     TRAILING_GARBAGE = "trailing_garbage"  # shrinking in-place rewrite, seen before ftruncate
 
 
-def corrupt(path: Path, kind: Malformed, seed: int = 0) -> None:
-    """Damage one file in place as ``kind`` says (MISSING_ID needs a JSON object file)."""
-    r, data = random.Random(seed), Path(path).read_bytes()
+def damaged(data: bytes, kind: Malformed, seed: int = 0) -> bytes:
+    """``data`` (a JSON document's bytes) damaged as ``kind`` says (MISSING_ID needs an object)."""
+    r = random.Random(seed)
     option = _INDENT if data[1:2] == b"\n" else 0  # keep pretty files pretty
     if kind is Malformed.EMPTY:
-        new = b""
-    elif kind is Malformed.TRUNCATED:
-        new = data[: r.randint(1, len(data) - 1)] if len(data) > 1 else b""
-    elif kind is Malformed.NUL_FILLED:
-        new = b"\0" * max(len(data), 1)
-    elif kind is Malformed.INVALID_UTF8:
+        return b""
+    if kind is Malformed.TRUNCATED:
+        return data[: r.randint(1, len(data) - 1)] if len(data) > 1 else b""
+    if kind is Malformed.NUL_FILLED:
+        return b"\0" * max(len(data), 1)
+    if kind is Malformed.INVALID_UTF8:
         i = data.find(b'"') + 1
-        new = data[:i] + b"\xff\xfe" + data[i:]
-    elif kind is Malformed.WRONG_TOP_LEVEL:
+        return data[:i] + b"\xff\xfe" + data[i:]
+    if kind is Malformed.WRONG_TOP_LEVEL:
         obj = orjson.loads(data)
-        new = orjson.dumps([obj] if isinstance(obj, dict) else {"items": obj}, option=option)
-    elif kind is Malformed.MISSING_ID:
+        return orjson.dumps([obj] if isinstance(obj, dict) else {"items": obj}, option=option)
+    if kind is Malformed.MISSING_ID:
         obj = orjson.loads(data)
         if not isinstance(obj, dict):
-            raise ValueError(f"MISSING_ID needs a JSON object: {path}")
+            raise ValueError("MISSING_ID needs a JSON object")
         del obj["id"]
-        new = orjson.dumps(obj, option=option)
-    else:  # the stale tail of a longer previous version of the same document
-        new = data + data[len(data) - r.randint(1, max(1, len(data) // 2)) :]
+        return orjson.dumps(obj, option=option)
+    # the stale tail of a longer previous version of the same document
+    return data + data[len(data) - r.randint(1, max(1, len(data) // 2)) :]
+
+
+def corrupt(path: Path, kind: Malformed, seed: int = 0) -> None:
+    """Damage one file in place as ``kind`` says (MISSING_ID needs a JSON object file)."""
+    try:
+        new = damaged(Path(path).read_bytes(), kind, seed)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: {path}") from None
     _write(str(path), new, _INPLACE)
 
 

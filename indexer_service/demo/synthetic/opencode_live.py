@@ -12,6 +12,7 @@ import orjson
 
 from indexer_service.demo.synthetic.files import _Sink
 from indexer_service.demo.synthetic.live import LiveSessions
+from indexer_service.demo.synthetic.malformed import Malformed, damaged
 from indexer_service.demo.synthetic.opencode_db import SqliteSink, rel_id
 from indexer_service.demo.synthetic.opencode_schema import connect, create_schema
 from indexer_service.demo.synthetic.spec import DEFAULT_BASE_TIME_MS
@@ -89,6 +90,24 @@ class LiveDbWriter(LiveSessions):
             obj["time"] = {"start": now, "end": now} if i == deltas else {"start": start}
             self._db_sink.rewrite(rel, obj)
         return list(self._db_sink.log)
+
+    damage_kinds = tuple(k for k in Malformed if k is not Malformed.MISSING_ID)
+    """The ways `corrupt_part` can damage a part (its id is a column: it cannot go missing)."""
+
+    def step_parts(self, written: list[str]) -> list[str]:
+        """The IDs of the parts among ``written`` but the text part that may still stream."""
+        parts = [rel_id(r) for r in written if r.startswith("part/")]
+        return [p for p in parts if p and p != self.last_text_part]
+
+    def corrupt_part(self, part: str, kind: Malformed, seed: int = 0) -> None:
+        """Damage the ``data`` of part ``part`` as ``kind`` says (not MISSING_ID: a row's id is
+        a column), in one commit, as a crash or a bug in a writer could leave it."""
+        row = self.conn.execute("SELECT data FROM part WHERE id = ?", (part,)).fetchone()
+        data = row[0] if isinstance(row[0], bytes) else str(row[0]).encode()
+        self.conn.execute(
+            "UPDATE part SET data = CAST(? AS TEXT), time_updated = ? WHERE id = ?",
+            (damaged(data, kind, seed), self._db_sink.stamp(), part),
+        )
 
     def delete_session(self, session_id: str) -> list[str]:
         """Delete like ``Session.remove``: child sessions first, then the session row, whose

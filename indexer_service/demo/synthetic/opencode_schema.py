@@ -155,8 +155,10 @@ def connect(path: Path | str, *, foreign_keys: bool = True) -> sqlite3.Connectio
     """Open ``path`` as opencode does: WAL, synchronous=NORMAL, busy_timeout=5000, foreign keys.
 
     No implicit transactions (``isolation_level=None``): writers BEGIN and COMMIT themselves.
+    A writer may move between threads (the demo's agent runs each step in a worker thread),
+    one at a time.
     """
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=5000")

@@ -12,55 +12,13 @@ import sys
 from pathlib import Path
 
 import duckdb
-import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opencode_db_truth import assert_index_equals
 
 from indexer_service import IndexerService, Settings
 from indexer_service.demo.synthetic import LiveDbWriter, TreeSpec, generate_db
-
-TABLES = (
-    ("project", "projects", "id"),
-    ("session", "sessions", "id"),
-    ("message", "messages", "id"),
-    ("part", "parts", "id"),
-    ("todo", "todos", "session_id"),
-)
-
-
-def _doc(text: str | bytes) -> bytes:
-    """A message's or part's document as sorted JSON, without the ids its columns hold."""
-    doc = orjson.loads(text)
-    for key in ("id", "sessionID", "messageID"):
-        doc.pop(key, None)
-    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
-
-
-def _database(opencode: Path) -> dict[str, set[tuple[str, bytes]]]:
-    """Every record of the database: (key, document) per table (a document for messages and
-    parts, empty for the rest)."""
-    with sqlite3.connect(opencode) as con:
-        out = {t: {(r[0], b"") for r in con.execute(f"SELECT {k} FROM {t}")} for t, _, k in TABLES}
-        for table in ("message", "part"):
-            out[table] = {(i, _doc(d)) for i, d in con.execute(f"SELECT id, data FROM {table}")}
-    return out
-
-
-def _index(con: duckdb.DuckDBPyConnection) -> dict[str, set[tuple[str, bytes]]]:
-    out = {t: {(r[0], b"") for r in con.execute(f"SELECT DISTINCT {k} FROM {ours}").fetchall()}
-           for t, ours, k in TABLES}  # fmt: skip
-    for table, ours in (("message", "messages"), ("part", "parts")):
-        out[table] = {
-            (i, _doc(raw)) for i, raw in con.execute(f"SELECT id, raw FROM {ours}").fetchall()
-        }
-    return out
-
-
-def assert_index_equals(opencode: Path, con: duckdb.DuckDBPyConnection) -> None:
-    """Every record, and every message and part document, nothing more."""
-    assert _index(con) == _database(opencode)
-
 
 ACTIONS = st.lists(
     st.sampled_from(["session", "step", "stream", "delete"]), min_size=1, max_size=12

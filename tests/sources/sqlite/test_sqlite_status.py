@@ -58,7 +58,8 @@ async def test_status_through_the_service_shows_its_polls(
         await svc.wait_until_synced()
         code = await anyio.to_thread.run_sync(main, ["status", "--db", str(index), "--json"])
     assert code == 0
-    report = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{\n") :])  # after the service's own log lines
     assert report["service"]["running"] is True
     service = report["databases"][f"sqlite:{opencode}"]["service"]
     assert service["exists"] is True and service["unavailable"] is None
