@@ -157,7 +157,7 @@ def reconcile(opencode: Path, index: Path) -> dict[str, Any]:
             source = svc._databases[0]
             passes = []
             for _ in range(3):
-                passes.append((await source.scan()).duration_s)
+                passes.append((await source.scan(full=True)).duration_s)  # lists whatever
             with sqlite3.connect(copy) as con:
                 con.execute("PRAGMA foreign_keys = ON")
                 sid, n = con.execute(

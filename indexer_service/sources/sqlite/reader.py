@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import structlog
 
-__all__ = ["REQUIRED", "DatabaseUnreadable", "Reader", "SchemaChanged"]
+__all__ = ["REQUIRED", "DatabaseUnreadable", "NotCreatedYet", "Reader", "SchemaChanged"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +48,10 @@ class DatabaseUnreadable(Exception):
 
 class SchemaChanged(DatabaseUnreadable):
     """Raised when a table or column this reader needs is missing (opencode changed its schema)."""
+
+
+class NotCreatedYet(DatabaseUnreadable):
+    """Raised while the file holds none of opencode's tables: opencode is creating it."""
 
 
 class Reader:
@@ -160,6 +164,9 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
 
 
 def _check_schema(con: sqlite3.Connection, path: Path) -> None:
+    tables = {bytes(r[0]).decode() for r in con.execute("SELECT name FROM sqlite_master")}
+    if not tables & set(REQUIRED):
+        raise NotCreatedYet(f"{path}: no tables yet (opencode is creating it)")
     for table, columns in REQUIRED.items():
         found = {bytes(row[1]).decode() for row in con.execute(f"PRAGMA table_info({table})")}
         if not found:

@@ -24,7 +24,7 @@ from indexer_service.model import SCAN_KINDS, BatchResult, Emit, ScanReport
 from indexer_service.source import every
 from indexer_service.sources.sqlite.loader import DbKeys, DbLoader, DbPrepared
 from indexer_service.sources.sqlite.progress import RowTracker
-from indexer_service.sources.sqlite.reader import DatabaseUnreadable, Reader
+from indexer_service.sources.sqlite.reader import DatabaseUnreadable, NotCreatedYet, Reader
 from indexer_service.sources.sqlite.reconciler import DbReconciler
 from indexer_service.store.database import Database
 from indexer_service.threads import run_in_thread
@@ -137,6 +137,8 @@ class SqliteSource:
                     found = await run_in_thread(
                         lambda: self._reconciler.scan(self._clock()), lambda: None
                     )
+                except NotCreatedYet:
+                    found = {}
                 except DatabaseUnreadable as exc:
                     self._unreadable(str(exc))
                     found = {}
@@ -181,6 +183,8 @@ class SqliteSource:
             return DbPrepared()
         try:
             prepared = self.loader.prepare(keys)
+        except NotCreatedYet:  # opencode's first start: its next write is the next signal
+            return DbPrepared()
         except DatabaseUnreadable as exc:
             self._unreadable(str(exc))
             return DbPrepared()

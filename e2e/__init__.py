@@ -1,0 +1,1 @@
+"""End-to-end checks with the real OpenCode client (not part of make test)."""
