@@ -10,8 +10,6 @@ rowid the polls have reached: the rest is theirs to read.
 
 from __future__ import annotations
 
-import sqlite3
-
 import pyarrow as pa
 
 from indexer_service.model import SCAN_KINDS
@@ -50,8 +48,7 @@ class DbReconciler:
     def scan(self, now: float) -> Found:
         """Everything out of sync between the database and the index, by finding."""
         claimed = self.loader.claimed()
-        with self.loader.reader.snapshot() as con:
-            listings = {name: _listing(con, kind, claimed) for name, kind in KINDS.items()}
+        listings = {name: self._listing(kind, claimed) for name, kind in KINDS.items()}
         found: Found = {k: [] for k in SCAN_KINDS}
         cur = self.db.cursor()
         source = self.loader.tracker.source
@@ -67,17 +64,43 @@ class DbReconciler:
                 cur.unregister("_listing")
         return found
 
+    def _listing(self, kind: Kind, claimed: dict[str, int]) -> pa.Table:
+        """``(id, version)`` of every record of ``kind`` (by-rowid kinds: up to the claimed
+        rowid, in ranges of `LISTING_ROWS` rowids, each in a snapshot of its own: no read
+        transaction holds opencode's checkpoints back for long). A row moved to another range
+        meanwhile (deleted and inserted again) may look deleted: its row key is read again,
+        which finds it."""
+        reader = self.loader.reader
+        if not kind.by_rowid:
+            with reader.snapshot() as con:
+                if kind.name in ("session", "todo"):  # versions: checksums of what is read
+                    version = versions(kind, fetch(con, kind.select))
+                    return _table(list(version), list(version.values()))
+                rows = con.execute(f"SELECT {kind.key}, time_updated FROM {kind.table}").fetchall()
+            return _table([_text(r[0]) for r in rows], [_int(r[1]) for r in rows])
+        ids: list[str] = []
+        values: list[int] = []
+        end = int(claimed.get(f"{kind.name}.rowid", 0))
+        sql = f"SELECT {kind.key}, time_updated FROM {kind.table} WHERE rowid > ? AND rowid <= ?"
+        for start in range(0, end, LISTING_ROWS):
+            with reader.snapshot() as con:
+                rows = con.execute(sql, (start, min(start + LISTING_ROWS, end))).fetchall()
+            ids += [_text(r[0]) for r in rows]
+            values += [_int(r[1]) for r in rows]
+        return _table(ids, values)
 
-def _listing(con: sqlite3.Connection, kind: Kind, claimed: dict[str, int]) -> pa.Table:
-    """``(id, version)`` of every record of ``kind`` (by-rowid kinds: up to the claimed rowid)."""
-    if kind.name in ("session", "todo"):  # versions are checksums of what is read
-        version = versions(kind, fetch(con, kind.select))
-        ids, values = list(version), list(version.values())
-    else:
-        where = (
-            f" WHERE rowid <= {int(claimed.get(f'{kind.name}.rowid', 0))}" if kind.by_rowid else ""
-        )
-        rows = con.execute(f"SELECT {kind.key}, time_updated FROM {kind.table}{where}").fetchall()
-        ids = [r[0].decode("utf-8", "replace") if isinstance(r[0], bytes) else r[0] for r in rows]
-        values = [r[1] if isinstance(r[1], int) else 0 for r in rows]
+
+LISTING_ROWS = 100_000
+"""Rowids listed per read transaction."""
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _table(ids: list[str], values: list[int]) -> pa.Table:
     return pa.table({"id": pa.array(ids, pa.string()), "version": pa.array(values, pa.int64())})

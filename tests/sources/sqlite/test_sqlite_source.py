@@ -21,6 +21,7 @@ from indexer_service.demo.synthetic import (
     generate_db,
     generate_tree,
 )
+from indexer_service.sources.sqlite import reconciler as sqlite_reconciler
 
 SPEC = TreeSpec(sessions=4, seed=11, projects=2)
 TYPED = {
@@ -117,6 +118,29 @@ async def test_a_periodic_pass_lists_the_database_only_after_a_commit(tmp_path: 
             writer.delete_session(sorted(_ids(opencode, "session"))[0])
         report = await source.scan()
         assert source.get_stats()["listings"] == listed + 1 and report.counts["deleted"] > 0
+
+
+async def test_a_listing_in_short_read_transactions_finds_exactly_the_deletions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages and parts are listed 50 rowids per read transaction: a pass after a session
+    is deleted finds that session's rows and no others."""
+    monkeypatch.setattr(sqlite_reconciler, "LISTING_ROWS", 50)
+    opencode = tmp_path / "opencode.db"
+    generate_db(opencode, SPEC)
+    async with IndexerService(_settings(tmp_path, opencode_db=opencode)) as svc:
+        await svc.wait_until_synced()
+        with sqlite3.connect(opencode) as con:
+            victim = con.execute("SELECT id FROM session ORDER BY rowid LIMIT 1").fetchone()[0]
+            parts = con.execute(
+                "SELECT count(*) FROM part WHERE session_id = ?", [victim]
+            ).fetchone()
+        with LiveDbWriter(opencode, seed=2) as writer:
+            writer.delete_session(victim)
+        report = await svc._databases[0].scan(full=True)
+        assert report.counts["deleted"] >= parts[0] > 0
+        await svc.drain()
+        _assert_index_equals_database(svc, opencode)
 
 
 async def test_live_steps_streams_and_deletes_converge(tmp_path: Path) -> None:
