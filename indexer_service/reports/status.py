@@ -39,11 +39,16 @@ _ALL_COUNTS_SQL = (
     "SELECT kind, status, count(*) FROM row_index GROUP BY ALL) GROUP BY ALL ORDER BY ALL"
 )
 """Records by type and status, files of the legacy tree and rows of the databases together."""
-_ACTIVITY_SQL = (
+_ACTIVITY = (
     "SELECT count(*) FILTER (WHERE indexed_at >= CAST($minute AS TIMESTAMP)), "
-    "count(*) FILTER (WHERE indexed_at >= CAST($hour AS TIMESTAMP)), max(indexed_at) "
-    "FROM file_index"
+    "count(*) FILTER (WHERE indexed_at >= CAST($hour AS TIMESTAMP)), max(indexed_at) FROM {}"
 )
+_ACTIVITY_SQL = _ACTIVITY.format("file_index")
+_ALL_ACTIVITY_SQL = _ACTIVITY.format(
+    "(SELECT indexed_at FROM file_index UNION ALL SELECT updated_at FROM row_index "
+    "WHERE status = 'indexed')"
+)
+"""Records indexed in the last minute and hour, and the latest, of both stores."""
 
 
 def _rows(result: QueryResult) -> list[dict[str, Any]]:
@@ -73,7 +78,8 @@ def collect_status(
         "minute": (now - timedelta(minutes=1)).isoformat(),  # strings: params may travel as JSON
         "hour": (now - timedelta(hours=1)).isoformat(),
     }
-    minute, hour, last = query(_ACTIVITY_SQL, window).rows[0]
+    activity = _ALL_ACTIVITY_SQL if databases else _ACTIVITY_SQL
+    minute, hour, last = query(activity, window).rows[0]
     report: dict[str, Any] = {
         "db": db,
         "service": {"running": False},
@@ -194,7 +200,7 @@ def format_status(report: Mapping[str, Any]) -> str:
     else:
         out.append("last reconciliation: unknown (no service running)")
     tp = report["throughput"]
-    line = f"throughput: {tp['indexed_last_minute']:,} files indexed in the last minute, "
+    line = f"throughput: {tp['indexed_last_minute']:,} records indexed in the last minute, "
     line += f"{tp['indexed_last_hour']:,} in the last hour; last {_ago(tp['last_indexed_at'])}"
     if tp.get("files_per_s_since_start") is not None:
         line += f"; {tp['files_per_s_since_start']:,} files/s since start"

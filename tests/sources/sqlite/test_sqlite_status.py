@@ -4,6 +4,7 @@ newest change, on the file directly and through a running service."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -41,6 +42,7 @@ async def test_status_on_the_file_shows_each_database(
     assert f"part {parts:,}" in out and "; 1 error" in out
     assert f"sqlite:{opencode} part {bad}" in out and "truncated JSON" in out
     assert "newest change indexed: never" not in out
+    assert re.search(r"^throughput: [1-9][\d,]* records indexed in the last minute", out, re.M)
     assert main(["status", "--db", str(index), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     rows = report["databases"][f"sqlite:{opencode}"]["rows"]
