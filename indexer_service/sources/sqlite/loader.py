@@ -178,10 +178,8 @@ class DbLoader:
             recent = self._recent(con, kind, state)
             found[kind.name] += recent
             sessions.update(r[0] for r in recent if kind.name == "session")
-        if sessions:
-            ids = list(sessions)
-            more_sessions = self._rows_of(con, KINDS["session"], "id", ids)
-            found["session"] = _unique(found["session"], more_sessions)
+        if rest := sessions - {r[0] for r in found["session"]}:  # the recent ones are read
+            found["session"] += self._rows_of(con, KINDS["session"], "id", list(rest))
         todo = self._recent(con, KINDS["todo"], state)
         todo_sessions = sessions | {r[0] for r in todo}
         if todo_sessions:
@@ -270,7 +268,7 @@ class DbLoader:
 
     def _extract(self, kind: Kind, rows: list[Row], out: DbPrepared) -> None:
         spec = SPECS[kind.name]
-        rows = _unique(rows, [])
+        rows = _unique(rows)
         texts = [r[4] for r in rows]
         failed: dict[int, str | None] = {}
         content = utf8_column(list(texts), list(range(len(rows))), failed)
@@ -358,9 +356,7 @@ class DbLoader:
         self.tracker.remove(cur, name, gone)
 
 
-def _unique(rows: list[Row], more: list[Row]) -> list[Row]:
-    """``rows`` then ``more``, each record once (its last read wins; a list keeps its items)."""
-    seen: dict[tuple[str, int | None], Row] = {}
-    for r in [*rows, *more]:
-        seen[(r[0], r[2])] = r
-    return list(seen.values())
+def _unique(rows: list[Row]) -> list[Row]:
+    """Each record once (read by a poll and by a row key: the last read wins; a todo list
+    keeps its items, keyed by position)."""
+    return list({(r[0], r[2]): r for r in rows}.values())

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["KINDS", "Kind", "Row", "fetch", "versions"]
+__all__ = ["KINDS", "Kind", "Row", "fetch", "integer", "text", "versions"]
 
 Row = tuple[str, str | None, int | None, int, bytes, int, str | None]
 """A record as selected: key, parent, position, version, content, rowid, session."""
@@ -96,10 +96,16 @@ KINDS: dict[str, Kind] = {
 """The kinds of record read, in the order a poll writes them (parents first)."""
 
 
-def _text(value: object) -> str | None:
+def text(value: object) -> str | None:
+    """A column value as text (read as bytes: not UTF-8 is replaced, not an error)."""
     if value is None or isinstance(value, str):
         return value
     return bytes(value).decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def integer(value: object) -> int:
+    """A column value as an integer (0 when it is not one, as a stray text would be)."""
+    return value if isinstance(value, int) else 0
 
 
 def fetch(con: sqlite3.Connection, sql: str, params: Sequence[object] = ()) -> list[Row]:
@@ -110,13 +116,13 @@ def fetch(con: sqlite3.Connection, sql: str, params: Sequence[object] = ()) -> l
     for key, parent, position, version, content, rowid, session in con.execute(sql, params):
         out.append(
             (
-                _text(key) or "",
-                _text(parent),
+                text(key) or "",
+                text(parent),
                 position if isinstance(position, int) else None,
-                version if isinstance(version, int) else 0,
+                integer(version),
                 content if isinstance(content, bytes) else str(content).encode(),
                 rowid,
-                _text(session),
+                text(session),
             )
         )
     return out

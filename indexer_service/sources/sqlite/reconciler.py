@@ -2,8 +2,8 @@
 
 Polls find new and changed rows; only a complete listing finds deleted ones (opencode leaves no
 tombstone) and changes a poll cannot see (a row updated long after it was written, a session
-rewritten with the same ``time_updated``). A pass lists ``(id, version)`` of every record in one
-snapshot, compares it with ``row_index`` in one DuckDB join per kind, and hands on the row keys
+rewritten with the same ``time_updated``). A pass lists ``(id, version)`` of every record in
+short read transactions, compares it with ``row_index`` in one DuckDB join per kind, and hands on the row keys
 of new, changed, deleted and retry-due records. Messages and parts are listed only up to the
 rowid the polls have reached: the rest is theirs to read.
 """
@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from indexer_service.model import SCAN_KINDS
 from indexer_service.sources.sqlite.loader import DbLoader
-from indexer_service.sources.sqlite.queries import KINDS, Kind, fetch, versions
+from indexer_service.sources.sqlite.queries import KINDS, Kind, fetch, integer, text, versions
 from indexer_service.store.database import Database
 
 __all__ = ["DbReconciler", "Found"]
@@ -77,7 +77,7 @@ class DbReconciler:
                     version = versions(kind, fetch(con, kind.select))
                     return _table(list(version), list(version.values()))
                 rows = con.execute(f"SELECT {kind.key}, time_updated FROM {kind.table}").fetchall()
-            return _table([_text(r[0]) for r in rows], [_int(r[1]) for r in rows])
+            return _table([text(r[0]) or "" for r in rows], [integer(r[1]) for r in rows])
         ids: list[str] = []
         values: list[int] = []
         end = int(claimed.get(f"{kind.name}.rowid", 0))
@@ -85,21 +85,13 @@ class DbReconciler:
         for start in range(0, end, LISTING_ROWS):
             with reader.snapshot() as con:
                 rows = con.execute(sql, (start, min(start + LISTING_ROWS, end))).fetchall()
-            ids += [_text(r[0]) for r in rows]
-            values += [_int(r[1]) for r in rows]
+            ids += [text(r[0]) or "" for r in rows]
+            values += [integer(r[1]) for r in rows]
         return _table(ids, values)
 
 
 LISTING_ROWS = 100_000
 """Rowids listed per read transaction."""
-
-
-def _text(value: object) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) else 0
 
 
 def _table(ids: list[str], values: list[int]) -> pa.Table:
