@@ -19,6 +19,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -39,7 +40,7 @@ log = structlog.get_logger(__name__)
 
 Requeue = Callable[[list[str]], Awaitable[None]]
 _COUNTERS = (
-    "batches files_indexed files_errors files_deleted files_skipped files_requeued files_prefetched"
+    "batches files_indexed files_errors files_deleted files_skipped files_requeued files_prefetched follow_ups"
 ).split()
 
 
@@ -67,6 +68,7 @@ class WorkerPool:
         self._seconds = {"read": 0.0, "parse": 0.0, "write": 0.0}
         self._latency_ms: deque[float] = deque(maxlen=1024)
         self._busy = 0
+        self._following: set[str] = set()  # follow-up keys not yet prepared
 
     async def run(
         self,
@@ -101,26 +103,40 @@ class WorkerPool:
     ) -> None:
         async with receive:
             async for batch, taken in receive:
-                keys = batch.keys
-                try:  # a full disk or a failed database: wait, then load the batch again
-                    result = await self.retry.run(partial(self._load, keys), files=len(keys))
-                except Exception:
-                    self._busy -= 1
-                    log.exception("batch_failed", files=len(keys))
-                    raise
-                self._record(result, (time.perf_counter() - taken) * 1000)
-                if result.requeue:
-                    self._busy += 1
-                    tg.start_soon(self._requeue, requeue, result.requeue)
-                self._busy -= 1
-                if self.on_batch_done is not None:
-                    self.on_batch_done(result, batch)
+                await self._run_batch(batch, taken, requeue, tg)
 
-    async def _load(self, keys: tuple[str, ...]) -> BatchResult:
+    async def _run_batch(self, batch: Batch, taken: float, requeue: Requeue, tg: TaskGroup) -> None:
+        """Load one batch (counted in ``_busy`` by the caller) and hand on what it asks for."""
+        keys = batch.keys
+        try:  # a full disk or a failed database: wait, then load the batch again
+            result = await self.retry.run(partial(self._load, batch, requeue, tg), files=len(keys))
+        except Exception:
+            self._busy -= 1
+            log.exception("batch_failed", files=len(keys))
+            raise
+        self._record(result, (time.perf_counter() - taken) * 1000)
+        if result.requeue:
+            self._busy += 1
+            tg.start_soon(self._requeue, requeue, result.requeue)
+        self._busy -= 1
+        if self.on_batch_done is not None:
+            self.on_batch_done(result, batch)
+
+    async def _load(self, batch: Batch, requeue: Requeue, tg: TaskGroup) -> BatchResult:
+        keys = batch.keys
         self._counts["files_prefetched"] += await self.loader.warm(keys)
         prepared = await anyio.to_thread.run_sync(
             self.loader.prepare, keys, limiter=self._prepare_limiter
         )
+        self._following.difference_update(keys)
+        follow = tuple(k for k in self.loader.follow_up(prepared) if k not in self._following)
+        if follow:  # read the next chunk while this one is written
+            self._following.update(follow)
+            self._busy += 1
+            self._counts["follow_ups"] += 1
+            tg.start_soon(
+                self._run_batch, replace(batch, keys=follow), time.perf_counter(), requeue, tg
+            )
         return await anyio.to_thread.run_sync(
             self.loader.write, prepared, limiter=self._write_limiter
         )

@@ -42,6 +42,9 @@ class SourceRouter:
     def prepare(self, keys: Sequence[str]) -> Prepared:
         return [(source, source.prepare(group)) for source, group in self._split(keys)]
 
+    def follow_up(self, prepared: Prepared) -> list[str]:
+        return [key for source, p in prepared for key in source.follow_up(p)]
+
     def write(self, prepared: Prepared) -> BatchResult:
         results = [source.write(p) for source, p in prepared]
         if len(results) == 1:

@@ -33,6 +33,11 @@ class BatchLoader(Protocol[P]):
         """Fetch the records behind ``keys`` and turn them into rows, not yet written."""
         ...
 
+    def follow_up(self, prepared: P) -> Sequence[str]:
+        """Keys to prepare now, while ``prepared`` is written (the next chunk of a backfill,
+        read on one core while the other writes); usually none."""
+        ...
+
     def write(self, prepared: P) -> BatchResult:
         """Write the rows, deletions and progress of one prepared batch in one transaction."""
         ...

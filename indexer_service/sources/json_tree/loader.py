@@ -243,6 +243,10 @@ class Loader:
             else:
                 out.indexed.append(IndexedFile(path, ftype, v.mtime, v.size, key, v.mtime_ns))
 
+    def follow_up(self, prepared: Prepared) -> Sequence[str]:
+        """None: files changed meanwhile are requeued after the write."""
+        return ()
+
     # -- write -------------------------------------------------------------------------------
 
     def write(self, prepared: Prepared) -> BatchResult:

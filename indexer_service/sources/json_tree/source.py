@@ -104,6 +104,9 @@ class JsonTreeSource:
     def prepare(self, keys: Sequence[str]) -> Prepared:
         return self.loader.prepare(keys)
 
+    def follow_up(self, prepared: Prepared) -> Sequence[str]:
+        return self.loader.follow_up(prepared)
+
     def write(self, prepared: Prepared) -> BatchResult:
         return self.loader.write(prepared)
 

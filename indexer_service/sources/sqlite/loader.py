@@ -9,12 +9,13 @@ transaction. A database row wins over a legacy file's row with the same id.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
+import threading
 import time
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import duckdb
 import orjson
@@ -22,54 +23,19 @@ import pyarrow as pa
 
 from indexer_service.extract import SPECS, Extractor, diagnose, utf8_column
 from indexer_service.model import BatchResult
+from indexer_service.sources.sqlite.batch import DbKeys, DbPrepared
 from indexer_service.sources.sqlite.progress import RowTracker
 from indexer_service.sources.sqlite.queries import KINDS, Kind, Row, fetch, versions
 from indexer_service.sources.sqlite.reader import Reader
 from indexer_service.store.database import Database
 from indexer_service.store.rows import RowWriter, delete_in
 
-__all__ = ["DbKeys", "DbLoader", "DbPrepared"]
+__all__ = ["DbLoader"]
 
 _EMPTY = -1
 """The version of a session's todo list that had no item when last read."""
 _SEEN_MAX = 50_000
 """Records whose last read version is remembered (the newest ones)."""
-
-
-@dataclass(frozen=True)
-class DbKeys:
-    """The keys of one database: ``<prefix>poll`` and ``<prefix><kind>:<id>``."""
-
-    prefix: str
-
-    @property
-    def poll(self) -> str:
-        return self.prefix + "poll"
-
-    def row(self, kind: str, key: str) -> str:
-        return f"{self.prefix}{kind}:{key}"
-
-    def parse(self, key: str) -> tuple[str, str] | None:
-        """(kind, id) of a row key; None for the poll key."""
-        kind, _, ident = key[len(self.prefix) :].partition(":")
-        return (kind, ident) if ident else None
-
-
-@dataclass
-class DbPrepared:
-    """One batch read and extracted, not yet written."""
-
-    rows: dict[str, pa.Table] = field(default_factory=dict)
-    indexed: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
-    failed: dict[str, list[tuple[str, int, str]]] = field(default_factory=lambda: defaultdict(list))
-    deleted: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    state: dict[str, int] = field(default_factory=dict)
-    """Cursors to save with this batch."""
-    claimed_from: dict[str, int] | None = None
-    """The cursors before this batch's poll claimed its rows (restored if the write fails)."""
-    requeue: list[str] = field(default_factory=list)
-    read_seconds: float = 0.0
-    parse_seconds: float = 0.0
 
 
 class DbLoader:
@@ -83,6 +49,7 @@ class DbLoader:
         tracker: RowTracker,
         *,
         chunk_rows: int = 20_000,
+        chunk_bytes: int = 32 << 20,
         tail_rows: int = 20_000,
         lookback_ms: int = 10_000,
     ) -> None:
@@ -92,6 +59,9 @@ class DbLoader:
         self.tracker = tracker
         self.chunk_rows = chunk_rows
         """New rows read per table and poll; more go to the next poll (the backfill)."""
+        self.chunk_bytes = chunk_bytes
+        """...or fewer: the rows of a table a poll reads stop soon after their documents reach
+        this size (the backfill's memory is a few times the chunks in flight)."""
         self.tail_rows = tail_rows
         """Rows below the newest read again when their ``time_updated`` moved; an older row
         that changes is found by the reconciler."""
@@ -103,7 +73,9 @@ class DbLoader:
         self._claimed: dict[str, int] | None = None  # cursors as far as polls have read
         self._seen: dict[str, dict[str, int]] = {name: {} for name in KINDS}  # key -> version
         self._data_version: int | None = None
-        self._more = False  # the last poll stopped at chunk_rows: more rows are waiting
+        self._more = False  # the last poll stopped at a full chunk: more rows are waiting
+        self._generation = 0  # bumped by a failed write: polls claimed before it are void
+        self._claim_lock = threading.Lock()  # a poll claims rows; a failed write gives back
         self.polls = 0
         self.polls_skipped = 0
         self.last_poll_at: float | None = None
@@ -141,7 +113,8 @@ class DbLoader:
         if poll and self._changed_since_last_poll():
             self.polls += 1
             self.last_poll_at = time.time()
-            with self.reader.snapshot() as con:
+            with self._claim_lock, self.reader.snapshot() as con:
+                out.generation = self._generation
                 self._poll(con, out, found)
         elif poll:
             self.polls_skipped += 1
@@ -169,11 +142,16 @@ class DbLoader:
         out.claimed_from = dict(state)
         sessions: set[str] = set()
         more = False
+        bulk: dict[str, list[Row]] = {}
         for kind in (KINDS["message"], KINDS["part"]):
-            rows, full = self._changed_rows(con, kind, state)
+            new, moved, full = self._changed_rows(con, kind, state)
             more = more or full
-            found[kind.name] += rows
-            sessions.update(r[6] for r in rows if r[6] is not None)
+            if full:  # a backfill's chunk: rows not read before, not worth remembering
+                bulk[kind.name] = new
+            else:
+                found[kind.name] += new
+            found[kind.name] += moved
+            sessions.update(r[6] for r in (*new, *moved) if r[6] is not None)
         for kind in (KINDS["project"], KINDS["session"]):
             recent = self._recent(con, kind, state)
             found[kind.name] += recent
@@ -190,10 +168,12 @@ class DbLoader:
             out.deleted["todo"] += [s for s in empty if seen.get(s) != _EMPTY]
             seen.update(dict.fromkeys(empty, _EMPTY))
         self._drop_unchanged(found)
+        for name, rows in bulk.items():
+            found[name] += rows
         out.state = dict(state)
         self._more = more
         if more:
-            out.requeue.append(self.keys.poll)
+            out.follow.append(self.keys.poll)
 
     def _drop_unchanged(self, found: dict[str, list[Row]]) -> None:
         """Drop records a poll already read at the same version: the lookback re-selects what
@@ -211,37 +191,42 @@ class DbLoader:
             for key in fresh:
                 seen.pop(key, None)  # re-inserted last: the oldest entries are pruned first
                 seen[key] = current[key]
-            while len(seen) > _SEEN_MAX:
-                del seen[next(iter(seen))]
+            if len(seen) > 2 * _SEEN_MAX:  # keep the newest (deleting one by one is quadratic)
+                self._seen[name] = dict(itertools.islice(seen.items(), len(seen) - _SEEN_MAX, None))
 
     def _changed_rows(
         self, con: sqlite3.Connection, kind: Kind, state: dict[str, int]
-    ) -> tuple[list[Row], bool]:
-        """New rows (by rowid, at most ``chunk_rows``) and recent rows whose ``time_updated``
-        moved; advances the kind's cursors in ``state``."""
+    ) -> tuple[list[Row], list[Row], bool]:
+        """New rows (by rowid, at most ``chunk_rows``), recent rows whose ``time_updated``
+        moved, and whether the new rows filled the chunk; advances the kind's cursors in
+        ``state``."""
         last = state.get(f"{kind.name}.rowid", 0)
         newest = con.execute(f"SELECT max(rowid) FROM {kind.table}").fetchone()[0] or 0
         last = min(last, newest)  # the newest rows were deleted: their rowids may come back
-        new = fetch(con, kind.where("rowid > ?", "rowid") + " LIMIT ?", (last, self.chunk_rows))
+        new = fetch(
+            con,
+            kind,
+            kind.where("rowid > ?", "rowid") + " LIMIT ?",
+            (last, self.chunk_rows),
+            max_bytes=self.chunk_bytes,
+        )
         mark = state.get(f"{kind.name}.updated", 0)
         moved = fetch(
             con,
+            kind,
             kind.where("rowid > ? AND rowid <= ? AND time_updated >= ?"),
             (max(0, last - self.tail_rows), last, mark - self.lookback_ms),
         )
-        rows = [*new, *moved]
-        if new:
-            state[f"{kind.name}.rowid"] = new[-1][5]
-        else:
-            state[f"{kind.name}.rowid"] = last
-        if rows:
-            state[f"{kind.name}.updated"] = max(mark, max(r[3] for r in rows))
-        return rows, len(new) == self.chunk_rows
+        state[f"{kind.name}.rowid"] = new[-1][5] if new else last
+        if new or moved:
+            state[f"{kind.name}.updated"] = max(mark, *(r[3] for r in (*new, *moved)))
+        full = len(new) == self.chunk_rows or sum(len(r[4]) for r in new) >= self.chunk_bytes
+        return new, moved, full
 
     def _recent(self, con: sqlite3.Connection, kind: Kind, state: dict[str, int]) -> list[Row]:
         """Rows of a small table whose ``time_updated`` is recent (all on the first poll)."""
         mark = state.get(f"{kind.name}.updated", 0)
-        rows = fetch(con, kind.where("time_updated >= ?"), (mark - self.lookback_ms,))
+        rows = fetch(con, kind, kind.where("time_updated >= ?"), (mark - self.lookback_ms,))
         if rows:
             state[f"{kind.name}.updated"] = max(mark, max(r[3] for r in rows))
         return rows
@@ -249,7 +234,7 @@ class DbLoader:
     @staticmethod
     def _rows_of(con: sqlite3.Connection, kind: Kind, column: str, ids: list[str]) -> list[Row]:
         sql = kind.where(f"{column} IN (SELECT value FROM json_each(?))")
-        return fetch(con, sql, (orjson.dumps(ids).decode(),))
+        return fetch(con, kind, sql, (orjson.dumps(ids).decode(),))
 
     def _fetch(
         self,
@@ -306,22 +291,28 @@ class DbLoader:
             self._extractor = Extractor()
         return self._extractor
 
+    def follow_up(self, prepared: DbPrepared) -> Sequence[str]:
+        """The poll key while a backfill has more rows: the next chunk is read while this
+        one is written."""
+        return prepared.follow
+
     # -- write ------------------------------------------------------------------------------
 
     def write(self, p: DbPrepared) -> BatchResult:
-        """Write one prepared batch in one transaction."""
+        """Write one prepared batch in one transaction. A poll read while an earlier poll's
+        write failed is dropped and polled again: its cursors would skip the failed rows."""
         started = time.perf_counter()
+        if p.claimed_from is not None and p.generation != self._generation:
+            self._give_back(p.claimed_from)
+            return BatchResult(0, 0, 0, 0, [self.keys.poll], 0.0, 0.0, 0.0, {})
         try:
             with self.db.transaction() as cur:
                 for name in KINDS:
                     self._apply(cur, name, p)
                 self.tracker.save_state(cur, p.state)
         except BaseException:
-            if p.claimed_from is not None and self._claimed is not None:
-                for key, value in p.claimed_from.items():  # read those rows again
-                    self._claimed[key] = min(self._claimed.get(key, value), value)
-                for seen in self._seen.values():
-                    seen.clear()
+            if p.claimed_from is not None:
+                self._give_back(p.claimed_from, failed=True)
             raise
         by_type = {k: len(v) for k, v in p.indexed.items() if v}
         return BatchResult(
@@ -335,6 +326,18 @@ class DbLoader:
             write_seconds=time.perf_counter() - started,
             by_type=by_type,
         )
+
+    def _give_back(self, claimed_from: dict[str, int], *, failed: bool = False) -> None:
+        """Move the cursors back to where a poll started, so the next poll reads its rows
+        again; after a failed write, polls already read (their rows past this one's) are void."""
+        with self._claim_lock:
+            if self._claimed is not None:
+                for key, value in claimed_from.items():
+                    self._claimed[key] = min(self._claimed.get(key, value), value)
+            if failed:
+                for seen in self._seen.values():
+                    seen.clear()
+                self._generation += 1
 
     def _apply(self, cur: duckdb.DuckDBPyConnection, name: str, p: DbPrepared) -> None:
         spec = SPECS[name]

@@ -125,15 +125,19 @@ class RowTracker:
         """Save cursors; a cursor never moves back (a later poll may have committed first)."""
         if not state:
             return
-        now = _utc(self.clock())
-        for key, value in state.items():
-            cur.execute(
-                """INSERT INTO source_state VALUES (?, ?, ?, ?)
-                   ON CONFLICT (source, key) DO UPDATE
-                   SET value = greatest(source_state.value, excluded.value),
-                       updated_at = excluded.updated_at""",
-                [self.source, key, value, now],
-            ).fetchall()
+        cur.execute(
+            """INSERT INTO source_state
+               SELECT $source, unnest($keys), unnest($values), $now
+               ON CONFLICT (source, key) DO UPDATE
+               SET value = greatest(source_state.value, excluded.value),
+                   updated_at = excluded.updated_at""",
+            {
+                "source": self.source,
+                "keys": list(state),
+                "values": list(state.values()),
+                "now": _utc(self.clock()),
+            },
+        ).fetchall()
 
     def counts(self, cur: duckdb.DuckDBPyConnection) -> dict[str, dict[str, int]]:
         """``{kind: {status: rows}}`` of this source."""

@@ -17,22 +17,12 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
+
 __all__ = ["KINDS", "Kind", "Row", "fetch", "integer", "text", "versions"]
 
 Row = tuple[str, str | None, int | None, int, bytes, int, str | None]
 """A record as selected: key, parent, position, version, content, rowid, session."""
-
-
-def _spliced(data: str, fields: dict[str, str]) -> str:
-    """SQL: ``data`` (a JSON object's text) with ``fields`` (JSON key -> column) put first."""
-    head = "'{' || " + " || ',' || ".join(
-        f"'\"{k}\":' || json_quote({c})" for k, c in fields.items()
-    )
-    return (
-        f"CASE WHEN trim({data}) = '{{}}' THEN {head} || '}}' "
-        f"WHEN substr(ltrim({data}), 1, 1) = '{{' THEN {head} || ',' || substr(ltrim({data}), 2) "
-        f"ELSE {data} END"
-    )
 
 
 @dataclass(frozen=True)
@@ -48,6 +38,9 @@ class Kind:
     """``SELECT key, parent, position, version, content, rowid, session FROM ...``, no WHERE."""
     by_rowid: bool = False
     """New rows are found by rowid (large, append-mostly tables)."""
+    splice: tuple[tuple[str, int], ...] = ()
+    """Fields put back at the front of ``content`` (JSON key, index of the selected column):
+    opencode keeps a message's and a part's ids in columns, not in ``data``."""
 
     def where(self, condition: str, order: str = "") -> str:
         """The select restricted by ``condition`` (and ordered by ``order``)."""
@@ -70,14 +63,9 @@ _SESSION = """SELECT id, project_id, NULL, time_updated, json_object(
   'share', CASE WHEN share_url IS NOT NULL THEN json_object('url', share_url) END
 ), rowid, id FROM session"""
 
-_MESSAGE = f"""SELECT id, session_id, NULL, time_updated,
-  {_spliced("data", {"id": "id", "sessionID": "session_id"})}, rowid, session_id
-FROM message"""
+_MESSAGE = "SELECT id, session_id, NULL, time_updated, data, rowid, session_id FROM message"
 
-_PART = f"""SELECT id, message_id, NULL, time_updated,
-  {_spliced("data", {"id": "id", "sessionID": "session_id", "messageID": "message_id"})},
-  rowid, session_id
-FROM part"""
+_PART = "SELECT id, message_id, NULL, time_updated, data, rowid, session_id FROM part"
 
 _TODO = """SELECT session_id, NULL, position, time_updated,
   json_object('content', content, 'status', status, 'priority', priority), rowid, session_id
@@ -88,8 +76,8 @@ KINDS: dict[str, Kind] = {
     for k in (
         Kind("project", "project", "id", _PROJECT),
         Kind("session", "session", "id", _SESSION),
-        Kind("message", "message", "id", _MESSAGE, by_rowid=True),
-        Kind("part", "part", "id", _PART, by_rowid=True),
+        Kind("message", "message", "id", _MESSAGE, True, (("id", 0), ("sessionID", 6))),
+        Kind("part", "part", "id", _PART, True, (("id", 0), ("sessionID", 6), ("messageID", 1))),
         Kind("todo", "todo", "session_id", _TODO),
     )
 }
@@ -108,24 +96,66 @@ def integer(value: object) -> int:
     return value if isinstance(value, int) else 0
 
 
-def fetch(con: sqlite3.Connection, sql: str, params: Sequence[object] = ()) -> list[Row]:
-    """Run a `Kind` select: ids as text, ``content`` as the bytes stored (the connection's
-    ``text_factory`` is ``bytes``, so text that is not UTF-8 reaches the extraction, which
-    reports it, instead of failing the whole read)."""
-    out: list[Row] = []
-    for key, parent, position, version, content, rowid, session in con.execute(sql, params):
-        out.append(
-            (
-                text(key) or "",
-                text(parent),
-                position if isinstance(position, int) else None,
-                integer(version),
-                content if isinstance(content, bytes) else str(content).encode(),
-                rowid,
-                text(session),
-            )
-        )
-    return out
+def fetch(
+    con: sqlite3.Connection,
+    kind: Kind,
+    sql: str,
+    params: Sequence[object] = (),
+    *,
+    max_bytes: int | None = None,
+) -> list[Row]:
+    """Run ``sql`` (a select of ``kind``): ids as text, ``content`` as the bytes stored, with
+    ``kind.splice`` put back. The connection's ``text_factory`` is ``bytes``, so text that is
+    not UTF-8 reaches the extraction, which reports it, instead of failing the whole read.
+    With ``max_bytes``, rows stop soon after their contents reach that many bytes."""
+    cursor = con.execute(sql, params)
+    if max_bytes is None:
+        rows = cursor.fetchall()
+    else:
+        rows, size = [], 0
+        while size < max_bytes and (more := cursor.fetchmany(256)):
+            rows += more
+            size += sum(len(r[4]) for r in more if isinstance(r[4], bytes))
+        cursor.close()
+    if not rows:
+        return []
+    columns = list(zip(*rows, strict=True))
+    keys = [k or "" for k in _texts(columns[0])]
+    parents, sessions = _texts(columns[1]), _texts(columns[6])
+    positions = [p if isinstance(p, int) else None for p in columns[2]]
+    versions = [v if isinstance(v, int) else 0 for v in columns[3]]
+    contents = [c if isinstance(c, bytes) else str(c).encode() for c in columns[4]]
+    if kind.splice:
+        values = {0: keys, 1: parents, 6: sessions}
+        columns_of = [values[i] for _, i in kind.splice]
+        head = b"{" + b",".join(b'"%s":%%b' % name.encode() for name, _ in kind.splice)
+        dumps = orjson.dumps
+        contents = [
+            _splice(head % tuple(map(dumps, ids)), c)
+            for ids, c in zip(zip(*columns_of, strict=True), contents, strict=True)
+        ]
+    return list(
+        zip(keys, parents, positions, versions, contents, columns[5], sessions, strict=True)
+    )
+
+
+def _texts(values: Sequence[object]) -> list[str | None]:
+    try:  # ids are ASCII: decoding all at once is the common case
+        return [None if v is None else v.decode() for v in values]  # type: ignore[attr-defined]
+    except (AttributeError, UnicodeDecodeError):
+        return [text(v) for v in values]
+
+
+def _splice(head: bytes, data: bytes) -> bytes:
+    """``data`` (a JSON object's text) with ``head`` (``{"id":...``) put first; anything else
+    is passed through, for the extraction to report."""
+    body = data.lstrip()
+    if body[:1] != b"{":
+        return data
+    rest = body[1:]
+    if rest.lstrip()[:1] == b"}":
+        return head + rest.lstrip()
+    return head + b"," + rest
 
 
 def versions(kind: Kind, rows: Sequence[Row]) -> dict[str, int]:

@@ -39,7 +39,10 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 """The only tables and columns ever read. Nothing else of the file (accounts, credentials,
 share secrets) is selected, so no secret can reach the index."""
 
-_BUSY_RETRIES = 5
+_BUSY_RETRIES = 2
+"""A read that finds the database locked is tried this many more times. In WAL mode opencode's
+writes never block a reader; a lock that lasts (another program holding it exclusively) fails
+the poll in about 3 s, and the next change or reconciliation tries again."""
 
 
 class DatabaseUnreadable(Exception):
@@ -61,7 +64,7 @@ class Reader:
     "database is locked"; such failures are retried a few times with a growing pause.
     """
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 2.0) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 1.0) -> None:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
         self._con: sqlite3.Connection | None = None

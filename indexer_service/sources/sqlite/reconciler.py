@@ -74,7 +74,7 @@ class DbReconciler:
         if not kind.by_rowid:
             with reader.snapshot() as con:
                 if kind.name in ("session", "todo"):  # versions: checksums of what is read
-                    version = versions(kind, fetch(con, kind.select))
+                    version = versions(kind, fetch(con, kind, kind.select))
                     return _table(list(version), list(version.values()))
                 rows = con.execute(f"SELECT {kind.key}, time_updated FROM {kind.table}").fetchall()
             return _table([text(r[0]) or "" for r in rows], [integer(r[1]) for r in rows])

@@ -22,7 +22,8 @@ from watchfiles import awatch
 
 from indexer_service.model import SCAN_KINDS, BatchResult, Emit, ScanReport
 from indexer_service.source import every
-from indexer_service.sources.sqlite.loader import DbKeys, DbLoader, DbPrepared
+from indexer_service.sources.sqlite.batch import DbKeys, DbPrepared
+from indexer_service.sources.sqlite.loader import DbLoader
 from indexer_service.sources.sqlite.progress import RowTracker
 from indexer_service.sources.sqlite.reader import DatabaseUnreadable, NotCreatedYet, Reader
 from indexer_service.sources.sqlite.reconciler import DbReconciler
@@ -190,6 +191,9 @@ class SqliteSource:
             return DbPrepared()
         self._readable()
         return prepared
+
+    def follow_up(self, prepared: DbPrepared) -> Sequence[str]:
+        return self.loader.follow_up(prepared)
 
     def write(self, prepared: DbPrepared) -> BatchResult:
         return self.loader.write(prepared)

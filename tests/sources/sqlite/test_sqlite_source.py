@@ -12,6 +12,7 @@ import anyio
 import duckdb
 import orjson
 import pytest
+import structlog.testing
 
 from indexer_service import IndexerService, Settings
 from indexer_service.demo.synthetic import (
@@ -288,3 +289,38 @@ async def test_both_stores_hold_the_same_ids_and_the_database_wins(tmp_path: Pat
             ).fetchone() or (0, 0)
             assert total > 0 and from_files == 0, table
         _assert_index_equals_database(svc, opencode)
+
+
+async def test_a_database_that_stays_locked_is_reported_and_the_tree_is_indexed(
+    tmp_path: Path,
+) -> None:
+    """Another program holds the database exclusively: one log line and a health reason name
+    the lock, the legacy tree is indexed meanwhile, and the next commit after the lock is
+    released is indexed."""
+    opencode, tree = tmp_path / "opencode.db", tmp_path / "storage"
+    generate_db(opencode, TreeSpec(sessions=1, seed=3))
+    summary = generate_tree(tree, TreeSpec(sessions=2, seed=4))
+    holder = sqlite3.connect(opencode)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("UPDATE session SET title = title")  # the exclusive lock, kept after commit
+    holder.commit()
+    settings = _settings(tmp_path, opencode_db=opencode, storage_path=tree)
+    with structlog.testing.capture_logs() as logs:
+        async with IndexerService(settings) as svc:
+            await svc.wait_until_synced()
+            ok, reason = svc.health()
+            assert not ok and str(opencode) in reason and "locked" in reason
+            counts = await svc.file_counts()
+            assert counts["part"]["indexed"] == summary.counts["part"]
+            assert _index_ids(svc, "sessions") == set(summary.session_ids)
+            holder.close()
+            writer = LiveDbWriter(opencode, seed=9)
+            writer.write_step(writer.new_session())
+            with anyio.fail_after(20):
+                while not _ids(opencode, "part") <= _index_ids(svc, "parts"):
+                    await svc.drain()
+                    await anyio.sleep(0.05)
+            assert svc.health() == (True, "running")
+    unreadable = [e for e in logs if e["event"] == "opencode_db_unreadable"]
+    assert len(unreadable) == 1 and "locked" in unreadable[0]["error"]
+    assert any(e["event"] == "opencode_db_readable" for e in logs)
