@@ -361,6 +361,7 @@ def live(opencode: Path, index: Path, rate: float, seconds: float) -> dict[str, 
                 if i not in ours or orjson.loads(ours[i]).get("text") != orjson.loads(d).get("text")
             )
             stats = svc.stats()["databases"][str(copy)]
+            slowest = svc.stats()["workers"]["batch_ms"].get("max")
         lat = sorted(max(0.0, indexed[i] - t) * 1000 for i, t in commits.items() if i in indexed)
         return {
             "rate": rate,
@@ -373,6 +374,7 @@ def live(opencode: Path, index: Path, rate: float, seconds: float) -> dict[str, 
             "wal_peak_mb_alone": round(wal_alone / 2**20, 2),
             "wal_peak_mb_with_service": round(peak / 2**20, 2),
             "longest_read_s": stats["longest_read_s"],
+            "slowest_batch_ms": slowest,
         }
 
     try:

@@ -69,6 +69,7 @@ class WorkerPool:
         self._latency_ms: deque[float] = deque(maxlen=1024)
         self._busy = 0
         self._following: set[str] = set()  # follow-up keys not yet prepared
+        self._ending = False
 
     async def run(
         self,
@@ -80,9 +81,12 @@ class WorkerPool:
         """Consume ``batches`` until it ends; return once every batch taken is written.
 
         Paths to read again go to ``requeue`` from a separate task, so a full queue upstream
-        cannot stall the workers. A batch whose write fails for a database-level reason (a full
-        disk) is retried by `WriteRetry`; any other error writing a batch is raised.
+        cannot stall the workers. Follow-ups (`BatchLoader.follow_up`) start only while
+        ``batches`` goes on: once it ends (shutdown), a backfill stops after its current chunk.
+        A batch whose write fails for a database-level reason (a full disk) is retried by
+        `WriteRetry`; any other error writing a batch is raised.
         """
+        self._ending = False
         send, receive = anyio.create_memory_object_stream[tuple[Batch, float]](0)
         async with anyio.create_task_group() as tg:
             with receive:
@@ -94,6 +98,7 @@ class WorkerPool:
                     if batch.keys:
                         self._busy += 1  # counted from here, so idle means nothing in flight
                         await send.send((batch, time.perf_counter()))
+            self._ending = True  # no more input (shutdown): what is in flight ends, no follow-up
 
     async def _worker(
         self,
@@ -130,7 +135,7 @@ class WorkerPool:
         )
         self._following.difference_update(keys)
         follow = tuple(k for k in self.loader.follow_up(prepared) if k not in self._following)
-        if follow:  # read the next chunk while this one is written
+        if follow and not self._ending:  # read the next chunk while this one is written
             self._following.update(follow)
             self._busy += 1
             self._counts["follow_ups"] += 1
@@ -140,6 +145,10 @@ class WorkerPool:
         return await anyio.to_thread.run_sync(
             self.loader.write, prepared, limiter=self._write_limiter
         )
+
+    async def exclusive(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on a thread while no batch is written (a checkpoint)."""
+        await anyio.to_thread.run_sync(fn, limiter=self._write_limiter)
 
     async def _requeue(self, requeue: Requeue, paths: list[str]) -> None:
         try:

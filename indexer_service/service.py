@@ -136,6 +136,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 drain = anyio.CancelScope(shield=True)
                 consumers.start_soon(self._consume, drain, pool_done)
                 consumers.start_soon(self._refresh_counts_loop)
+                consumers.start_soon(self._after_backfill)
                 if self.settings.http_enabled:
                     await consumers.start(
                         partial(
@@ -192,6 +193,22 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 self._backfill["total"] += report.missing
         finally:
             self._initial_done.set()
+
+    async def _after_backfill(self) -> None:
+        """Once the backfill is written: mark it finished and fold its WAL into the file now,
+        so that DuckDB's automatic checkpoint (seconds on a large index) does not fall on a
+        live commit soon after."""
+        await self._initial_done.wait()
+        while not self._idle():  # not `drain`: batches come when the accumulator says so
+            await self._progress.wait()
+        self._backfill["finished"] = True
+        started = time.perf_counter()
+        try:
+            await self._pool.exclusive(partial(self._db.checkpoint, force=False))
+        except (duckdb.Error, DatabaseError) as exc:  # a query running: DuckDB's own schedule
+            log.debug("checkpoint_skipped", error=str(exc))
+            return
+        log.info("backfill_checkpointed", seconds=round(time.perf_counter() - started, 3))
 
     def _close_db(self) -> None:
         for source in self._sources:

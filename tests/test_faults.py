@@ -558,8 +558,10 @@ async def test_disk_full_on_a_real_tmpfs_is_reported_then_resumed(
     with capture_logs() as logs:
         async with IndexerService(settings) as svc:
             await svc.wait_until_synced()
-            filler = fill(small_disk)
             session = writer.new_session()
+            writer.write_step(session)
+            await svc.wait_until_synced()  # in the WAL: the backfill's was checkpointed
+            filler = fill(small_disk)
             for _ in range(3):
                 writer.write_step(session)
             await until(lambda: not svc.health()[0])

@@ -140,9 +140,10 @@ class Database:
         finally:
             self._local.depth = depth
 
-    def checkpoint(self) -> None:
-        """Write the WAL into the database file (waits for running transactions)."""
-        self.cursor().execute("FORCE CHECKPOINT")
+    def checkpoint(self, *, force: bool = True) -> None:
+        """Write the WAL into the database file; ``force`` aborts running transactions (at
+        close), otherwise a running read makes it fail."""
+        self.cursor().execute("FORCE CHECKPOINT" if force else "CHECKPOINT")
 
 
 def _close_when_idle(con: duckdb.DuckDBPyConnection, timeout_s: float = 5.0) -> None:

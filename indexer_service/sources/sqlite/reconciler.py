@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from indexer_service.gc_pause import gc_paused
 from indexer_service.model import SCAN_KINDS
 from indexer_service.sources.sqlite.loader import DbLoader
 from indexer_service.sources.sqlite.queries import KINDS, Kind, fetch, integer, text, versions
+from indexer_service.sources.sqlite.reader import Reader
 from indexer_service.store.database import Database
 
 __all__ = ["DbReconciler", "Found"]
@@ -39,16 +41,24 @@ Found = dict[str, list[tuple[str, str]]]
 
 
 class DbReconciler:
-    """One pass over a database: `scan` (blocking: a worker thread)."""
+    """One pass over a database: `scan` (blocking: a worker thread). It reads through a
+    connection of its own (``reader``), so that polls go on while it lists: SQLite's WAL lets
+    both read at once."""
 
-    def __init__(self, loader: DbLoader, db: Database) -> None:
+    def __init__(self, loader: DbLoader, db: Database, reader: Reader) -> None:
         self.loader = loader
         self.db = db
+        self.reader = reader
 
     def scan(self, now: float) -> Found:
-        """Everything out of sync between the database and the index, by finding."""
+        """Everything out of sync between the database and the index, by finding; the
+        connection is closed at the end (a pass comes every 30 s)."""
         claimed = self.loader.claimed()
-        listings = {name: self._listing(kind, claimed) for name, kind in KINDS.items()}
+        try:
+            with gc_paused():  # a million (id, version) tuples
+                listings = {name: self._listing(kind, claimed) for name, kind in KINDS.items()}
+        finally:
+            self.reader.close()
         found: Found = {k: [] for k in SCAN_KINDS}
         cur = self.db.cursor()
         source = self.loader.tracker.source
@@ -70,24 +80,22 @@ class DbReconciler:
         transaction holds opencode's checkpoints back for long). A row moved to another range
         meanwhile (deleted and inserted again) may look deleted: its row key is read again,
         which finds it."""
-        reader = self.loader.reader
+        reader = self.reader
         if not kind.by_rowid:
             with reader.snapshot() as con:
                 if kind.name in ("session", "todo"):  # versions: checksums of what is read
                     version = versions(kind, fetch(con, kind, kind.select))
                     return _table(list(version), list(version.values()))
                 rows = con.execute(f"SELECT {kind.key}, time_updated FROM {kind.table}").fetchall()
-            return _table([text(r[0]) or "" for r in rows], [integer(r[1]) for r in rows])
-        ids: list[str] = []
-        values: list[int] = []
+            return _pairs(rows)
+        chunks: list[pa.Table] = []
         end = int(claimed.get(f"{kind.name}.rowid", 0))
         sql = f"SELECT {kind.key}, time_updated FROM {kind.table} WHERE rowid > ? AND rowid <= ?"
         for start in range(0, end, LISTING_ROWS):
             with reader.snapshot() as con:
                 rows = con.execute(sql, (start, min(start + LISTING_ROWS, end))).fetchall()
-            ids += [text(r[0]) or "" for r in rows]
-            values += [integer(r[1]) for r in rows]
-        return _table(ids, values)
+            chunks.append(_pairs(rows))
+        return pa.concat_tables(chunks) if chunks else _table([], [])
 
 
 LISTING_ROWS = 100_000
@@ -96,3 +104,17 @@ LISTING_ROWS = 100_000
 
 def _table(ids: list[str], values: list[int]) -> pa.Table:
     return pa.table({"id": pa.array(ids, pa.string()), "version": pa.array(values, pa.int64())})
+
+
+def _pairs(rows: list[tuple[object, object]]) -> pa.Table:
+    """``(id, time_updated)`` rows as a table, converted in Arrow (ids are read as bytes: a
+    million of them decoded one by one in Python cost more than reading them); a value of an
+    unexpected type takes the slow path."""
+    try:
+        pairs = pa.Table.from_struct_array(pa.array(rows, _PAIR))
+        return pairs.set_column(0, "id", pairs.column(0).cast(pa.string()))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return _table([text(r[0]) or "" for r in rows], [integer(r[1]) for r in rows])
+
+
+_PAIR = pa.struct([("id", pa.binary()), ("version", pa.int64())])

@@ -57,7 +57,8 @@ class SqliteSource:
         self.reader = Reader(self.path)
         self.tracker = RowTracker(self.name, clock=clock)
         self.loader = DbLoader(db, self.reader, self.keys, self.tracker, chunk_rows=poll_rows)
-        self._reconciler = DbReconciler(self.loader, db)
+        self._lister = Reader(self.path)
+        self._reconciler = DbReconciler(self.loader, db, self._lister)
         self._db = db
         self._emit = emit
         self._interval = interval_seconds
@@ -223,8 +224,10 @@ class SqliteSource:
             "polls": self.loader.polls,
             "polls_skipped": self.loader.polls_skipped,
             "last_poll_at": self.loader.last_poll_at,
-            "busy_retries": self.reader.busy_retries,
-            "longest_read_s": round(self.reader.longest_read_s, 4),
+            "busy_retries": self.reader.busy_retries + self._lister.busy_retries,
+            "longest_read_s": round(
+                max(self.reader.longest_read_s, self._lister.longest_read_s), 4
+            ),
             "connection_open": self.reader.is_open,
             **self._stats,
             "last": dict(self._stats["last"]),
@@ -232,6 +235,7 @@ class SqliteSource:
 
     def close(self) -> None:
         self.reader.close()
+        self._lister.close()
         self.loader.close()
 
 

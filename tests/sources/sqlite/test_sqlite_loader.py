@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import anyio
 import pytest
 
 from indexer_service import DatabaseError
@@ -136,10 +137,14 @@ async def test_the_next_chunk_is_read_while_the_previous_one_is_written(
         read: defaultdict[int, threading.Event] = defaultdict(threading.Event)
         order: dict[int, int] = {}  # id(prepared) -> its poll's number
 
+        last_read = anyio.Event()
+
         def counting_prepare(keys: Sequence[str]) -> DbPrepared:
             out = prepare(keys)
             order[id(out)] = n = len(order)
             read[n].set()
+            if not out.follow:
+                anyio.from_thread.run_sync(last_read.set)
             return out
 
         def waiting_write(prepared: DbPrepared) -> BatchResult:
@@ -154,10 +159,36 @@ async def test_the_next_chunk_is_read_while_the_previous_one_is_written(
         async def requeue(keys: list[str]) -> None:
             requeued.extend(keys)
 
+        async def one_poll() -> AsyncIterator[Batch]:  # the input stays open until the end
+            yield Batch((loader.keys.poll,), "force", 0.0)
+            await last_read.wait()
+
+        pool = WorkerPool(loader, db, workers=2, readers=1)
+        with anyio.fail_after(60):
+            await pool.run(one_poll(), requeue)
+        assert _indexed_parts(db) == _part_ids(opencode)
+        assert requeued == [] and pool.get_stats()["follow_ups"] == len(order) - 1 > 2
+
+
+async def test_a_backfill_stops_after_its_chunk_once_the_input_ends(
+    opencode: Path, tmp_path: Path
+) -> None:
+    """At shutdown the accumulator ends the pool's input: the chunk in flight is written and
+    no next chunk is started (the next start's poll goes on from the saved cursors)."""
+    with Database(tmp_path / "index.duckdb") as db:
+        loader = _loader(opencode, db, chunk_rows=20)
+
         async def one_poll() -> AsyncIterator[Batch]:
             yield Batch((loader.keys.poll,), "force", 0.0)
 
+        async def requeue(keys: list[str]) -> None:
+            raise AssertionError(f"nothing to requeue: {keys}")
+
         pool = WorkerPool(loader, db, workers=2, readers=1)
-        await pool.run(one_poll(), requeue)
+        with anyio.fail_after(30):
+            await pool.run(one_poll(), requeue)
+        assert len(_indexed_parts(db)) == 20 < len(_part_ids(opencode))
+        assert pool.get_stats()["follow_ups"] == 0
+        loader.close()
+        _backfill(_loader(opencode, db, chunk_rows=20))
         assert _indexed_parts(db) == _part_ids(opencode)
-        assert requeued == [] and pool.get_stats()["follow_ups"] == len(order) - 1 > 2
