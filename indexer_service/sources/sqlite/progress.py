@@ -18,13 +18,14 @@ import pyarrow as pa
 
 from indexer_service.backoff import Backoff
 
-__all__ = ["ROW_RETRY", "RowTracker"]
+__all__ = ["ROW_RETRY", "RowTracker", "utc"]
 
 ROW_RETRY = Backoff(base_seconds=30.0, cap_seconds=3600.0)
 """When a row that failed is read again (unless it changes first)."""
 
 
-def _utc(epoch: float) -> datetime:
+def utc(epoch: float) -> datetime:
+    """Epoch seconds as the naive UTC timestamp ``row_index.updated_at`` holds."""
     return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None)
 
 
@@ -58,7 +59,7 @@ class RowTracker:
                     updated_at)
                    SELECT $source, $kind, id, version, 'indexed', NULL, 0, NULL, $now
                    FROM _rows_indexed""",
-                {"source": self.source, "kind": kind, "now": _utc(self.clock())},
+                {"source": self.source, "kind": kind, "now": utc(self.clock())},
             ).fetchall()
         finally:
             cur.unregister("_rows_indexed")
@@ -100,7 +101,7 @@ class RowTracker:
                     "now": now,
                     "cap": self.retry.cap_seconds,
                     "base": self.retry.base_seconds,
-                    "stamp": _utc(now),
+                    "stamp": utc(now),
                 },
             ).fetchall()
         finally:
@@ -135,7 +136,7 @@ class RowTracker:
                 "source": self.source,
                 "keys": list(state),
                 "values": list(state.values()),
-                "now": _utc(self.clock()),
+                "now": utc(self.clock()),
             },
         ).fetchall()
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 from indexer_service.gc_pause import gc_paused
 from indexer_service.model import SCAN_KINDS
 from indexer_service.sources.sqlite.loader import DbLoader
+from indexer_service.sources.sqlite.progress import utc
 from indexer_service.sources.sqlite.queries import KINDS, Kind, fetch, integer, text, versions
 from indexer_service.sources.sqlite.reader import Reader
 from indexer_service.store.database import Database
@@ -26,15 +27,19 @@ SELECT l.id, CASE WHEN r.id IS NULL THEN 'new'
                   WHEN r.version IS DISTINCT FROM l.version THEN 'modified'
                   ELSE 'retried' END AS kind
 FROM _listing l LEFT JOIN (
-  SELECT id, version, status, retry_after FROM row_index WHERE source = $source AND kind = $kind
+  SELECT id, version, status, retry_after, updated_at FROM row_index
+  WHERE source = $source AND kind = $kind
 ) r USING (id)
-WHERE r.id IS NULL OR r.version IS DISTINCT FROM l.version
-   OR (r.status = 'error' AND coalesce(r.retry_after, 0) <= $now)
+WHERE r.id IS NULL
+   OR (r.updated_at < $listed AND (r.version IS DISTINCT FROM l.version
+       OR (r.status = 'error' AND coalesce(r.retry_after, 0) <= $now)))
 """
 _GONE = """
-SELECT id FROM row_index r WHERE source = $source AND kind = $kind
+SELECT id FROM row_index r WHERE source = $source AND kind = $kind AND updated_at < $listed
   AND NOT EXISTS (SELECT 1 FROM _listing l WHERE l.id = r.id)
 """
+# Rows written since the listing began (``updated_at >= $listed``) were read after it, maybe
+# past its end: this pass cannot judge them (the next one does).
 
 Found = dict[str, list[tuple[str, str]]]
 """Kind of finding (new, modified, retried, deleted) -> (record kind, id) pairs."""
@@ -65,10 +70,11 @@ class DbReconciler:
         for name, listing in listings.items():
             cur.register("_listing", listing)
             try:
-                params = {"source": source, "kind": name, "now": now}
+                params = {"source": source, "kind": name, "now": now, "listed": utc(now)}
                 for ident, finding in cur.execute(_COMPARE, params).fetchall():
                     found[finding].append((name, ident))
-                gone = cur.execute(_GONE, {"source": source, "kind": name}).fetchall()
+                del params["now"]
+                gone = cur.execute(_GONE, params).fetchall()
                 found["deleted"] += [(name, ident) for (ident,) in gone]
             finally:
                 cur.unregister("_listing")
