@@ -135,16 +135,17 @@ class WorkerPool:
         )
         self._following.difference_update(keys)
         follow = tuple(k for k in self.loader.follow_up(prepared) if k not in self._following)
-        if follow and not self._ending:  # read the next chunk while this one is written
-            self._following.update(follow)
-            self._busy += 1
-            self._counts["follow_ups"] += 1
-            tg.start_soon(
-                self._run_batch, replace(batch, keys=follow), time.perf_counter(), requeue, tg
-            )
-        return await anyio.to_thread.run_sync(
-            self.loader.write, prepared, limiter=self._write_limiter
-        )
+        async with self._write_limiter:
+            # Read the next chunk while this one is written: started only now, so at most one
+            # chunk waits for the writer however much faster reading is (memory stays flat).
+            if follow and not self._ending:
+                self._following.update(follow)
+                self._busy += 1
+                self._counts["follow_ups"] += 1
+                tg.start_soon(
+                    self._run_batch, replace(batch, keys=follow), time.perf_counter(), requeue, tg
+                )
+            return await anyio.to_thread.run_sync(self.loader.write, prepared)
 
     async def exclusive(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on a thread while no batch is written (a checkpoint)."""
