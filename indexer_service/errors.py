@@ -67,3 +67,25 @@ class QueryTimeout(QueryError):
 
 class ApiError(IndexerError):
     """Raised when the service's HTTP API cannot be reached or answers with an error."""
+
+
+def single_error(
+    group: BaseExceptionGroup[BaseException], cancelled: type[BaseException]
+) -> BaseException:
+    """The one exception a caller should see for a task-group ``group``: its only leaf other
+    than ``cancelled`` (the first `IndexerError` if there are several, else the first leaf);
+    a cancellation only when nothing else failed."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    failures = [e for e in leaves if not isinstance(e, cancelled)]
+    if not failures:
+        return leaves[0] if leaves else group
+    return next((e for e in failures if isinstance(e, IndexerError)), failures[0])

@@ -24,7 +24,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from indexer_service.accumulator import AccumulatorConfig, FileBatchAccumulator
-from indexer_service.errors import DatabaseError
+from indexer_service.errors import DatabaseError, single_error
 from indexer_service.http.metrics import Metrics
 from indexer_service.http.server import serve_api
 from indexer_service.model import Batch, BatchResult, ScanReport
@@ -118,6 +118,18 @@ class IndexerService(anyio.AsyncContextManagerMixin):
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncIterator[Self]:
+        """The pipeline's lifetime; a failure reaches the host as the one exception it is (a
+        `ConfigError` for a port in use, the host's own error from its block), never as the
+        exception group of the task groups inside."""
+        try:
+            async with self._running() as svc:
+                yield svc
+        except BaseExceptionGroup as group:
+            error = single_error(group, anyio.get_cancelled_exc_class())
+            raise error from error.__cause__  # its own cause kept; the group not shown
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[Self]:
         self._state = "starting"
         await anyio.to_thread.run_sync(self._db.open)
         log.info(
@@ -289,6 +301,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             await source.scan(full=True)
         await self.drain()
         self._backfill["finished"] = True
+        await self.file_counts()  # `stats()["files"]` says so at once
 
     async def file_counts(self) -> dict[str, dict[str, int]]:
         """``{file_type: {status: count}}`` read from `file_index` now."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from conftest import RunningService, TreeFactory, assert_index_matches_tree, indexable_files
 from structlog.testing import capture_logs
 
-from indexer_service import IndexerService, Settings
+from indexer_service import ConfigError, IndexerService, Settings
 from indexer_service.demo.synthetic import LiveWriter
 from indexer_service.store.database import Database
 
@@ -271,3 +272,39 @@ async def test_a_tree_growing_past_the_watch_limit_is_warned_about_once(
             await svc.wait_until_synced()
         warned = [e for e in logs if e["event"] == "watch_limit_low"]
         assert len(warned) == 1 and warned[0]["dirs"] >= known + 5
+
+
+async def test_a_port_in_use_reaches_the_host_as_a_config_error(
+    storage_tree: TreeFactory, make_settings: SettingsFactory
+) -> None:
+    """Not an ExceptionGroup: the project's own error, naming the address."""
+    storage_tree(sessions=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port}"):
+            async with IndexerService(make_settings(http_port=port)):
+                pytest.fail("started although the port is taken")
+
+
+async def test_the_hosts_own_error_comes_back_as_it_was_raised(
+    storage_tree: TreeFactory, make_settings: SettingsFactory
+) -> None:
+    storage_tree(sessions=1)
+    cause = KeyError("x")
+    with pytest.raises(ValueError, match="host failed") as caught:
+        async with IndexerService(make_settings()):
+            raise ValueError("host failed") from cause
+    assert caught.value.__cause__ is cause
+
+
+async def test_stats_are_current_when_wait_until_synced_returns(
+    storage_tree: TreeFactory, make_settings: SettingsFactory
+) -> None:
+    tree = storage_tree(sessions=1)
+    async with IndexerService(make_settings()) as svc:
+        await svc.wait_until_synced()
+        stats = svc.stats()
+        assert stats["backfill"]["finished"]
+        assert stats["files"]["part"]["indexed"] == tree.counts["part"]
