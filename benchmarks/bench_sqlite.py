@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
-import shutil
 import sqlite3
 import statistics
 import time
-from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -38,115 +35,9 @@ from typing import Any
 import anyio
 import orjson
 
+from benchmarks.sqlite_data import LEAN_CHARS, copy_db, database, in_child, lean_database
 from indexer_service import IndexerService, Settings
-from indexer_service.cli.logs import configure_logging
-from indexer_service.demo.synthetic import LiveDbWriter, TreeSpec, generate_db
-from indexer_service.demo.synthetic.opencode_schema import connect, create_schema
-
-BASE = Path("/tmp/indexer-bench")
-_PARTS_PER_FILE = 0.74  # parts among the records the generator writes (measured on 100k)
-
-
-def database(parts: int) -> Path:
-    """The cached database of about ``parts`` parts (generated in a child process)."""
-    path = BASE / f"sqlite-{parts}" / "opencode.db"
-    done = path.with_suffix(".complete")
-    if not done.exists():
-        shutil.rmtree(path.parent, ignore_errors=True)
-        path.parent.mkdir(parents=True)
-        print(f"generating ~{parts:,} parts into {path} ...", flush=True)
-        _in_child(_generate, path, parts)
-        done.touch()
-    return path
-
-
-def _generate(path: Path, parts: int) -> None:
-    generate_db(path, TreeSpec.for_file_count(int(parts / _PARTS_PER_FILE), seed=1), secrets=True)
-
-
-LEAN_CHARS = 160
-"""Strings in the lean database's documents are cut to this many characters."""
-
-
-def lean_database(parts: int) -> Path:
-    """The database of `database` with every string in a message's or part's ``data`` cut to
-    `LEAN_CHARS` characters: the same records, ids and times with documents of ~0.4 KB, the
-    size of the 1M-part database measured in the SQLite notes (the generator's tool outputs and
-    file diffs make its documents ~8x larger). Made once from the full one and cached."""
-    path = BASE / f"sqlite-{parts}-lean" / "opencode.db"
-    done = path.with_suffix(".complete")
-    if not done.exists():
-        full = database(parts)
-        shutil.rmtree(path.parent, ignore_errors=True)
-        path.parent.mkdir(parents=True)
-        print(f"making the lean copy {path} ...", flush=True)
-        _in_child(_make_lean, full, path)
-        done.touch()
-    return path
-
-
-def _cut(value: Any) -> Any:
-    if isinstance(value, str):
-        return value[:LEAN_CHARS]
-    if isinstance(value, dict):
-        return {k: _cut(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_cut(v) for v in value]
-    return value
-
-
-def _lean(data: str) -> str:
-    try:
-        return orjson.dumps(_cut(orjson.loads(data))).decode()
-    except orjson.JSONDecodeError:
-        return data
-
-
-def _make_lean(full: Path, path: Path) -> None:
-    con = connect(path, foreign_keys=False)
-    con.create_function("lean", 1, _lean, deterministic=True)
-    con.execute("PRAGMA journal_mode=OFF")
-    create_schema(con)
-    con.execute("ATTACH ? AS full", [f"file:{full}?mode=ro"])
-    tables = [r[0] for r in con.execute("SELECT name FROM main.sqlite_master WHERE type='table'")]
-    for table in tables:
-        cols = [r[1] for r in con.execute(f"PRAGMA main.table_info({table})")]
-        select = ", ".join(
-            "lean(data)" if c == "data" and table in ("part", "message") else c for c in cols
-        )
-        con.execute(f"INSERT INTO main.{table} SELECT {select} FROM full.{table} ORDER BY rowid")
-        con.commit()
-    con.execute("DETACH full")
-    con.execute("PRAGMA journal_mode=WAL")
-    con.close()
-
-
-def _in_child(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``fn(*args)`` in a spawned process; return what it put in the queue."""
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, fn, *args))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    if proc.exitcode != 0:
-        raise SystemExit(f"{fn.__name__} failed ({proc.exitcode})")
-    return result
-
-
-def _child(queue: Any, fn: Callable[..., Any], *args: Any) -> None:
-    configure_logging("console", "warning")
-    result = fn(*args)
-    if isinstance(result, dict):
-        result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    queue.put(result)
-
-
-def _copy(src: Path, dst: Path) -> None:
-    """A copy of a database file, with no WAL or shared memory of an earlier copy beside it."""
-    for f in (dst, dst.with_name(dst.name + "-wal"), dst.with_name(dst.name + "-shm")):
-        f.unlink(missing_ok=True)
-    shutil.copyfile(src, dst)
+from indexer_service.demo.synthetic import LiveDbWriter
 
 
 def counts(path: Path) -> dict[str, int]:
@@ -208,7 +99,7 @@ def backfill(opencode: Path, index: Path) -> dict[str, Any]:
 def reconcile(opencode: Path, index: Path) -> dict[str, Any]:
     """A full pass over an indexed database; then a deleted session reflected by one pass."""
     copy = opencode.with_name("reconcile.db")
-    _copy(opencode, copy)
+    copy_db(opencode, copy)
     index = index.with_name("reconcile.duckdb")  # the copy is a source of its own
     for f in (index, index.with_name(index.name + ".wal")):
         f.unlink(missing_ok=True)
@@ -313,7 +204,7 @@ def live(opencode: Path, index: Path, rate: float, seconds: float) -> dict[str, 
     ctx = multiprocessing.get_context("spawn")
 
     def alone() -> int:
-        _copy(opencode, copy)
+        copy_db(opencode, copy)
         proc = ctx.Process(target=_writer, args=(str(copy), rate, seconds / 2, str(out)))
         proc.start()
         peak = _wal_peak(copy, proc)
@@ -321,7 +212,7 @@ def live(opencode: Path, index: Path, rate: float, seconds: float) -> dict[str, 
         return peak
 
     wal_alone = alone()
-    _copy(opencode, copy)
+    copy_db(opencode, copy)
     index = index.with_name("live.duckdb")  # the copy is a source of its own: a fresh index
     for f in (index, index.with_name(index.name + ".wal")):
         f.unlink(missing_ok=True)
@@ -412,7 +303,7 @@ def main() -> dict[str, Any]:
         runs = []
         for _ in range(args.runs):
             ceil = ceiling(opencode)
-            run = _in_child(backfill, opencode, index)
+            run = in_child(backfill, opencode, index)
             run["ratio_to_ceiling"] = round(run["rows_per_s"] / ceil["rows_per_s"], 2)
             run["ceiling_rows_per_s"] = ceil["rows_per_s"]
             print(f"backfill run: {run}", flush=True)
@@ -427,13 +318,13 @@ def main() -> dict[str, Any]:
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         }
     elif not index.exists():
-        _in_child(backfill, opencode, index)
+        in_child(backfill, opencode, index)
     if "reconcile" in wanted:
-        results["reconcile"] = _in_child(reconcile, opencode, index)
+        results["reconcile"] = in_child(reconcile, opencode, index)
     if "idle" in wanted:
-        results["idle"] = _in_child(idle, opencode, index, args.idle_seconds)
+        results["idle"] = in_child(idle, opencode, index, args.idle_seconds)
     if "live" in wanted:
-        results["live"] = _in_child(live, opencode, index, args.rate, args.seconds)
+        results["live"] = in_child(live, opencode, index, args.rate, args.seconds)
     for name, value in results.items():
         print(f"{name}: {value}", flush=True)
     return results
