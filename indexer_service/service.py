@@ -160,31 +160,38 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                             allow_remote=self.settings.http_allow_remote,
                         )
                     )
-                async with anyio.create_task_group() as producers:
-                    await self._start_producers(producers)
-                    self._started_at = self._clock()
-                    self._state = "running"
-                    try:
-                        yield self
-                    finally:
-                        self._state = "stopping"
-                        producers.cancel_scope.cancel()
-                with anyio.move_on_after(self.settings.shutdown_timeout, shield=True) as scope:
-                    await self._acc.stop()
-                    await pool_done.wait()
-                if scope.cancelled_caught:
-                    log.warning(
-                        "shutdown_timeout",
-                        seconds=self.settings.shutdown_timeout,
-                        action="unwritten batches are picked up by the next start's reconcile",
-                    )
-                drain.cancel()
-                consumers.cancel_scope.cancel()
+                try:
+                    async with anyio.create_task_group() as producers:
+                        await self._start_producers(producers)
+                        self._started_at = self._clock()
+                        self._state = "running"
+                        try:
+                            yield self
+                        finally:
+                            self._state = "stopping"
+                            producers.cancel_scope.cancel()
+                finally:  # whatever ended the block: normal exit, the host's cancel, an error
+                    await self._drain_for_shutdown(pool_done)
+                    drain.cancel()
+                    consumers.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._close_db)
             self._state = "stopped"
             log.info("service_stopped")
+
+    async def _drain_for_shutdown(self, pool_done: anyio.Event) -> None:
+        """Write what is queued for at most ``shutdown_timeout``, shielded from the host's
+        cancellation; what is left is found by the next start's scan."""
+        with anyio.move_on_after(self.settings.shutdown_timeout, shield=True) as scope:
+            await self._acc.stop()
+            await pool_done.wait()
+        if scope.cancelled_caught:
+            log.warning(
+                "shutdown_timeout",
+                seconds=self.settings.shutdown_timeout,
+                action="unwritten batches are picked up by the next start's reconcile",
+            )
 
     async def _start_producers(self, tg: TaskGroup) -> None:
         # Watch first, then scan: a change made while the initial scan runs is seen by one of them.

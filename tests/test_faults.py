@@ -742,3 +742,31 @@ def test_any_json_of_the_right_shape_is_indexed_or_a_clear_error(
         else:
             assert status == "indexed" and n == _expected_rows(doc, file_type), (path, doc)
         assert status == "indexed" or not must, (message, doc)
+
+
+async def test_a_cancelled_host_returns_in_bounded_time_while_writes_fail(
+    small_disk: Path, storage_tree: TreeFactory, make_settings: SettingsFactory
+) -> None:
+    """The disk is full and every write fails: cancelling the host still ends the service
+    within its shutdown timeout (plus the final checkpoint's failure and the close), and
+    what was not written is found again by the next start."""
+    tree = storage_tree(sessions=2)
+    settings = make_settings(db_path=small_disk / "index.duckdb", shutdown_timeout=1.0)
+    writer = LiveWriter(tree.root, seed=7)
+    with capture_logs() as logs:
+        with anyio.fail_after(15):  # a hang fails here, not after the suite's timeout
+            with anyio.CancelScope() as host:
+                async with IndexerService(settings) as svc:
+                    await svc.wait_until_synced()
+                    filler = fill(small_disk)
+                    session = writer.new_session()
+                    for _ in range(3):
+                        writer.write_step(session)
+                    await until(lambda: not svc.health()[0])
+                    host.cancel()
+                    await anyio.sleep_forever()
+        assert _events(logs, "shutdown_timeout")
+        filler.unlink()
+        async with IndexerService(settings) as svc:
+            await svc.wait_until_synced()
+    assert_index_matches_tree(tree.root, settings.db_path)
