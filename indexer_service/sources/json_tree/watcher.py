@@ -26,10 +26,11 @@ from pathlib import Path
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-from watchfiles import Change, awatch
+from watchfiles import Change
 
 from indexer_service.model import Emit
 from indexer_service.sources.json_tree.layout import DEPTH, FILE_TYPES, classify
+from indexer_service.watching import Changes, follow
 
 log = structlog.get_logger(__name__)
 
@@ -161,29 +162,31 @@ class StorageWatcher:
 
     async def _watch(self, ident: tuple[int, int], armed: Callable[[], None]) -> None:
         """Follow one arming of the watch until the root is replaced (return) or it fails."""
-        stop = anyio.Event()
-        first = True
-        async for changes in awatch(
-            self.root,
-            watch_filter=self._filter,
-            debounce=self.debounce_ms,
-            step=self.step_ms,
-            rust_timeout=self.wake_ms,
-            yield_on_timeout=True,
-            stop_event=stop,
-            ignore_permission_denied=True,
-        ):
-            if first:  # the first yield (changes or a timeout) means the watch is armed
-                first = False
-                armed()
-                log.info("watch_started", root=self.root)
+
+        def on_armed() -> None:
+            armed()
+            log.info("watch_started", root=self.root)
+
+        async def handle(changes: Changes) -> bool:
             if changes:
                 await self._dispatch(changes)
             if any(p == self.root for _, p in changes) or _root_id(self.root) != ident:
                 log.warning("storage_root_replaced", root=self.root, action="re-arming watch")
                 self.rearms += 1
-                stop.set()
-                return
+                return False
+            return True
+
+        await follow(
+            self.root,
+            handle,
+            on_armed=on_armed,
+            watch_filter=self._filter,
+            debounce=self.debounce_ms,
+            step=self.step_ms,
+            rust_timeout=self.wake_ms,
+            yield_on_timeout=True,
+            ignore_permission_denied=True,
+        )
 
     def check_watch_limit(self, dirs: int, limit: int | None = None) -> bool:
         """Whether ``dirs`` directories need more inotify watches than the OS allows; warns

@@ -18,7 +18,6 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-from watchfiles import awatch
 
 from indexer_service.model import SCAN_KINDS, BatchResult, Emit, ScanReport
 from indexer_service.source import every
@@ -29,6 +28,7 @@ from indexer_service.sources.sqlite.reader import DatabaseUnreadable, NotCreated
 from indexer_service.sources.sqlite.reconciler import DbReconciler
 from indexer_service.store.database import Database
 from indexer_service.threads import run_in_thread
+from indexer_service.watching import Changes, follow
 
 __all__ = ["SqliteSource"]
 
@@ -97,19 +97,15 @@ class SqliteSource:
                 await anyio.sleep(self._rearm_seconds)
                 continue
             existed = False  # (re)armed: whatever happened while unwatched is polled for
-            async for changes in awatch(
-                self.path.parent,
-                watch_filter=lambda _change, p: Path(p).name in names,
-                recursive=False,
-                debounce=50,
-                step=10,
-                rust_timeout=int(self._rearm_seconds * 1000),
-                yield_on_timeout=True,
-                ignore_permission_denied=True,
-            ):
+
+            def on_armed() -> None:
+                nonlocal started
                 if not started:
                     started = True
                     task_status.started()
+
+            async def handle(changes: Changes) -> bool:
+                nonlocal existed
                 exists = self.path.exists()
                 if changes or (exists and not existed):
                     self._stats["signals"] += 1
@@ -117,8 +113,20 @@ class SqliteSource:
                 existed = exists
                 if self.reader.is_open and self.reader.idle_for() > self._idle_close_s:
                     await anyio.to_thread.run_sync(self.reader.close)
-                if not self.path.parent.is_dir():
-                    break
+                return self.path.parent.is_dir()
+
+            await follow(
+                self.path.parent,
+                handle,
+                on_armed=on_armed,
+                watch_filter=lambda _change, p: Path(p).name in names,
+                recursive=False,
+                debounce=50,
+                step=10,
+                rust_timeout=int(self._rearm_seconds * 1000),
+                yield_on_timeout=True,
+                ignore_permission_denied=True,
+            )
 
     # -- reconciliation -----------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import pytest
 import structlog
 from watchfiles import Change
 
-from indexer_service.sources.json_tree import watcher as watcher_module
+from indexer_service import watching as watching_module
 from indexer_service.sources.json_tree.watcher import (
     StorageWatcher,
     list_json_files,
@@ -170,7 +170,7 @@ async def test_a_watch_that_cannot_be_armed_is_retried(
 ) -> None:
     """When the OS refuses the watch (inotify's watch limit), the watcher reports itself
     started, logs ``watch_failed`` with the limit, and arms the watch at its next try."""
-    real = watcher_module.awatch
+    real = watching_module.awatch
     calls = 0
     armed = anyio.Event()
 
@@ -183,7 +183,7 @@ async def test_a_watch_that_cannot_be_armed_is_retried(
             armed.set()
             yield changes
 
-    monkeypatch.setattr(watcher_module, "awatch", awatch)
+    monkeypatch.setattr(watching_module, "awatch", awatch)
     got = Collector()
     watcher = StorageWatcher(tmp_path, got, retry_seconds=0.05, wake_ms=100)
     with structlog.testing.capture_logs() as logs:
