@@ -102,8 +102,10 @@ class Settings:
     log_format: str = "auto"
     """``auto`` (console on a TTY, else JSON), ``console`` or ``json``."""
     log_level: str = "info"
-    http_enabled: bool = True
-    """Serve the HTTP API (health, status, metrics, read-only queries)."""
+    http_enabled: bool = False
+    """Serve the HTTP API (health, status, metrics, read-only queries) and write its token and
+    discovery files next to the database. Off for a library host unless asked for; the
+    ``run`` command turns it on (``--no-http`` keeps it off)."""
     http_host: str = "127.0.0.1"
     """Address the API listens on; a non-loopback address needs ``http_allow_remote``."""
     http_port: int = 8765

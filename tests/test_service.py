@@ -15,7 +15,7 @@ import pytest
 from conftest import RunningService, TreeFactory, assert_index_matches_tree, indexable_files
 from structlog.testing import capture_logs
 
-from indexer_service import ConfigError, IndexerService, Settings
+from indexer_service import ConfigError, IndexerService, Settings, find_service
 from indexer_service.demo.synthetic import LiveWriter
 from indexer_service.store.database import Database
 
@@ -284,7 +284,7 @@ async def test_a_port_in_use_reaches_the_host_as_a_config_error(
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(ConfigError, match=f"127.0.0.1:{port}"):
-            async with IndexerService(make_settings(http_port=port)):
+            async with IndexerService(make_settings(http_enabled=True, http_port=port)):
                 pytest.fail("started although the port is taken")
 
 
@@ -308,3 +308,16 @@ async def test_stats_are_current_when_wait_until_synced_returns(
         stats = svc.stats()
         assert stats["backfill"]["finished"]
         assert stats["files"]["part"]["indexed"] == tree.counts["part"]
+
+
+async def test_a_library_host_gets_no_port_and_no_files_by_default(
+    storage_tree: TreeFactory, make_settings: SettingsFactory
+) -> None:
+    """Default settings serve no HTTP API: nothing listens, no token or discovery file."""
+    storage_tree(sessions=1)
+    settings = make_settings()
+    async with IndexerService(settings) as svc:
+        await svc.wait_until_synced()
+        beside = sorted(p.name for p in settings.db_path.parent.iterdir())
+    assert not [name for name in beside if name.endswith((".token", ".api.json"))]
+    assert find_service(settings.db_path) is None

@@ -186,6 +186,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["watch"] = False
     if getattr(args, "no_http", False):
         overrides["http_enabled"] = False
+    elif args.command in ("run", "demo") and not os.environ.get("INDEXER_HTTP_ENABLED"):
+        overrides["http_enabled"] = True  # the service others find; `index` opens no port
     if getattr(args, "allow_remote", False):
         overrides["http_allow_remote"] = True
     overrides["http_port"] = getattr(args, "http_port", None)

@@ -38,6 +38,7 @@ async def test_queries_during_heavy_indexing_are_consistent(tmp_path: Path) -> N
         db_path=tmp_path / "index.duckdb",
         workers=2,
         log_level="warning",
+        http_enabled=True,
         http_port=0,
     )
     seen: dict[str, list[int]] = {"in_process": [], "http": []}

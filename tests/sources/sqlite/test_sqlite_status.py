@@ -55,7 +55,7 @@ async def test_status_through_the_service_shows_its_polls(
     """A running service adds whether each database is readable and what its polls did."""
     opencode, _ = _database_with_a_bad_part(tmp_path)
     index = tmp_path / "index.duckdb"
-    settings = Settings(opencode_db=opencode, db_path=index, http_port=0)
+    settings = Settings(opencode_db=opencode, db_path=index, http_enabled=True, http_port=0)
     async with IndexerService(settings) as svc:
         await svc.wait_until_synced()
         code = await anyio.to_thread.run_sync(main, ["status", "--db", str(index), "--json"])
