@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -305,11 +305,11 @@ async def until(cond: Callable[[], bool], timeout: float = 30) -> None:
             await anyio.sleep(0.01)
 
 
-def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def _events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
     return [e for e in logs if e["event"] == name]
 
 
-def _assert_recovered(root: Path, db_path: Path, logs: list[dict[str, Any]]) -> None:
+def _assert_recovered(root: Path, db_path: Path, logs: Sequence[Mapping[str, Any]]) -> None:
     """What a user checks after the disk was full: the index equals the tree, no file was
     blamed, and the logs said what happened, naming the database."""
     assert_index_matches_tree(root, db_path)
@@ -717,11 +717,11 @@ def test_any_json_of_the_right_shape_is_indexed_or_a_clear_error(
     for file_type, docs in zip(TABLES, files, strict=True):
         for doc, must in docs:
             key = f"k{next(_SERIAL)}"
-            path = root / _RELATIVE[file_type].format(key=key)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            file = root / _RELATIVE[file_type].format(key=key)
+            file.parent.mkdir(parents=True, exist_ok=True)
             doc = _with_key(doc, key)
-            path.write_bytes(json.dumps(doc, ensure_ascii=ascii_only, indent=indent).encode())
-            batch.append((str(path), file_type, doc, must))
+            file.write_bytes(json.dumps(doc, ensure_ascii=ascii_only, indent=indent).encode())
+            batch.append((str(file), file_type, doc, must))
     good = root / "part" / "msg_p" / f"prt_good{next(_SERIAL)}.json"
     good.write_text(json.dumps({"id": good.stem, "type": "text", "text": "fine"}))
 

@@ -88,6 +88,7 @@ async def test_burst_into_new_directories_without_reconcile(
 async def test_modify_storm_ends_with_final_version(running_service: RunningService) -> None:
     """A text part rewritten hundreds of times ends up indexed with its final text."""
     async with running_service() as svc:
+        assert svc.settings.storage_path is not None
         writer = LiveWriter(svc.settings.storage_path, seed=3)
         backfilled = svc.stats()["workers"]["files_indexed"]
         session = writer.new_session()
@@ -233,21 +234,21 @@ async def test_unreadable_file_is_an_error_and_service_continues(
 async def test_thousands_of_deletions_at_once(running_service: RunningService) -> None:
     """Removing thousands of files at once removes their rows and file_index entries."""
     async with running_service(sessions=4) as svc:
-        shutil.rmtree(svc.settings.storage_path / "part")
+        shutil.rmtree(_root(svc) / "part")
         await svc.wait_until_synced()
         assert _count(svc, "SELECT count(*) FROM parts") == 0
-    assert_index_matches_tree(svc.settings.storage_path, svc.settings.db_path)
+    assert_index_matches_tree(_root(svc), svc.settings.db_path)
 
 
 async def test_directory_replaced_by_a_file(running_service: RunningService) -> None:
     """A message directory replaced by a plain file of the same name drops its files' rows."""
     async with running_service() as svc:
-        victim = next(d for d in (svc.settings.storage_path / "part").iterdir() if d.is_dir())
+        victim = next(d for d in (_root(svc) / "part").iterdir() if d.is_dir())
         shutil.rmtree(victim)
         victim.write_text("not a directory")
         await svc.wait_until_synced()
         assert svc.health() == (True, "running")
-    assert_index_matches_tree(svc.settings.storage_path, svc.settings.db_path)
+    assert_index_matches_tree(_root(svc), svc.settings.db_path)
 
 
 async def test_a_tree_growing_past_the_watch_limit_is_warned_about_once(
@@ -260,7 +261,7 @@ async def test_a_tree_growing_past_the_watch_limit_is_warned_about_once(
     async with running_service(sessions=1) as svc:
         known = svc.stats()["reconciler"]["dirs_known"]
         monkeypatch.setattr(watcher, "inotify_watch_limit", lambda: known + 3)
-        root = svc.settings.storage_path
+        root = _root(svc)
         with capture_logs() as logs:
             await svc.wait_until_synced()
             assert [e for e in logs if e["event"] == "watch_limit_low"] == []
@@ -321,3 +322,9 @@ async def test_a_library_host_gets_no_port_and_no_files_by_default(
         beside = sorted(p.name for p in settings.db_path.parent.iterdir())
     assert not [name for name in beside if name.endswith((".token", ".api.json"))]
     assert find_service(settings.db_path) is None
+
+
+def _root(svc: IndexerService) -> Path:
+    """The legacy tree the service follows."""
+    assert svc.settings.storage_path is not None
+    return svc.settings.storage_path

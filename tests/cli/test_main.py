@@ -35,7 +35,7 @@ def test_module_entry_point_prints_help() -> None:
 
 
 def _cli(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return subprocess.run(  # type: ignore[no-any-return]
         [sys.executable, "-m", "indexer_service", *args],
         capture_output=True,
         text=True,

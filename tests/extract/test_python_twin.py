@@ -179,7 +179,7 @@ def test_plain_documents_skip_duckdb(
         (orjson.dumps(doc)[:-1] + b',"x":NaN}', True),
     ]:
         queries.clear()
-        got = python.extract(SPECS["session"], _batch("session", [("k0", text)]))  # type: ignore[arg-type]
+        got = python.extract(SPECS["session"], _batch("session", [("k0", text)]))
         assert got.rows is not None and got.rows.num_rows == 1
         assert (queries == ["session"]) == query, text
 

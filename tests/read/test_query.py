@@ -13,17 +13,10 @@ import anyio
 import pyarrow as pa
 import pytest
 
+from indexer_service.errors import QueryFailed, QueryRefused, QueryTimeout
 from indexer_service.read import guard
-from indexer_service.read.query import (
-    QueryFailed,
-    QueryRefused,
-    QueryResult,
-    QueryTimeout,
-    ReadOnlyQueries,
-    check_read_only,
-    jsonable,
-    run_query,
-)
+from indexer_service.read.guard import check_read_only
+from indexer_service.read.query import QueryResult, ReadOnlyQueries, jsonable, run_query
 from indexer_service.sources.json_tree.file_index import FailedFile, FileTracker, IndexedFile
 from indexer_service.store.database import Database
 

@@ -55,7 +55,7 @@ def test_error_keeps_record_id_and_counts_attempts(tracker: FileTracker, clock: 
         entry = tracker.get("/p")
         assert entry is not None and entry.retry_after is not None
         delays.append(entry.retry_after - clock.now)
-    assert entry.status == "error"
+    assert entry is not None and entry.status == "error"
     assert entry.record_id == "prt_1"
     assert entry.error_message == "truncated JSON at byte 5"
     assert entry.attempts == 7

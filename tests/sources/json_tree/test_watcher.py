@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+import watchfiles
 from watchfiles import Change
 
 from indexer_service import watching as watching_module
@@ -170,7 +171,7 @@ async def test_a_watch_that_cannot_be_armed_is_retried(
 ) -> None:
     """When the OS refuses the watch (inotify's watch limit), the watcher reports itself
     started, logs ``watch_failed`` with the limit, and arms the watch at its next try."""
-    real = watching_module.awatch
+    real = watchfiles.awatch
     calls = 0
     armed = anyio.Event()
 
