@@ -40,7 +40,8 @@ log = structlog.get_logger(__name__)
 
 Requeue = Callable[[list[str]], Awaitable[None]]
 _COUNTERS = (
-    "batches files_indexed files_errors files_deleted files_skipped files_requeued files_prefetched follow_ups"
+    "batches files_indexed files_errors files_deleted files_skipped files_requeued "
+    "files_prefetched follow_ups"
 ).split()
 
 

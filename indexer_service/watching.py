@@ -2,8 +2,9 @@
 
 ``awatch`` waits for its file-watching thread, which checks its stop event every ``step`` ms
 but sets that event itself only after the thread returns on its own ``rust_timeout`` (0.5 s
-here): every stop of a watcher cost about half a second. `follow` sets the stop event first, and says when the watch is armed as soon as it is
-(waiting for the first timeout cost another half second at every start).
+here): every stop of a watcher cost about half a second. `follow` sets the stop event first,
+and says that the watch is armed as soon as it is (waiting for the first timeout cost another
+half second at every start).
 """
 
 from __future__ import annotations
