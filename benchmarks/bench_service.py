@@ -124,7 +124,7 @@ async def _run_with_writer(
         # turns each 30 s scan into a full listing that starves the writer (p95 0.6-5.7 s).
         age_tree(root, 86_400)
     out = base / name / "writes.tsv"
-    settings = Settings(storage_path=root, db_path=db, log_level="warning", http_port=0)
+    settings = Settings(storage_path=root, db_path=db, http_port=0)
     async with IndexerService(settings) as svc:
         await svc.wait_until_synced()
         # A user's history was written long ago: let the kernel write back the tree and the
@@ -186,7 +186,7 @@ async def sustained(base: Path, files: int) -> dict[str, Any]:
         (staging / ".complete").touch()
     staging /= "storage"
     out = base / "sustained" / "writes.tsv"
-    settings = Settings(storage_path=root, db_path=db, log_level="warning", http_port=0)
+    settings = Settings(storage_path=root, db_path=db, http_port=0)
     async with IndexerService(settings) as svc:
         await svc.wait_until_synced()
         cpu0 = _cpu()
@@ -235,9 +235,7 @@ async def backfill(base: Path, files: int) -> dict[str, Any]:
     generate_tree(root, files=files)
     n = sum(len(f) for _, _, f in os.walk(root))
     start = time.perf_counter()
-    async with IndexerService(
-        Settings(storage_path=root, db_path=db, log_level="warning", http_port=0)
-    ) as svc:
+    async with IndexerService(Settings(storage_path=root, db_path=db, http_port=0)) as svc:
         await svc.wait_until_synced()
         done = svc.stats()["workers"]["files_indexed"]
     elapsed = time.perf_counter() - start

@@ -64,9 +64,7 @@ def ceiling(path: Path) -> dict[str, Any]:
 
 
 def _settings(opencode: Path, index: Path, **kw: Any) -> Settings:
-    return Settings(
-        opencode_db=opencode, db_path=index, http_enabled=False, log_level="warning", **kw
-    )
+    return Settings(opencode_db=opencode, db_path=index, http_enabled=False, **kw)
 
 
 def backfill(opencode: Path, index: Path) -> dict[str, Any]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
 
 from indexer_service import ConfigError, Settings
-from indexer_service.settings import default_storage_path
+from indexer_service.settings import default_workers
+from indexer_service.sources.json_tree.sharded import child_min_files
 
 
 def test_defaults_match_the_design() -> None:
@@ -31,8 +34,7 @@ def test_defaults_match_the_design() -> None:
         ({"reconcile_interval": -1}, "reconcile_interval"),
         ({"max_batch_files": 10}, "max_batch_files"),
         ({"max_pending": 100}, "max_pending"),
-        ({"log_format": "xml"}, "log_format"),
-        ({"log_level": "loud"}, "log_level"),
+        ({"listing_process": "sometimes"}, "listing_process"),
     ],
 )
 def test_invalid_values_name_the_setting(kwargs: dict[str, object], name: str) -> None:
@@ -62,10 +64,40 @@ def test_from_env_rejects_garbage() -> None:
         Settings.from_env({"INDEXER_WORKERS": "many"})
 
 
-def test_storage_default_follows_opencode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """$OPENCODE_STORAGE wins; otherwise OpenCode's XDG data directory is used."""
-    monkeypatch.setenv("OPENCODE_STORAGE", str(tmp_path / "custom"))
-    assert default_storage_path() == tmp_path / "custom"
-    monkeypatch.delenv("OPENCODE_STORAGE")
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    assert default_storage_path() == tmp_path / "opencode" / "storage"
+def test_plain_defaults_do_not_read_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`Settings()` is the same whatever the environment says; `from_env` follows
+    $XDG_DATA_HOME for OpenCode's data folder and the index, and INDEXER_* over both."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("INDEXER_WORKERS", "3")
+    plain = Settings()
+    assert plain.opencode_dir == Path.home() / ".local" / "share" / "opencode"
+    assert tmp_path not in plain.db_path.parents
+    assert plain.workers == default_workers()  # not INDEXER_WORKERS
+    from_env = Settings.from_env()
+    assert from_env.opencode_dir == tmp_path / "xdg" / "opencode"
+    assert from_env.workers == 3
+    if sys.platform != "darwin":
+        assert from_env.db_path == tmp_path / "xdg" / "indexer-service" / "index.duckdb"
+    named = Settings.from_env({"XDG_DATA_HOME": "/x", "INDEXER_DB_PATH": str(tmp_path / "i.db")})
+    assert (named.opencode_dir, named.db_path) == (Path("/x/opencode"), tmp_path / "i.db")
+
+
+def test_log_settings_belong_to_the_command_line() -> None:
+    """A library host configures its own logging: `Settings` has no log fields, and an
+    INDEXER_LOG_* variable is not one of its settings."""
+    names = {f.name for f in dataclasses.fields(Settings)}
+    assert not {n for n in names if n.startswith("log")}
+    assert Settings.from_env({"INDEXER_LOG_LEVEL": "debug"}) == Settings.from_env({})
+
+
+@pytest.mark.parametrize(
+    ("mode", "cpus", "expected"),
+    [("auto", 2, 50_000), ("auto", 1, None), ("off", 8, None), ("always", 1, 0)],
+)
+def test_listing_process_modes(mode: str, cpus: int, expected: int | None) -> None:
+    """``auto`` lists trees of 50,000 files or more in two processes on two or more CPUs;
+    ``off`` never does, ``always`` from the first full pass whatever the machine."""
+    assert Settings(listing_process=mode).listing_process == mode
+    assert child_min_files(mode, cpus) == expected

@@ -8,19 +8,34 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from collections.abc import Mapping
 
 import structlog
 
-from indexer_service.settings import LOG_LEVELS
+from indexer_service.settings import one_of
 
-LogFormat = Literal["auto", "console", "json"]
+LOG_FORMATS = ("auto", "console", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
-    """Route structlog to stderr with the chosen renderer and minimum level."""
-    if level not in LOG_LEVELS:
-        raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+def log_options(
+    fmt: str | None, level: str | None, env: Mapping[str, str], *, quiet: bool = False
+) -> tuple[str, str]:
+    """The log format and level: the command line's, else ``INDEXER_LOG_FORMAT`` /
+    ``INDEXER_LOG_LEVEL``, else ``auto`` and ``info`` (``warning`` when ``quiet``). Raises
+    `ConfigError` for a value that is not one of the choices."""
+    fmt = fmt or env.get("INDEXER_LOG_FORMAT") or "auto"
+    level = level or env.get("INDEXER_LOG_LEVEL") or ("warning" if quiet else "info")
+    one_of("INDEXER_LOG_FORMAT", fmt, LOG_FORMATS)
+    one_of("INDEXER_LOG_LEVEL", level, LOG_LEVELS)
+    return fmt, level
+
+
+def configure_logging(fmt: str = "auto", level: str = "info") -> None:
+    """Route structlog to stderr with the chosen renderer (`LOG_FORMATS`: ``auto`` is console
+    on a TTY, JSON lines otherwise) and minimum level (`LOG_LEVELS`)."""
+    one_of("log format", fmt, LOG_FORMATS)
+    one_of("log level", level, LOG_LEVELS)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()

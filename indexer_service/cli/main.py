@@ -7,7 +7,6 @@ handlers (`cli.serve`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -18,12 +17,12 @@ import anyio
 
 import indexer_service.cli.serve as serve
 from indexer_service._version import __version__
-from indexer_service.cli.logs import configure_logging
+from indexer_service.cli.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, log_options
 from indexer_service.cli.read import READ_COMMANDS, add_read_commands, run_read_command
 from indexer_service.cli.serve import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from indexer_service.errors import IndexerError
-from indexer_service.settings import Settings, default_storage_path
-from indexer_service.sources.discover import discover, opencode_data_dir
+from indexer_service.settings import Settings
+from indexer_service.sources.discover import discover
 
 DESCRIPTION = """\
 Keep a DuckDB analytics database continuously and exactly in sync with OpenCode's records:
@@ -53,7 +52,7 @@ def _common(p: argparse.ArgumentParser, paths: bool = True) -> None:
             metavar="DIR",
             help="OpenCode's legacy storage tree, opencode 1.0-1.1. With neither option, both "
             "are looked for: ~/.local/share/opencode/opencode*.db and .../storage "
-            "($XDG_DATA_HOME, $OPENCODE_STORAGE)",
+            "(under $XDG_DATA_HOME if set)",
         )
         p.add_argument(
             "--db",
@@ -68,10 +67,10 @@ def _common(p: argparse.ArgumentParser, paths: bool = True) -> None:
     )
     p.add_argument(
         "--log-format",
-        choices=("auto", "console", "json"),
+        choices=LOG_FORMATS,
         help="log renderer (default: console on a TTY, JSON lines otherwise)",
     )
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-level", choices=LOG_LEVELS, help="minimum level logged (default: info)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,8 +170,6 @@ def _settings(args: argparse.Namespace) -> Settings:
         "opencode_db": getattr(args, "opencode_db", None),
         "db_path": getattr(args, "db", None),
         "workers": args.workers,
-        "log_format": args.log_format,
-        "log_level": args.log_level,
     }
     for name in (
         "window_ms",
@@ -217,16 +214,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         fallback = _demo_instead(args, settings)
         if fallback:
             print(
-                f"indexer-service: no OpenCode data at {default_storage_path()} or "
-                f"{opencode_data_dir()}/opencode*.db; running the demo instead (pass "
+                f"indexer-service: no OpenCode data at {settings.opencode_dir}/storage or "
+                f"{settings.opencode_dir}/opencode*.db; running the demo instead (pass "
                 "--storage DIR or --opencode-db FILE to index)",
                 file=sys.stderr,
             )
         demo = args.command == "demo" or fallback
-        if demo and args.log_level is None and not os.environ.get("INDEXER_LOG_LEVEL"):
-            # the demo's status line says what the service does; logs only for problems
-            settings = dataclasses.replace(settings, log_level="warning")
-        configure_logging(settings.log_format, settings.log_level)  # type: ignore[arg-type]
+        # the demo's status line says what the service does; logs only for problems
+        configure_logging(*log_options(args.log_format, args.log_level, os.environ, quiet=demo))
         if demo:
             return _demo(args, settings)
         if settings.storage_path is not None:  # named: it must be there
@@ -234,8 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "index" and discover(settings).existing().empty:
             raise IndexerError(
                 "no OpenCode data to index: no storage tree at "
-                f"{settings.storage_path or default_storage_path()} and no database "
-                f"{settings.opencode_db or str(opencode_data_dir()) + '/opencode*.db'}"
+                f"{settings.storage_path or settings.opencode_dir / 'storage'} and no database "
+                f"{settings.opencode_db or str(settings.opencode_dir) + '/opencode*.db'}"
             )
         if args.command == "run":
             return anyio.run(serve.run, settings)

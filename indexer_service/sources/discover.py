@@ -1,8 +1,8 @@
 """Which of OpenCode's stores to follow: the ones named in the settings, or the ones found.
 
-With neither ``storage_path`` nor ``opencode_db`` set, both are looked for where OpenCode keeps
-them: the legacy tree ``$XDG_DATA_HOME/opencode/storage`` (if it exists) and the databases
-``$XDG_DATA_HOME/opencode/opencode*.db`` (channel builds use ``opencode-<channel>.db``). When no
+With neither ``storage_path`` nor ``opencode_db`` set, both are looked for in OpenCode's data
+folder ``opencode_dir`` (``~/.local/share/opencode``): the legacy tree ``storage/`` (if it exists)
+and the databases ``opencode*.db`` (channel builds use ``opencode-<channel>.db``). When no
 database exists yet, ``opencode.db`` is followed anyway: it is picked up once opencode creates
 it. Naming either store chooses it alone.
 """
@@ -13,17 +13,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer_service.settings import Settings, default_storage_path
+from indexer_service.settings import Settings
 
-__all__ = ["Stores", "discover", "find_databases", "opencode_data_dir"]
+__all__ = ["Stores", "discover", "find_databases"]
 
 _NOT_DATABASES = ("-wal", "-shm", "-journal")
-
-
-def opencode_data_dir() -> Path:
-    """``$XDG_DATA_HOME/opencode`` (default ``~/.local/share/opencode``)."""
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "opencode"
 
 
 def find_databases(folder: Path) -> list[Path]:
@@ -66,7 +60,7 @@ def discover(settings: Settings) -> Stores:
     if settings.storage_path is not None or settings.opencode_db is not None:
         dbs = (settings.opencode_db,) if settings.opencode_db is not None else ()
         return Stores(settings.storage_path, dbs, discovered=False)
-    tree = default_storage_path()
-    folder = opencode_data_dir()
+    folder = settings.opencode_dir
+    tree = folder / "storage"
     databases = find_databases(folder) or [folder / "opencode.db"]
     return Stores(tree if tree.is_dir() else None, tuple(databases), discovered=True)

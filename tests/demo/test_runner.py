@@ -159,7 +159,6 @@ def test_run_falls_back_to_the_demo_without_storage(
 ) -> None:
     """`run --demo-if-missing` (what `make run` runs) says in one line that OpenCode has left no
     data (no database, no legacy tree), then runs the demo; INDEXER_DEMO_* variables shorten it."""
-    monkeypatch.setenv("OPENCODE_STORAGE", str(demo_tmp / "nope"))
     monkeypatch.setenv("XDG_DATA_HOME", str(demo_tmp / "data"))
     monkeypatch.delenv("INDEXER_STORAGE_PATH", raising=False)
     monkeypatch.setenv("INDEXER_DEMO_SESSIONS", "1")
@@ -167,7 +166,7 @@ def test_run_falls_back_to_the_demo_without_storage(
     assert main(["run", "--demo-if-missing", "--workers", "2"]) == 0
     out, err = capsys.readouterr()
     assert err.splitlines() == [
-        f"indexer-service: no OpenCode data at {demo_tmp / 'nope'} or "
+        f"indexer-service: no OpenCode data at {demo_tmp / 'data/opencode/storage'} or "
         f"{demo_tmp / 'data/opencode'}/opencode*.db; running the demo instead (pass --storage DIR "
         "or --opencode-db FILE to index)"
     ]
@@ -229,14 +228,13 @@ def test_index_with_no_opencode_data_is_one_line_error(
 ) -> None:
     """`index` on a machine where OpenCode has left nothing says where it looked (`run` would
     wait for the database instead)."""
-    monkeypatch.setenv("OPENCODE_STORAGE", str(tmp_path / "missing"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     code = main(["index", "--db", str(tmp_path / "index.duckdb")])
     out, err = capsys.readouterr()
     assert (code, out) == (1, "")
     assert err.splitlines() == [
         f"indexer-service: error: no OpenCode data to index: no storage tree at "
-        f"{tmp_path / 'missing'} and no database {tmp_path / 'data/opencode'}/opencode*.db"
+        f"{tmp_path / 'data/opencode/storage'} and no database {tmp_path / 'data/opencode'}/opencode*.db"
     ]
 
 

@@ -37,7 +37,6 @@ async def test_queries_during_heavy_indexing_are_consistent(tmp_path: Path) -> N
         storage_path=storage,
         db_path=tmp_path / "index.duckdb",
         workers=2,
-        log_level="warning",
         http_enabled=True,
         http_port=0,
     )

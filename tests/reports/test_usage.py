@@ -267,7 +267,7 @@ async def test_report_through_the_running_service(
     """With the service running, report goes through its query API (the file is never opened
     directly) and prints what a direct read prints once the service has stopped."""
     storage_tree(sessions=3, seed=5)
-    settings = make_settings(log_level="warning", http_enabled=True)
+    settings = make_settings(http_enabled=True)
     argv = ["report", "sessions", "--db", str(settings.db_path), "--json"]
     with monkeypatch.context() as m:
 

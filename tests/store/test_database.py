@@ -190,5 +190,6 @@ def test_checkpoint_and_close_twice(tmp_path: Path) -> None:
 def test_default_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The default database lives in the user data directory ($XDG_DATA_HOME on Linux)."""
     monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    assert default_db_path() == tmp_path / "indexer-service" / "index.duckdb"
+    assert default_db_path({"XDG_DATA_HOME": str(tmp_path)}) == (
+        tmp_path / "indexer-service" / "index.duckdb"
+    )

@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 import structlog
 
+from indexer_service.settings import LISTING_PROCESS_MIN_FILES
 from indexer_service.sources.json_tree.lister import TreeLister
 from indexer_service.sources.json_tree.listing import (
     CancelFlag,
@@ -39,7 +40,7 @@ from indexer_service.sources.json_tree.listing import (
     Scandir,
 )
 
-__all__ = ["ShardedLister"]
+__all__ = ["ShardedLister", "child_min_files"]
 
 log = structlog.get_logger(__name__)
 
@@ -60,12 +61,24 @@ class _Always:
 _ALWAYS = _Always()
 
 
+def child_min_files(mode: str, cpus: int | None = None) -> int | None:
+    """The files from which a child process lists half of the tree, for a ``listing_process``
+    mode: never (None) with ``off`` or, with ``auto``, on one CPU (``cpus``, default the
+    machine's); 0 (at once) with ``always``."""
+    if mode == "always":
+        return 0
+    cpus = os.cpu_count() if cpus is None else cpus
+    if mode == "off" or (cpus or 1) < 2:
+        return None
+    return LISTING_PROCESS_MIN_FILES
+
+
 class ShardedLister:
     """A `TreeLister` that hands half of a large tree to a child process (see the module doc).
 
     Same interface as `TreeLister` plus `close`, which stops the child; call it when done.
-    No child is ever started with ``min_files=None``, a custom ``scandir`` (the child lists
-    with `os.scandir`) or a single CPU.
+    No child is ever started with ``min_files=None`` or a custom ``scandir`` (the child lists
+    with `os.scandir`); `child_min_files` turns the ``listing_process`` setting into ``min_files``.
     """
 
     def __init__(
@@ -78,8 +91,7 @@ class ShardedLister:
         min_files: int | None = 50_000,
     ) -> None:
         self.root = root
-        single = scandir is not os.scandir or (os.cpu_count() or 1) < 2
-        self.min_files = None if single else min_files
+        self.min_files = None if scandir is not os.scandir else min_files
         self._scandir = scandir
         self._kw: dict[str, Any] = {"hot_seconds": hot_seconds, "racy_seconds": racy_seconds}
         self._local = TreeLister(root, scandir=scandir, **self._kw)

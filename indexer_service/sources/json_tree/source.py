@@ -18,6 +18,7 @@ from indexer_service.settings import Settings
 from indexer_service.sources.json_tree.file_index import FileTracker
 from indexer_service.sources.json_tree.loader import Loader, Prepared
 from indexer_service.sources.json_tree.reconciler import Reconciler
+from indexer_service.sources.json_tree.sharded import child_min_files
 from indexer_service.sources.json_tree.watcher import StorageWatcher
 from indexer_service.store.database import Database
 
@@ -62,6 +63,7 @@ class JsonTreeSource:
             on_missing_files=emit,
             on_deleted_files=emit,
             on_scan_done=self._scan_done,
+            shard_min_files=child_min_files(settings.listing_process),
         )
         self.watcher = StorageWatcher(root, emit)
         self._watching = settings.watch
