@@ -1,7 +1,8 @@
 """Keep a DuckDB analytics database continuously and exactly in sync with OpenCode's records.
 
 The public surface: `IndexerService` (the service, an async context manager), its `Settings`,
-the `QueryResult` of a read-only query, the client of a running service's HTTP API, and every
+the typed snapshot its `stats()` returns (`ServiceStats`; its parts are in
+`indexer_service.stats`), the `QueryResult` of a read-only query, the client of a running service's HTTP API, and every
 error a host can receive.
 """
 
@@ -23,6 +24,7 @@ from indexer_service.http.client import ServiceClient, find_service
 from indexer_service.read.query import QueryResult
 from indexer_service.service import IndexerService
 from indexer_service.settings import Settings
+from indexer_service.stats import ServiceStats
 
 __all__ = [
     "AccumulatorClosed",
@@ -39,6 +41,7 @@ __all__ = [
     "QueryTimeout",
     "SchemaVersionError",
     "ServiceClient",
+    "ServiceStats",
     "Settings",
     "__version__",
     "find_service",

@@ -25,6 +25,7 @@ import structlog
 from indexer_service.errors import AccumulatorClosed
 from indexer_service.model import Batch, Trigger
 from indexer_service.settings import at_least, positive
+from indexer_service.stats import AccumulatorStats
 
 __all__ = ["AccumulatorConfig", "BatchCore", "FileBatchAccumulator"]
 
@@ -304,14 +305,26 @@ class FileBatchAccumulator(anyio.AsyncContextManagerMixin):
             raise StopAsyncIteration
         return batch
 
-    def get_stats(self) -> dict[str, int | float]:
+    def get_stats(self) -> AccumulatorStats:
         """Counters since creation plus current ``pending``/``ready`` keys and waiting producers."""
-        stats: dict[str, int | float] = dict(self._core.stats)
-        stats["pending"] = self._core.pending
-        stats["ready"] = self._core.ready
-        stats["producers_waiting"] = self._producers_waiting
-        stats["backpressure_wait_s"] = self._backpressure_wait_s
-        return stats
+        c = self._core.stats
+        return AccumulatorStats(
+            files_added=c["files_added"],
+            duplicates_dropped=c["duplicates_dropped"],
+            files_flushed=c["files_flushed"],
+            files_discarded=c["files_discarded"],
+            batches_size=c["batches_size"],
+            batches_timer=c["batches_timer"],
+            batches_force=c["batches_force"],
+            batches_stop=c["batches_stop"],
+            batches_taken=c["batches_taken"],
+            batches_coalesced=c["batches_coalesced"],
+            largest_batch=c["largest_batch"],
+            pending=self._core.pending,
+            ready=self._core.ready,
+            producers_waiting=self._producers_waiting,
+            backpressure_wait_s=self._backpressure_wait_s,
+        )
 
     async def _wait_room(self) -> None:
         room = self._room.event()

@@ -31,6 +31,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from indexer_service.model import Batch, BatchResult
 from indexer_service.settings import default_workers
 from indexer_service.source import BatchLoader
+from indexer_service.stats import LatencyStats, WorkerStats
 from indexer_service.store.database import Database
 from indexer_service.store.write_retry import WriteRetry
 
@@ -186,22 +187,32 @@ class WorkerPool:
             ms=round(ms, 1),
         )
 
-    def get_stats(self) -> dict[str, Any]:
+    def get_stats(self) -> WorkerStats:
         """Counters since start, busy workers, and latency of the last 1,024 batches (ms)."""
         lat = sorted(self._latency_ms)
-        latency: dict[str, float] = {}
+        latency = LatencyStats()
         if lat:
-            latency = {
-                "mean": round(statistics.fmean(lat), 1),
-                "p50": round(lat[len(lat) // 2], 1),
-                "p95": round(lat[min(len(lat) - 1, int(len(lat) * 0.95))], 1),
-                "max": round(lat[-1], 1),
-            }
-        return {
-            "workers": self.workers,
-            "readers": self.readers,
-            "busy": self._busy,
-            **self._counts,
-            **{f"{k}_seconds": round(v, 3) for k, v in self._seconds.items()},
-            "batch_ms": latency,
-        }
+            latency = LatencyStats(
+                mean=round(statistics.fmean(lat), 1),
+                p50=round(lat[len(lat) // 2], 1),
+                p95=round(lat[min(len(lat) - 1, int(len(lat) * 0.95))], 1),
+                max=round(lat[-1], 1),
+            )
+        c, s = self._counts, self._seconds
+        return WorkerStats(
+            workers=self.workers,
+            readers=self.readers,
+            busy=self._busy,
+            batches=c["batches"],
+            files_indexed=c["files_indexed"],
+            files_errors=c["files_errors"],
+            files_deleted=c["files_deleted"],
+            files_skipped=c["files_skipped"],
+            files_requeued=c["files_requeued"],
+            files_prefetched=c["files_prefetched"],
+            follow_ups=c["follow_ups"],
+            read_seconds=round(s["read"], 3),
+            parse_seconds=round(s["parse"], 3),
+            write_seconds=round(s["write"], 3),
+            batch_ms=latency,
+        )

@@ -36,6 +36,7 @@ from indexer_service.source import Source
 from indexer_service.sources.discover import discover
 from indexer_service.sources.json_tree import JsonTreeSource
 from indexer_service.sources.sqlite import SqliteSource
+from indexer_service.stats import BackfillStats, ServiceState, ServiceStats
 from indexer_service.store.database import Database
 
 log = structlog.get_logger(__name__)
@@ -106,9 +107,9 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         self._progress = anyio.Event()
         self._initial_done = anyio.Event()
         self._started_at: float | None = None
-        self._state = "stopped"
+        self._state: ServiceState = "stopped"
         self._counts: dict[str, dict[str, int]] = {}
-        self._backfill = {"total": 0, "done": 0, "finished": False}
+        self._backfill = BackfillStats(total=0, done=0, finished=False)
         self.metrics = Metrics()
         self._queries = ReadOnlyQueries(
             self._db, max_rows=settings.query_max_rows, timeout_s=settings.query_timeout_s
@@ -346,19 +347,23 @@ class IndexerService(anyio.AsyncContextManagerMixin):
     def db(self) -> Database:
         return self._db
 
-    def stats(self) -> dict[str, Any]:
-        """One dict: accumulator, workers, reconciler, watcher, file counts, uptime."""
+    def stats(self) -> ServiceStats:
+        """A snapshot of every stage now (`ServiceStats`): state, backfill progress,
+        accumulator, workers, writes, each source's counters and the records by status."""
         uptime = 0.0 if self._started_at is None else self._clock() - self._started_at
-        return {
-            "state": self._state,
-            "uptime_s": round(uptime, 3),
-            "storage_path": None if self.stores.storage is None else str(self.stores.storage),
-            "db_path": str(self.settings.db_path),
-            "backfill": dict(self._backfill),
-            "accumulator": self._acc.get_stats(),
-            "workers": self._pool.get_stats(),
-            "database": self._pool.retry.get_stats(),
-            **(self._json.get_stats() if self._json is not None else {}),
-            "databases": {str(s.path): s.get_stats() for s in self._databases},
-            "files": self._counts,
-        }
+        stats = ServiceStats(
+            state=self._state,
+            uptime_s=round(uptime, 3),
+            storage_path=None if self.stores.storage is None else str(self.stores.storage),
+            db_path=str(self.settings.db_path),
+            backfill=BackfillStats(**self._backfill),  # a copy
+            accumulator=self._acc.get_stats(),
+            workers=self._pool.get_stats(),
+            database=self._pool.retry.get_stats(),
+            databases={str(s.path): s.get_stats() for s in self._databases},
+            files={kind: dict(by) for kind, by in self._counts.items()},
+        )
+        if self._json is not None:
+            tree = self._json.get_stats()
+            stats["reconciler"], stats["watcher"] = tree["reconciler"], tree["watcher"]
+        return stats

@@ -10,8 +10,8 @@ transaction as the rows. The accumulator and the worker pool see only keys and t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -76,7 +76,7 @@ class Source(BatchLoader[P], Protocol):
         """``{record type: {status: count}}`` of what the index holds (blocking: a thread)."""
         ...
 
-    def get_stats(self) -> dict[str, Any]:
+    def get_stats(self) -> Mapping[str, object]:
         """The source's own counters, merged into the service's ``stats()``."""
         ...
 

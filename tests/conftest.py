@@ -19,6 +19,7 @@ from indexer_service.service import IndexerService
 from indexer_service.settings import Settings
 from indexer_service.sources.json_tree.layout import classify
 from indexer_service.sources.json_tree.loader import Loader
+from indexer_service.stats import ServiceStats
 from indexer_service.store.database import Database
 
 
@@ -58,6 +59,12 @@ def load_batch(loader: Loader, paths: Sequence[str]) -> BatchResult:
 
 
 TreeFactory = Callable[..., TreeSummary]
+
+
+def unstarted_stats(db_path: Path) -> ServiceStats:
+    """The `stats()` of a service on a legacy tree beside ``db_path`` that has not started: the
+    real snapshot, for fakes of a running service to set values in."""
+    return IndexerService(Settings(storage_path=db_path.parent, db_path=db_path)).stats()
 
 
 class FakeClock:

@@ -8,10 +8,12 @@ import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 import orjson
 import pytest
+import structlog
 from conftest import RunningService, TreeFactory, assert_index_matches_tree, indexable_files
 from structlog.testing import capture_logs
 
@@ -309,6 +311,27 @@ async def test_stats_are_current_when_wait_until_synced_returns(
         stats = svc.stats()
         assert stats["backfill"]["finished"]
         assert stats["files"]["part"]["indexed"] == tree.counts["part"]
+
+
+async def test_the_service_marks_its_backfill_finished_itself(
+    storage_tree: TreeFactory, make_settings: SettingsFactory
+) -> None:
+    """A host that never calls `wait_until_synced` (a dashboard reading `stats()`) sees the
+    backfill finished, with every record counted, once its batches are written."""
+    tree = storage_tree(sessions=1)
+    checkpointed = anyio.Event()
+
+    def hook(_logger: object, _name: str, event: structlog.typing.EventDict) -> NoReturn:
+        if event["event"] == "backfill_checkpointed":
+            checkpointed.set()
+        raise structlog.DropEvent
+
+    structlog.configure(processors=[hook])
+    async with IndexerService(make_settings()) as svc:
+        await checkpointed.wait()
+        backfill = svc.stats()["backfill"]
+    total = len(indexable_files(tree.root))
+    assert backfill == {"total": total, "done": total, "finished": True}
 
 
 async def test_a_library_host_gets_no_port_and_no_files_by_default(

@@ -22,7 +22,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +37,7 @@ from indexer_service.http.discovery import discovery_path, remove_if_ours, token
 from indexer_service.http.metrics import CONTENT_TYPE, Metrics
 from indexer_service.read.query import Params, QueryResult, jsonable
 from indexer_service.reports.status import RECENT_ERRORS_SQL
+from indexer_service.stats import ServiceStats
 
 __all__ = ["ServedService", "is_loopback", "serve_api"]
 
@@ -52,7 +53,7 @@ class ServedService(Protocol):
     @property
     def metrics(self) -> Metrics: ...
 
-    def stats(self) -> Mapping[str, Any]: ...
+    def stats(self) -> ServiceStats: ...
 
     def health(self) -> tuple[bool, str]:
         """(healthy, reason): healthy while the pipeline runs."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import duckdb
@@ -34,6 +34,7 @@ import structlog
 
 from indexer_service.backoff import Backoff
 from indexer_service.errors import DatabaseError
+from indexer_service.stats import WriteStats
 from indexer_service.store.database import Database
 
 __all__ = ["WriteRetry", "database_failure", "needs_reopen"]
@@ -178,10 +179,15 @@ class WriteRetry:
             f"retrying: {self._error}"
         )
 
-    def get_stats(self) -> dict[str, Any]:
-        return {
-            "state": "failing" if self.failing else "ok",
-            "error": self._error if self.failing else None,
-            "failing_since": self._failing_since,
-            **self._counts,
-        }
+    def get_stats(self) -> WriteStats:
+        """Whether writes fail now (since when, with which error) and the counts of failed
+        writes, reopens and recoveries."""
+        c = self._counts
+        return WriteStats(
+            state="failing" if self.failing else "ok",
+            error=self._error if self.failing else None,
+            failing_since=self._failing_since,
+            failed_writes=c["failed_writes"],
+            reopens=c["reopens"],
+            recoveries=c["recoveries"],
+        )

@@ -6,17 +6,18 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
-from conftest import held_by_another_process
+from conftest import held_by_another_process, unstarted_stats
 
+from indexer_service import ServiceStats
 from indexer_service.cli.main import main
 from indexer_service.http.metrics import Metrics
 from indexer_service.http.server import serve_api
 from indexer_service.read.query import Params, QueryResult, ReadOnlyQueries
 from indexer_service.sources.json_tree.file_index import FailedFile, FileTracker, IndexedFile
+from indexer_service.stats import scan_counts
 from indexer_service.store.database import Database
 
 
@@ -130,19 +131,18 @@ class Served:
     def __init__(self, db: Database) -> None:
         self.metrics = Metrics()
         self._queries = ReadOnlyQueries(db, timeout_s=10)
+        self._stats = unstarted_stats(db.path)
+        self._stats["state"], self._stats["uptime_s"] = "running", 10.0
+        workers = self._stats["workers"]
+        workers["files_indexed"], workers["files_errors"] = 31, 1
+        workers["batch_ms"] = {"p50": 4.0}
+        reconciler = self._stats["reconciler"]
+        reconciler["last_scan_at"], reconciler["last_scan_full"] = 1.8e9, True
+        reconciler["last_duration_s"] = 0.2
+        reconciler["last"] = scan_counts({"new": 2, "retried": 1})
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "state": "running",
-            "uptime_s": 10.0,
-            "workers": {"files_indexed": 31, "files_errors": 1, "batch_ms": {"p50": 4.0}},
-            "reconciler": {
-                "last_scan_at": 1.8e9,
-                "last_scan_full": True,
-                "last_duration_s": 0.2,
-                "last": {"new": 2, "modified": 0, "retried": 1, "deleted": 0},
-            },
-        }
+    def stats(self) -> ServiceStats:
+        return self._stats
 
     def health(self) -> tuple[bool, str]:
         return True, "running"

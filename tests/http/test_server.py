@@ -9,7 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -19,9 +19,11 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
+from conftest import unstarted_stats
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
+from indexer_service import ServiceStats
 from indexer_service.errors import ApiError, ConfigError, QueryRefused
 from indexer_service.http.client import ServiceClient, find_service
 from indexer_service.http.discovery import ServiceInfo, discovery_path, token_path
@@ -35,21 +37,21 @@ SLOW_SQL = "SELECT count(*) FROM range(100000) a, range(100000) b WHERE a.range 
 
 
 class FakeService:
-    """The `ServedService` protocol over a real database, with a settable health."""
+    """The `ServedService` protocol over a real database, with a settable health; its stats
+    are a real (unstarted) service's snapshot with a few values set."""
 
     def __init__(self, db: Database, *, timeout_s: float = 10.0, max_rows: int = 100) -> None:
         self.metrics = Metrics()
         self.queries = ReadOnlyQueries(db, max_rows=max_rows, timeout_s=timeout_s)
         self.healthy = (True, "running")
+        self._stats = unstarted_stats(db.path)
+        self._stats["state"], self._stats["uptime_s"] = "running", 2.5
+        self._stats["files"] = {"part": {"indexed": 30, "error": 1}, "session": {"indexed": 2}}
+        self._stats["accumulator"]["pending"] = 7
+        self._stats["workers"]["busy"] = 1
 
-    def stats(self) -> Mapping[str, Any]:
-        return {
-            "state": "running",
-            "uptime_s": 2.5,
-            "files": {"part": {"indexed": 30, "error": 1}, "session": {"indexed": 2}},
-            "accumulator": {"pending": 7},
-            "workers": {"busy": 1},
-        }
+    def stats(self) -> ServiceStats:
+        return self._stats
 
     def health(self) -> tuple[bool, str]:
         return self.healthy

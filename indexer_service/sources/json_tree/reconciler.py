@@ -47,6 +47,7 @@ from indexer_service.sources.json_tree.file_index import same_version_sql
 from indexer_service.sources.json_tree.layout import classify_relative
 from indexer_service.sources.json_tree.listing import SCHEMA, Listing, Scandir
 from indexer_service.sources.json_tree.sharded import ShardedLister
+from indexer_service.stats import ReconcilerStats, scan_counts
 from indexer_service.store.database import Database
 from indexer_service.threads import run_in_thread
 
@@ -342,11 +343,29 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         if self._on_scan_done is not None:
             self._on_scan_done(self.last_report)
 
-    def get_stats(self) -> dict[str, Any]:
+    def get_stats(self) -> ReconcilerStats:
         """Scans done (full, partial, failed), the last scan's time, duration, files listed and
         findings, totals, listing errors, and the directories remembered."""
         dirs, hot = self._lister.counts()
-        pid = self._lister.child_pid
-        stats = dict(self._stats, dirs_known=dirs, dirs_hot=hot, listing_child_pid=pid)
-        stats["last"], stats["total"] = dict(stats["last"]), dict(stats["total"])
-        return stats
+        s = self._stats
+        return ReconcilerStats(
+            scans_full=s["scans_full"],
+            scans_partial=s["scans_partial"],
+            scans_failed=s["scans_failed"],
+            full_scans_postponed=s["full_scans_postponed"],
+            last_scan_at=s["last_scan_at"],
+            last_scan_full=s["last_scan_full"],
+            last_duration_s=s["last_duration_s"],
+            last_full_cpu_s=s["last_full_cpu_s"],
+            files_listed=s["files_listed"],
+            dirs_listed=s["dirs_listed"],
+            dirs_checked=s["dirs_checked"],
+            errors=s["errors"],
+            errors_total=s["errors_total"],
+            storage_missing=s["storage_missing"],
+            last=scan_counts(s["last"]),
+            total=scan_counts(s["total"]),
+            dirs_known=dirs,
+            dirs_hot=hot,
+            listing_child_pid=self._lister.child_pid,
+        )

@@ -8,7 +8,6 @@ same transaction as the file's rows), and the loader reads, extracts and writes 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -20,6 +19,7 @@ from indexer_service.sources.json_tree.loader import Loader, Prepared
 from indexer_service.sources.json_tree.reconciler import Reconciler
 from indexer_service.sources.json_tree.sharded import child_min_files
 from indexer_service.sources.json_tree.watcher import StorageWatcher
+from indexer_service.stats import TreeSourceStats
 from indexer_service.store.database import Database
 
 __all__ = ["JsonTreeSource"]
@@ -118,8 +118,11 @@ class JsonTreeSource:
         """``{file type: {status: files}}`` from ``file_index``."""
         return self.tracker.counts_by_type()
 
-    def get_stats(self) -> dict[str, Any]:
-        return {"reconciler": self.reconciler.get_stats(), "watcher": self.watcher.get_stats()}
+    def get_stats(self) -> TreeSourceStats:
+        """The reconciler's and the watcher's counters."""
+        return TreeSourceStats(
+            reconciler=self.reconciler.get_stats(), watcher=self.watcher.get_stats()
+        )
 
     def close(self) -> None:
         """Stop the listing child process and free the extraction database."""

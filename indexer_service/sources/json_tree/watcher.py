@@ -30,6 +30,7 @@ from watchfiles import Change
 
 from indexer_service.model import Emit
 from indexer_service.sources.json_tree.layout import DEPTH, FILE_TYPES, classify
+from indexer_service.stats import WatcherStats
 from indexer_service.watching import Changes, follow
 
 log = structlog.get_logger(__name__)
@@ -227,11 +228,12 @@ class StorageWatcher:
         if files:
             await self.on_paths(list(files))
 
-    def get_stats(self) -> dict[str, int]:
-        return {
-            "events": self.events,
-            "dirs_swept": self.dirs_swept,
-            "files_from_sweeps": self.files_from_sweeps,
-            "rearms": self.rearms,
-            "failures": self.failures,
-        }
+    def get_stats(self) -> WatcherStats:
+        """Events received, directories swept (and files found so), re-arms and failures."""
+        return WatcherStats(
+            events=self.events,
+            dirs_swept=self.dirs_swept,
+            files_from_sweeps=self.files_from_sweeps,
+            rearms=self.rearms,
+            failures=self.failures,
+        )

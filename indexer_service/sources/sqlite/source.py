@@ -26,6 +26,7 @@ from indexer_service.sources.sqlite.loader import DbLoader
 from indexer_service.sources.sqlite.progress import RowTracker
 from indexer_service.sources.sqlite.reader import DatabaseUnreadable, NotCreatedYet, Reader
 from indexer_service.sources.sqlite.reconciler import DbReconciler
+from indexer_service.stats import DatabaseSourceStats, scan_counts
 from indexer_service.store.database import Database
 from indexer_service.threads import run_in_thread
 from indexer_service.watching import Changes, follow
@@ -68,6 +69,7 @@ class SqliteSource:
         self._clock = clock
         self._lock = anyio.Lock()
         self._unavailable: str | None = None
+        self._exists = False  # as last seen by the watcher or a read (`get_stats`)
         self._listed: tuple[object, ...] | None = None  # the files as of the last listing
         self._stats: dict[str, Any] = {
             "signals": 0, "scans": 0, "listings": 0, "scans_failed": 0, "last_scan_at": None,
@@ -106,7 +108,7 @@ class SqliteSource:
 
             async def handle(changes: Changes) -> bool:
                 nonlocal existed
-                exists = self.path.exists()
+                self._exists = exists = self.path.exists()
                 if changes or (exists and not existed):
                     self._stats["signals"] += 1
                     await self._emit([self.keys.poll])
@@ -189,7 +191,8 @@ class SqliteSource:
 
     def prepare(self, keys: Sequence[str]) -> DbPrepared:
         """Read ``keys``; an unreadable database gives an empty batch and a health reason."""
-        if not self.path.exists():
+        self._exists = self.path.exists()
+        if not self._exists:
             return DbPrepared()
         try:
             prepared = self.loader.prepare(keys)
@@ -224,22 +227,27 @@ class SqliteSource:
         """``{kind: {status: rows}}`` of this database, from ``row_index``."""
         return self.tracker.counts(self._db.cursor())
 
-    def get_stats(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "exists": self.path.exists(),
-            "unavailable": self._unavailable,
-            "polls": self.loader.polls,
-            "polls_skipped": self.loader.polls_skipped,
-            "last_poll_at": self.loader.last_poll_at,
-            "busy_retries": self.reader.busy_retries + self._lister.busy_retries,
-            "longest_read_s": round(
-                max(self.reader.longest_read_s, self._lister.longest_read_s), 4
-            ),
-            "connection_open": self.reader.is_open,
-            **self._stats,
-            "last": dict(self._stats["last"]),
-        }
+    def get_stats(self) -> DatabaseSourceStats:
+        """Polls, reads, reconciliation passes and why the database is unreadable, if it is."""
+        s = self._stats
+        return DatabaseSourceStats(
+            path=str(self.path),
+            exists=self._exists,
+            unavailable=self._unavailable,
+            polls=self.loader.polls,
+            polls_skipped=self.loader.polls_skipped,
+            last_poll_at=self.loader.last_poll_at,
+            busy_retries=self.reader.busy_retries + self._lister.busy_retries,
+            longest_read_s=round(max(self.reader.longest_read_s, self._lister.longest_read_s), 4),
+            connection_open=self.reader.is_open,
+            signals=s["signals"],
+            scans=s["scans"],
+            listings=s["listings"],
+            scans_failed=s["scans_failed"],
+            last_scan_at=s["last_scan_at"],
+            last_duration_s=s["last_duration_s"],
+            last=scan_counts(s["last"]),
+        )
 
     def close(self) -> None:
         self.reader.close()

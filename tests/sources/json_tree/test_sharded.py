@@ -212,6 +212,7 @@ async def test_reconciler_with_a_listing_child(root: Path, db: Database, clock: 
             str(root / f"part/msg_7/prt_{k}.json") for k in range(3)
         }
         pid = rec.get_stats()["listing_child_pid"]
+        assert pid is not None
     assert rec.get_stats()["listing_child_pid"] is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
