@@ -12,6 +12,7 @@ BENCHMARKS = (
     "bench_reconciler",
     "bench_service",
     "bench_sqlite",
+    "bench_watch",
 )
 
 
