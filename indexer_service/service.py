@@ -24,7 +24,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from indexer_service.accumulator import AccumulatorConfig, FileBatchAccumulator
-from indexer_service.errors import DatabaseError, single_error
+from indexer_service.errors import ConfigError, DatabaseError, single_error
 from indexer_service.http.metrics import Metrics
 from indexer_service.http.server import serve_api
 from indexer_service.model import Batch, BatchResult, ScanReport
@@ -132,6 +132,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[Self]:
         self._state = "starting"
+        await anyio.to_thread.run_sync(self._check_stores)
         await anyio.to_thread.run_sync(self._db.open)
         log.info(
             "service_starting",
@@ -180,6 +181,21 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 await anyio.to_thread.run_sync(self._close_db)
             self._state = "stopped"
             log.info("service_stopped")
+
+    def _check_stores(self) -> None:
+        """Refuse stores that exist as the wrong kind of file (a missing one is waited for)."""
+        tree = self.stores.storage
+        if tree is not None and tree.exists() and not tree.is_dir():
+            raise ConfigError(
+                f"storage_path {tree} is not a folder: name OpenCode's storage folder "
+                "(.../opencode/storage), or leave it unset to look for OpenCode's stores"
+            )
+        for db in self.stores.databases:
+            if db.is_dir():
+                raise ConfigError(
+                    f"opencode_db {db} is a folder: name OpenCode's database file "
+                    "(.../opencode/opencode.db), or leave it unset to look for it"
+                )
 
     async def _drain_for_shutdown(self, pool_done: anyio.Event) -> None:
         """Write what is queued for at most ``shutdown_timeout``, shielded from the host's

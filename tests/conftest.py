@@ -97,6 +97,7 @@ class FakeClock:
 def held_by_another_process(db_path: Path) -> Iterator[int]:
     """Hold ``db_path`` open read-write in a child process (as a running service would, but
     serving nothing); yields the child's PID."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen(
         [
             sys.executable,

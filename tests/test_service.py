@@ -14,10 +14,23 @@ import anyio
 import orjson
 import pytest
 import structlog
-from conftest import RunningService, TreeFactory, assert_index_matches_tree, indexable_files
+from conftest import (
+    RunningService,
+    TreeFactory,
+    assert_index_matches_tree,
+    held_by_another_process,
+    indexable_files,
+)
 from structlog.testing import capture_logs
 
-from indexer_service import ConfigError, IndexerService, Settings, find_service
+from indexer_service import (
+    ConfigError,
+    DatabaseError,
+    DatabaseLockedError,
+    IndexerService,
+    Settings,
+    find_service,
+)
 from indexer_service.demo.synthetic import LiveWriter
 from indexer_service.store.database import Database
 
@@ -289,6 +302,46 @@ async def test_a_port_in_use_reaches_the_host_as_a_config_error(
         with pytest.raises(ConfigError, match=f"127.0.0.1:{port}"):
             async with IndexerService(make_settings(http_enabled=True, http_port=port)):
                 pytest.fail("started although the port is taken")
+
+
+async def test_a_locked_index_reaches_the_host_as_one_error(
+    storage_tree: TreeFactory, make_settings: SettingsFactory
+) -> None:
+    """Another process holding the index: a `DatabaseLockedError` naming it, not a group."""
+    storage_tree(sessions=1)
+    settings = make_settings()
+    with held_by_another_process(settings.db_path) as pid:
+        with pytest.raises(DatabaseLockedError, match=f"locked by process {pid}"):
+            async with IndexerService(settings):
+                pytest.fail("started on a locked index")
+
+
+async def test_an_index_on_a_read_only_path_reaches_the_host_as_one_error(
+    storage_tree: TreeFactory, make_settings: SettingsFactory
+) -> None:
+    """/sys is read-only even to root: a `DatabaseError` saying to choose a writable path."""
+    storage_tree(sessions=1)
+    with pytest.raises(DatabaseError, match="choose another db_path") as caught:
+        async with IndexerService(make_settings(db_path=Path("/sys/index.duckdb"))):
+            pytest.fail("started on a read-only path")
+    assert type(caught.value) is DatabaseError
+
+
+@pytest.mark.parametrize("store", ["storage_path", "opencode_db"])
+async def test_a_store_of_the_wrong_kind_reaches_the_host_as_one_error(
+    store: str, tmp_path: Path, make_settings: SettingsFactory
+) -> None:
+    """A storage root that is a file, or a database path that is a folder, is refused at start
+    (a missing one is waited for instead)."""
+    wrong = tmp_path / "wrong"
+    if store == "storage_path":
+        wrong.write_text("not a folder")
+    else:
+        wrong.mkdir()
+    with pytest.raises(ConfigError, match=f"{store} {wrong}"):
+        async with IndexerService(make_settings(**{store: wrong})):
+            pytest.fail("started on an unusable store")
+    assert not make_settings().db_path.exists()  # refused before the index was created
 
 
 async def test_the_hosts_own_error_comes_back_as_it_was_raised(

@@ -55,7 +55,9 @@ class Database:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise DatabaseError(self.path, f"cannot create directory: {exc.strerror}") from exc
+                raise DatabaseError(
+                    self.path, f"cannot create its directory: {exc.strerror}; {_WRITABLE}"
+                ) from exc
         elif not self.path.exists():
             raise DatabaseError(self.path, "no such file")
         try:
@@ -161,6 +163,9 @@ def _close_when_idle(con: duckdb.DuckDBPyConnection, timeout_s: float = 5.0) -> 
             time.sleep(0.001)
 
 
+_WRITABLE = "the index needs a folder this user can write: choose another db_path (--db)"
+
+
 def _open_error(path: Path, exc: duckdb.Error) -> DatabaseError:
     msg = str(exc)
     if "Conflicting lock" in msg or "Could not set lock" in msg:
@@ -172,4 +177,7 @@ def _open_error(path: Path, exc: duckdb.Error) -> DatabaseError:
         )
     if "newer" in msg.lower() and "version" in msg.lower():
         return SchemaVersionError(path, msg)
-    return DatabaseError(path, msg.removeprefix("IO Error: "))
+    reason = msg.removeprefix("IO Error: ")
+    if any(s in msg for s in ("Permission denied", "Read-only file system")):
+        reason = f"{reason}; {_WRITABLE}"
+    return DatabaseError(path, reason)
