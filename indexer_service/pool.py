@@ -34,6 +34,7 @@ from indexer_service.source import BatchLoader
 from indexer_service.stats import LatencyStats, WorkerStats
 from indexer_service.store.database import Database
 from indexer_service.store.write_retry import WriteRetry
+from indexer_service.threads import run_in_thread
 
 __all__ = ["WorkerPool"]
 
@@ -66,6 +67,7 @@ class WorkerPool:
         self._prepare_limiter = anyio.CapacityLimiter(self.readers)
         self._write_limiter = anyio.CapacityLimiter(1)
         self.retry = WriteRetry(db, limiter=self._write_limiter)
+        self._db = db
         self._counts: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._seconds = {"read": 0.0, "parse": 0.0, "write": 0.0}
         self._latency_ms: deque[float] = deque(maxlen=1024)
@@ -147,7 +149,9 @@ class WorkerPool:
                 tg.start_soon(
                     self._run_batch, replace(batch, keys=follow), time.perf_counter(), requeue, tg
                 )
-            return await anyio.to_thread.run_sync(self.loader.write, prepared)
+            # cancelled (the shutdown's time is up): the write is interrupted and rolls back;
+            # its keys are found again by the next start's scan
+            return await run_in_thread(partial(self.loader.write, prepared), self._db.interrupt)
 
     async def exclusive(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on a thread while no batch is written (a checkpoint)."""

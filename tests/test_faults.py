@@ -770,3 +770,38 @@ async def test_a_cancelled_host_returns_in_bounded_time_while_writes_fail(
         async with IndexerService(settings) as svc:
             await svc.wait_until_synced()
     assert_index_matches_tree(tree.root, settings.db_path)
+
+
+async def test_a_cancelled_host_returns_in_bounded_time_while_a_write_hangs(
+    storage_tree: TreeFactory, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write stuck inside DuckDB (a statement that does not end) is interrupted once the
+    shutdown timeout is spent, and rolls back; the next start indexes what it held."""
+    tree = storage_tree(sessions=1)
+    settings = make_settings(shutdown_timeout=0.5)
+    hang, hanging = threading.Event(), threading.Event()
+    write = Loader.write
+
+    def stuck_write(self: Loader, prepared: Any) -> Any:
+        if hang.is_set():
+            hanging.set()
+            self.db.cursor().execute("SELECT sum(range) FROM range(1000000000000000)").fetchall()
+        return write(self, prepared)
+
+    monkeypatch.setattr(Loader, "write", stuck_write)
+    with capture_logs() as logs:
+        with anyio.fail_after(30):  # a hang fails here, not after the suite's timeout
+            with anyio.CancelScope() as host:
+                async with IndexerService(settings) as svc:
+                    await svc.wait_until_synced()
+                    hang.set()
+                    writer = LiveWriter(tree.root, seed=3)
+                    writer.write_step(writer.new_session())
+                    await anyio.to_thread.run_sync(hanging.wait)
+                    host.cancel()
+                    await anyio.sleep_forever()
+    assert _events(logs, "shutdown_timeout")
+    monkeypatch.setattr(Loader, "write", write)
+    async with IndexerService(settings) as svc:
+        await svc.wait_until_synced()
+    assert_index_matches_tree(tree.root, settings.db_path)

@@ -43,6 +43,14 @@ class ThreadCursors:
             self._local.cursor = cur
         return cur
 
+    def interrupt(self) -> None:
+        """Interrupt the statement each cursor runs now (it fails with DuckDB's interrupt
+        error and its transaction rolls back); an idle cursor is not affected."""
+        with self._lock:
+            cursors = list(self._all)
+        for cur in cursors:
+            cur.interrupt()
+
     def close(self, close: Callable[[duckdb.DuckDBPyConnection], None] = _close) -> None:
         """Close every cursor, then the connection, each with ``close``; safe to call twice."""
         with self._lock:

@@ -91,6 +91,12 @@ class Database:
             cursors.close(_close_when_idle)
         self._local = threading.local()
 
+    def interrupt(self) -> None:
+        """Interrupt every statement running on the database now (any thread); its transaction
+        rolls back. For a shutdown that cannot wait for a write any longer."""
+        if (cursors := self._cursors) is not None:
+            cursors.interrupt()
+
     def reopen(self) -> None:
         """Close and open the file again: after a fatal error (e.g. a checkpoint that failed on
         a full disk) DuckDB refuses every statement until the database is restarted, and
