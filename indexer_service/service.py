@@ -227,6 +227,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             for source in self._sources:
                 report = await source.scan()
                 self._backfill["total"] += report.missing
+            log.info("backfill_queued", records=self._backfill["total"])
         finally:
             self._initial_done.set()
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 import pytest
 import structlog
+from structlog.typing import EventDict
 
 from indexer_service.demo.synthetic import TreeSpec, TreeSummary, generate_tree
 from indexer_service.model import BatchResult
@@ -91,6 +95,39 @@ class FakeClock:
             if self._moved is None:
                 self._moved = anyio.Event()
             await self._moved.wait()
+
+
+class LogEvents:
+    """A structlog processor that counts events by name as the service logs them (dropping
+    them) and lets a test await a count: an event to wait on instead of a sleep."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._loop_thread = threading.get_ident()
+        self._logged: anyio.Event | None = None  # created by a waiter, on the loop
+
+    def __call__(self, _logger: object, _name: str, event: EventDict) -> NoReturn:
+        self.counts[event["event"]] += 1
+        if self._logged is not None and threading.get_ident() == self._loop_thread:
+            self._logged.set()  # (an anyio event is set from its loop's thread only)
+            self._logged = None
+        raise structlog.DropEvent
+
+    async def wait_for(self, name: str, count: int = 1) -> None:
+        """Return once ``name`` has been logged ``count`` times in all (on the event loop)."""
+        while self.counts[name] < count:
+            if self._logged is None:
+                self._logged = anyio.Event()
+            await self._logged.wait()
+
+
+@pytest.fixture
+def log_events() -> LogEvents:
+    """`LogEvents` installed as structlog's only processor for this test."""
+    events = LogEvents()
+    structlog.reset_defaults()  # every level, whatever an earlier test configured
+    structlog.configure(processors=[events])
+    return events
 
 
 @contextmanager

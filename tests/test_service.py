@@ -8,13 +8,12 @@ import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
 import anyio
 import orjson
 import pytest
-import structlog
 from conftest import (
+    LogEvents,
     RunningService,
     TreeFactory,
     assert_index_matches_tree,
@@ -37,14 +36,18 @@ from indexer_service.store.database import Database
 SettingsFactory = Callable[..., Settings]
 
 
-async def eventually(svc: IndexerService, cond: Callable[[], bool], timeout: float = 20) -> None:
-    """Wait for a condition on the database, re-checking after the pipeline goes idle."""
+async def eventually(
+    svc: IndexerService, cond: Callable[[], bool], events: LogEvents, timeout: float = 20
+) -> None:
+    """Wait for a condition on the database, checked once the pipeline is idle and again
+    after each batch written (the watcher reports changes some milliseconds after them)."""
     with anyio.fail_after(timeout):
         while True:
+            written = events.counts["batch_indexed"]
             await svc.drain()
             if await anyio.to_thread.run_sync(cond):
                 return
-            await anyio.sleep(0.05)  # the watcher has not reported yet: look again shortly
+            await events.wait_for("batch_indexed", written + 1)
 
 
 def _count(svc: IndexerService, sql: str) -> int:
@@ -53,7 +56,10 @@ def _count(svc: IndexerService, sql: str) -> int:
 
 
 async def test_backfill_then_live_changes(
-    storage_tree: TreeFactory, make_settings: SettingsFactory, tmp_path: Path
+    storage_tree: TreeFactory,
+    make_settings: SettingsFactory,
+    tmp_path: Path,
+    log_events: LogEvents,
 ) -> None:
     """An existing tree is backfilled; then creates, rewrites and deletes are followed."""
     tree = storage_tree(sessions=2)
@@ -69,13 +75,15 @@ async def test_backfill_then_live_changes(
         victim = next(p for p in written if "/part/" in str(p))
         victim.unlink()
         expected = len(indexable_files(root))
-        await eventually(svc, lambda: _count(svc, "SELECT count(*) FROM file_index") == expected)
+        await eventually(
+            svc, lambda: _count(svc, "SELECT count(*) FROM file_index") == expected, log_events
+        )
         await svc.wait_until_synced()
     assert_index_matches_tree(root, settings.db_path)
 
 
 async def test_burst_into_new_directories_without_reconcile(
-    tmp_path: Path, make_settings: SettingsFactory
+    tmp_path: Path, make_settings: SettingsFactory, log_events: LogEvents
 ) -> None:
     """20,000 files written into 2,000 new directories are all indexed by the watcher path alone."""
     root = tmp_path / "storage"
@@ -92,7 +100,7 @@ async def test_burst_into_new_directories_without_reconcile(
                     orjson.dumps(doc | {"type": "step-start"})
                 )
         await eventually(
-            svc, lambda: _count(svc, "SELECT count(*) FROM parts") == 20_000, timeout=60
+            svc, lambda: _count(svc, "SELECT count(*) FROM parts") == 20_000, log_events, 60
         )
         assert (
             svc.stats()["reconciler"]["scans_full"] + svc.stats()["reconciler"]["scans_partial"]
@@ -100,7 +108,9 @@ async def test_burst_into_new_directories_without_reconcile(
         )  # the initial scan and wait_until_synced's: no periodic scan helped
 
 
-async def test_modify_storm_ends_with_final_version(running_service: RunningService) -> None:
+async def test_modify_storm_ends_with_final_version(
+    running_service: RunningService, log_events: LogEvents
+) -> None:
     """A text part rewritten hundreds of times ends up indexed with its final text."""
     async with running_service() as svc:
         assert svc.settings.storage_path is not None
@@ -122,7 +132,7 @@ async def test_modify_storm_ends_with_final_version(running_service: RunningServ
             )
             return bool(rows) and rows[0][0] == final["text"]
 
-        await eventually(svc, final_indexed)
+        await eventually(svc, final_indexed, log_events)
         reads = svc.stats()["workers"]["files_indexed"] - backfilled
         assert reads < 300  # deduplicated: far fewer reads than rewrites
 
@@ -148,21 +158,20 @@ async def test_restart_indexes_only_what_changed(
 
 
 async def test_clean_shutdown_with_full_accumulator_loses_nothing(
-    storage_tree: TreeFactory, make_settings: SettingsFactory
+    storage_tree: TreeFactory, make_settings: SettingsFactory, log_events: LogEvents
 ) -> None:
     """Files still waiting in the accumulator at exit are written before the database closes."""
     tree = storage_tree(sessions=1)
     settings = make_settings(window_ms=600_000.0, max_files=50_000, max_batch_files=50_000)
     async with IndexerService(settings) as svc:
-        with anyio.fail_after(20):
-            while svc.stats()["accumulator"]["pending"] < tree.files - tree.counts["other"]:
-                await anyio.sleep(0.01)  # the initial scan is still feeding the accumulator
+        await log_events.wait_for("backfill_queued")
+        assert svc.stats()["accumulator"]["pending"] == tree.files - tree.counts["other"]
         assert svc.stats()["workers"]["files_indexed"] == 0
     assert_index_matches_tree(tree.root, settings.db_path)
 
 
 async def test_cancelled_host_still_gets_queued_files_written(
-    storage_tree: TreeFactory, make_settings: SettingsFactory
+    storage_tree: TreeFactory, make_settings: SettingsFactory, log_events: LogEvents
 ) -> None:
     """Cancelling the scope around the service (what SIGINT does in the CLI) drains the
     accumulator and the workers like a clean exit: nothing queued is dropped."""
@@ -170,9 +179,8 @@ async def test_cancelled_host_still_gets_queued_files_written(
     settings = make_settings(window_ms=600_000.0, max_files=50_000, max_batch_files=50_000)
     with anyio.CancelScope() as scope:
         async with IndexerService(settings) as svc:
-            with anyio.fail_after(20):
-                while svc.stats()["accumulator"]["pending"] < tree.files - tree.counts["other"]:
-                    await anyio.sleep(0.01)  # the initial scan is still feeding the accumulator
+            await log_events.wait_for("backfill_queued")
+            assert svc.stats()["accumulator"]["pending"] == tree.files - tree.counts["other"]
             scope.cancel()
             await anyio.sleep_forever()
     assert scope.cancelled_caught
@@ -367,21 +375,13 @@ async def test_stats_are_current_when_wait_until_synced_returns(
 
 
 async def test_the_service_marks_its_backfill_finished_itself(
-    storage_tree: TreeFactory, make_settings: SettingsFactory
+    storage_tree: TreeFactory, make_settings: SettingsFactory, log_events: LogEvents
 ) -> None:
     """A host that never calls `wait_until_synced` (a dashboard reading `stats()`) sees the
     backfill finished, with every record counted, once its batches are written."""
     tree = storage_tree(sessions=1)
-    checkpointed = anyio.Event()
-
-    def hook(_logger: object, _name: str, event: structlog.typing.EventDict) -> NoReturn:
-        if event["event"] == "backfill_checkpointed":
-            checkpointed.set()
-        raise structlog.DropEvent
-
-    structlog.configure(processors=[hook])
     async with IndexerService(make_settings()) as svc:
-        await checkpointed.wait()
+        await log_events.wait_for("backfill_checkpointed")
         backfill = svc.stats()["backfill"]
     total = len(indexable_files(tree.root))
     assert backfill == {"total": total, "done": total, "finished": True}
