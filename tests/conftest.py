@@ -102,11 +102,14 @@ class LogEvents:
     them) and lets a test await a count: an event to wait on instead of a sleep."""
 
     def __init__(self) -> None:
+        self.entries: list[EventDict] = []
+        """Every event logged, as `structlog.testing.capture_logs` keeps them."""
         self.counts: Counter[str] = Counter()
         self._loop_thread = threading.get_ident()
         self._logged: anyio.Event | None = None  # created by a waiter, on the loop
 
-    def __call__(self, _logger: object, _name: str, event: EventDict) -> NoReturn:
+    def __call__(self, _logger: object, level: str, event: EventDict) -> NoReturn:
+        self.entries.append({**event, "log_level": level})
         self.counts[event["event"]] += 1
         if self._logged is not None and threading.get_ident() == self._loop_thread:
             self._logged.set()  # (an anyio event is set from its loop's thread only)
@@ -119,6 +122,20 @@ class LogEvents:
             if self._logged is None:
                 self._logged = anyio.Event()
             await self._logged.wait()
+
+
+async def eventually(
+    svc: IndexerService, cond: Callable[[], bool], events: LogEvents, timeout: float = 20
+) -> None:
+    """Wait for a condition on the database, checked once the pipeline is idle and again
+    after each batch written (the watcher reports changes some milliseconds after them)."""
+    with anyio.fail_after(timeout):
+        while True:
+            written = events.counts["batch_indexed"]
+            await svc.drain()
+            if await anyio.to_thread.run_sync(cond):
+                return
+            await events.wait_for("batch_indexed", written + 1)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from conftest import (
     RunningService,
     TreeFactory,
     assert_index_matches_tree,
+    eventually,
     held_by_another_process,
     indexable_files,
 )
@@ -34,20 +35,6 @@ from indexer_service.demo.synthetic import LiveWriter
 from indexer_service.store.database import Database
 
 SettingsFactory = Callable[..., Settings]
-
-
-async def eventually(
-    svc: IndexerService, cond: Callable[[], bool], events: LogEvents, timeout: float = 20
-) -> None:
-    """Wait for a condition on the database, checked once the pipeline is idle and again
-    after each batch written (the watcher reports changes some milliseconds after them)."""
-    with anyio.fail_after(timeout):
-        while True:
-            written = events.counts["batch_indexed"]
-            await svc.drain()
-            if await anyio.to_thread.run_sync(cond):
-                return
-            await events.wait_for("batch_indexed", written + 1)
 
 
 def _count(svc: IndexerService, sql: str) -> int:

@@ -8,11 +8,10 @@ import sqlite3
 import time
 from pathlib import Path
 
-import anyio
 import duckdb
 import orjson
 import pytest
-import structlog.testing
+from conftest import LogEvents, eventually
 
 from indexer_service import IndexerService, Settings
 from indexer_service.demo.synthetic import (
@@ -256,7 +255,9 @@ async def test_a_changed_schema_is_named_in_the_health_reason(tmp_path: Path, dr
         assert not ok and "schema" in reason and ("time_updated" in reason or "todo" in reason)
 
 
-async def test_a_database_created_after_the_start_is_picked_up(tmp_path: Path) -> None:
+async def test_a_database_created_after_the_start_is_picked_up(
+    tmp_path: Path, log_events: LogEvents
+) -> None:
     """No database yet: the service waits, and indexes it once opencode creates it."""
     opencode = tmp_path / "data" / "opencode.db"
     async with IndexerService(_settings(tmp_path, opencode_db=opencode)) as svc:
@@ -267,10 +268,8 @@ async def test_a_database_created_after_the_start_is_picked_up(tmp_path: Path) -
         session = writer.new_session()
         writer.write_step(session)
         parts = _ids(opencode, "part")
-        with anyio.fail_after(20):
-            while _index_ids(svc, "parts") != parts:  # the watcher's signal, not a scan
-                await svc.drain()
-                await anyio.sleep(0.05)
+        # the watcher's signal, not a scan
+        await eventually(svc, lambda: _index_ids(svc, "parts") == parts, log_events)
 
 
 async def test_both_stores_hold_the_same_ids_and_the_database_wins(tmp_path: Path) -> None:
@@ -292,7 +291,7 @@ async def test_both_stores_hold_the_same_ids_and_the_database_wins(tmp_path: Pat
 
 
 async def test_a_database_that_stays_locked_is_reported_and_the_tree_is_indexed(
-    tmp_path: Path,
+    tmp_path: Path, log_events: LogEvents
 ) -> None:
     """Another program holds the database exclusively: one log line and a health reason name
     the lock, the legacy tree is indexed meanwhile, and the next commit after the lock is
@@ -305,22 +304,20 @@ async def test_a_database_that_stays_locked_is_reported_and_the_tree_is_indexed(
     holder.execute("UPDATE session SET title = title")  # the exclusive lock, kept after commit
     holder.commit()
     settings = _settings(tmp_path, opencode_db=opencode, storage_path=tree)
-    with structlog.testing.capture_logs() as logs:
-        async with IndexerService(settings) as svc:
-            await svc.wait_until_synced()
-            ok, reason = svc.health()
-            assert not ok and str(opencode) in reason and "locked" in reason
-            counts = await svc.file_counts()
-            assert counts["part"]["indexed"] == summary.counts["part"]
-            assert _index_ids(svc, "sessions") == set(summary.session_ids)
-            holder.close()
-            writer = LiveDbWriter(opencode, seed=9)
-            writer.write_step(writer.new_session())
-            with anyio.fail_after(20):
-                while not _ids(opencode, "part") <= _index_ids(svc, "parts"):
-                    await svc.drain()
-                    await anyio.sleep(0.05)
-            assert svc.health() == (True, "running")
+    async with IndexerService(settings) as svc:
+        await svc.wait_until_synced()
+        ok, reason = svc.health()
+        assert not ok and str(opencode) in reason and "locked" in reason
+        counts = await svc.file_counts()
+        assert counts["part"]["indexed"] == summary.counts["part"]
+        assert _index_ids(svc, "sessions") == set(summary.session_ids)
+        holder.close()
+        writer = LiveDbWriter(opencode, seed=9)
+        writer.write_step(writer.new_session())
+        parts = _ids(opencode, "part")
+        await eventually(svc, lambda: parts <= _index_ids(svc, "parts"), log_events)
+        assert svc.health() == (True, "running")
+    logs = log_events.entries
     unreadable = [e for e in logs if e["event"] == "opencode_db_unreadable"]
     assert len(unreadable) == 1 and "locked" in unreadable[0]["error"]
     assert any(e["event"] == "opencode_db_readable" for e in logs)
