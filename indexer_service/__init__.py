@@ -18,6 +18,7 @@ from indexer_service.errors import (
     QueryRefused,
     QueryTimeout,
     SchemaVersionError,
+    WriteFailedError,
 )
 from indexer_service.http.client import ServiceClient, find_service
 from indexer_service.read.query import QueryResult
@@ -40,6 +41,7 @@ __all__ = [
     "SchemaVersionError",
     "ServiceClient",
     "Settings",
+    "WriteFailedError",
     "__version__",
     "find_service",
 ]

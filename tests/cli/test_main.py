@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import subprocess
 import sys
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import TreeFactory, assert_index_matches_tree, held_by_another_process
 
-from indexer_service import __version__
-from indexer_service.cli.main import main
+from indexer_service import Settings, __version__
+from indexer_service.cli.main import _settings, build_parser, main
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,3 +105,20 @@ def test_run_stops_cleanly_on_sigterm(storage_tree: TreeFactory, tmp_path: Path)
     assert proc.wait(timeout=30) == 0
     assert '"service_stopped"' in rest
     assert_index_matches_tree(tree.root, db)
+
+
+def test_index_gives_up_on_failing_writes_by_default_run_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`index` stops retrying failed writes after 60 s unless told otherwise (its flag, or
+    INDEXER_WRITE_FAILURE_TIMEOUT); `run` and a library host retry until they are stopped."""
+    monkeypatch.delenv("INDEXER_WRITE_FAILURE_TIMEOUT", raising=False)
+    parse = build_parser().parse_args
+    assert _settings(parse(["index"])).write_failure_timeout == 60
+    assert _settings(parse(["index", "--write-failure-timeout", "5"])).write_failure_timeout == 5
+    assert _settings(parse(["run"])).write_failure_timeout is None
+    assert Settings().write_failure_timeout is None
+    monkeypatch.setenv("INDEXER_WRITE_FAILURE_TIMEOUT", "inf")  # retry for ever
+    assert _settings(parse(["index"])).write_failure_timeout == math.inf
+    monkeypatch.setenv("INDEXER_WRITE_FAILURE_TIMEOUT", "120")
+    assert _settings(parse(["run"])).write_failure_timeout == 120
