@@ -19,6 +19,7 @@ from indexer_service.errors import (
     QueryRefused,
     QueryTimeout,
     SchemaVersionError,
+    WriteFailedError,
 )
 from indexer_service.http.client import ServiceClient, find_service
 from indexer_service.read.query import QueryResult
@@ -43,6 +44,7 @@ __all__ = [
     "ServiceClient",
     "ServiceStats",
     "Settings",
+    "WriteFailedError",
     "__version__",
     "find_service",
 ]

@@ -31,6 +31,21 @@ class DatabaseLockedError(DatabaseError):
         super().__init__(path, f"locked by {holder}; stop it or use another --db")
 
 
+class WriteFailedError(DatabaseError):
+    """Raised when writes to the database kept failing for longer than
+    ``Settings.write_failure_timeout``; the service stopped, keeping what it had committed."""
+
+    def __init__(self, path: Path, seconds: float, error: str) -> None:
+        self.seconds = seconds
+        self.error = error
+        super().__init__(
+            path,
+            f"writes failed for {round(seconds, 1):g} s (write_failure_timeout), giving up: "
+            f"{error}; fix that and run again (what was written is kept, the next run writes "
+            "the rest)",
+        )
+
+
 class SchemaVersionError(DatabaseError):
     """Raised when the database was written by a newer indexer_service than this one."""
 

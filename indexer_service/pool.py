@@ -10,7 +10,8 @@ busy: one batch is written, one is read, two wait between them (docs/benchmarks.
 
 At most ``workers`` batches are in flight (the hand-off stream has no buffer), so memory stays
 flat however far the database falls behind: the producer simply waits. A write that fails for
-a database-level reason is retried by `WriteRetry`; any other error fails the pool.
+a database-level reason is retried by `WriteRetry` (for at most ``write_failure_timeout``
+seconds, if set: then `WriteFailedError` fails the pool); any other error fails the pool.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from indexer_service.errors import WriteFailedError
 from indexer_service.model import Batch, BatchResult
 from indexer_service.settings import default_workers
 from indexer_service.source import BatchLoader
@@ -59,6 +61,7 @@ class WorkerPool:
         *,
         readers: int = 1,
         on_batch_done: Callable[[BatchResult, Batch], None] | None = None,
+        write_failure_timeout: float | None = None,
     ) -> None:
         self.loader = loader
         self.workers = max(1, workers or default_workers())
@@ -66,7 +69,9 @@ class WorkerPool:
         self.on_batch_done = on_batch_done
         self._prepare_limiter = anyio.CapacityLimiter(self.readers)
         self._write_limiter = anyio.CapacityLimiter(1)
-        self.retry = WriteRetry(db, limiter=self._write_limiter)
+        self.retry = WriteRetry(
+            db, limiter=self._write_limiter, give_up_after=write_failure_timeout
+        )
         self._db = db
         self._counts: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._seconds = {"read": 0.0, "parse": 0.0, "write": 0.0}
@@ -119,6 +124,9 @@ class WorkerPool:
         keys = batch.keys
         try:  # a full disk or a failed database: wait, then load the batch again
             result = await self.retry.run(partial(self._load, batch, requeue, tg), files=len(keys))
+        except WriteFailedError:  # logged by the retry, once for all workers
+            self._busy -= 1
+            raise
         except Exception:
             self._busy -= 1
             log.exception("batch_failed", files=len(keys))

@@ -103,6 +103,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             self._db,
             workers=settings.workers,
             on_batch_done=self._batch_done,
+            write_failure_timeout=settings.write_failure_timeout,
         )
         self._progress = anyio.Event()
         self._initial_done = anyio.Event()

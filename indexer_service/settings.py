@@ -113,6 +113,11 @@ class Settings:
     """Every Nth scan stats every file; the others skip directories whose mtime is unchanged."""
     shutdown_timeout: float = 10.0
     """Seconds a clean shutdown may take to flush and write what is in flight."""
+    write_failure_timeout: float | None = None
+    """Seconds database writes may keep failing (a full disk) before the service gives up:
+    it stops through its clean shutdown and the host gets `WriteFailedError`. None: retry for
+    ever, reported by `health` (a long-running service waits for space to be freed); the
+    one-shot ``index`` command gives up after 60 s."""
     max_file_bytes: int = MAX_FILE_BYTES
     """Files larger than this (64 MiB) get status 'error' ("file too large") without being read;
     indexing a file costs about 5x its size in memory at its peak (docs/operations.md)."""
@@ -145,6 +150,8 @@ class Settings:
                 object.__setattr__(self, name, Path(os.path.abspath(Path(value).expanduser())))
         for name in ("window_ms", "reconcile_interval", "shutdown_timeout", "query_timeout_s"):
             positive(name, getattr(self, name))
+        if self.write_failure_timeout is not None:
+            positive("write_failure_timeout", self.write_failure_timeout)
         for name in ("max_files", "workers", "full_scan_every", "db_poll_rows"):
             at_least(name, getattr(self, name), 1)
         if not 1 <= self.max_file_bytes <= MAX_FILE_BYTES_LIMIT:
@@ -194,6 +201,7 @@ def env_values(cls: Any, prefix: str, env: Mapping[str, str] | None = None) -> d
 
 def _convert(name: str, raw: str, typ: Any) -> Any:
     kind = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    kind = kind.removesuffix(" | None")  # an optional number is still a number
     try:
         if kind == "int":
             return int(raw)

@@ -34,9 +34,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from indexer_service import IndexerService, Settings
+from indexer_service import IndexerService, Settings, WriteFailedError
+from indexer_service import service as service_module
 from indexer_service.backoff import Backoff
-from indexer_service.cli.main import _settings, build_parser
+from indexer_service.cli.main import _settings, build_parser, main
 from indexer_service.demo.synthetic import LiveWriter
 from indexer_service.errors import ConfigError
 from indexer_service.extract.specs import SPECS
@@ -402,6 +403,99 @@ async def test_disk_full_injected_is_reported_then_resumed(
     _assert_recovered(tree.root, settings.db_path, logs)
     assert bool(_events(logs, "database_reopened")) == (mode != "wal")
     assert bool(_events(logs, "database_reopen_failed")) == (mode == "reopen_fails")
+
+
+@pytest.mark.parametrize("mode", ["wal", "checkpoint", "reopen_fails"])
+async def test_writes_failing_past_write_failure_timeout_stop_the_service(
+    storage_tree: TreeFactory,
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
+    """With ``write_failure_timeout`` set, writes that keep failing that long end the service
+    through its clean shutdown, and the host gets one `WriteFailedError` naming the database,
+    DuckDB's error and what to do; no file is blamed, and a start with space back catches up."""
+    monkeypatch.setattr(WriteRetry, "backoff", Backoff(0.5, 0.05))
+    tree = storage_tree(sessions=1)
+    settings = make_settings(write_failure_timeout=0.3)
+    svc = IndexerService(settings)
+    InjectedDiskFull(svc.db, mode, monkeypatch)
+    with capture_logs() as logs, pytest.raises(WriteFailedError) as failed, anyio.fail_after(60):
+        async with svc:
+            await svc.wait_until_synced()
+    message = str(failed.value)
+    assert message.startswith(f"database {settings.db_path}: writes failed for ")
+    assert "(write_failure_timeout), giving up: " in message
+    assert "No space left on device; fix that and run again" in message
+    assert failed.value.seconds >= 0.3 and "No space left on device" in failed.value.error
+    assert len(_events(logs, "database_write_gave_up")) == 1
+    assert _events(logs, "database_write_failed")
+    assert not _events(logs, "batch_failed") and not _events(logs, "file_error")
+    assert logs[-1]["event"] == "service_stopped"
+    async with IndexerService(settings) as svc:  # the disk has room again
+        await svc.wait_until_synced()
+    assert_index_matches_tree(tree.root, settings.db_path)
+
+
+async def test_write_retry_gives_up_only_on_failures_that_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the retry's own clock (each failed write here takes 4 s): failures that stop before
+    ``give_up_after`` are retried and forgotten; failures lasting past it raise
+    `WriteFailedError`, logged once however many workers give up."""
+    monkeypatch.setattr(WriteRetry, "backoff", Backoff(0.001, 0.001))
+    now = [0.0]
+    with Database(tmp_path / "g.duckdb") as db:
+        retry = WriteRetry(db, clock=lambda: now[0], give_up_after=10.0)
+        outcomes = iter([False, False, False, True])  # 8 s of failures, then a write works
+
+        async def load() -> str:
+            now[0] += 4
+            if next(outcomes, False):
+                return "written"
+            raise duckdb.TransactionException("Failed to commit: No space left on device")
+
+        with capture_logs() as logs:
+            assert await retry.run(load) == "written"
+            with pytest.raises(WriteFailedError) as failed:
+                await retry.run(load)  # 0, 4, 8, then 12 s of failures
+            with pytest.raises(WriteFailedError):
+                await retry.run(load)  # a second worker, still failing
+        assert failed.value.seconds == 12
+        assert failed.value.error == "Failed to commit: No space left on device"
+        assert isinstance(failed.value.__cause__, duckdb.TransactionException)
+        assert len(_events(logs, "database_write_failed")) == 3 + 3
+        assert len(_events(logs, "database_write_gave_up")) == 1
+
+
+def test_index_exits_with_one_line_when_writes_keep_failing(
+    storage_tree: TreeFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`index` on a disk that stays full ends once writes have failed for
+    ``--write-failure-timeout`` seconds: exit 1, and one line (besides the JSON logs) naming
+    the database and DuckDB's error."""
+    monkeypatch.setattr(WriteRetry, "backoff", Backoff(0.5, 0.05))
+    tree = storage_tree(sessions=1)
+    db_path = tmp_path / "full.duckdb"
+
+    def full_disk(path: Path) -> Database:
+        db = Database(path)
+        InjectedDiskFull(db, "wal", monkeypatch)
+        return db
+
+    monkeypatch.setattr(service_module, "Database", full_disk)
+    argv = ["index", "--storage", str(tree.root), "--db", str(db_path), "--log-format", "json"]
+    assert main([*argv, "--write-failure-timeout", "0.3"]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    said = [line for line in lines if not line.startswith("{")]
+    assert said == [lines[-1]]
+    assert said[0].startswith(f"indexer-service: error: database {db_path}: writes failed for ")
+    assert f'Could not write file "{db_path}.wal": No space left on device' in said[0]
+    assert captured.out == ""  # no summary
 
 
 async def test_workers_failing_together_reopen_the_database_once(

@@ -35,6 +35,7 @@ def test_defaults_match_the_design() -> None:
         ({"max_batch_files": 10}, "max_batch_files"),
         ({"max_pending": 100}, "max_pending"),
         ({"listing_process": "sometimes"}, "listing_process"),
+        ({"write_failure_timeout": 0}, "write_failure_timeout"),
     ],
 )
 def test_invalid_values_name_the_setting(kwargs: dict[str, object], name: str) -> None:
@@ -51,11 +52,13 @@ def test_from_env_reads_indexer_variables(tmp_path: Path) -> None:
         "INDEXER_WINDOW_MS": "50",
         "INDEXER_WORKERS": "3",
         "INDEXER_WATCH": "false",
+        "INDEXER_WRITE_FAILURE_TIMEOUT": "90",
         "UNRELATED": "1",
     }
     s = Settings.from_env(env, max_files=7)
     assert s.storage_path == tmp_path / "st"
     assert (s.window_ms, s.workers, s.watch, s.max_files) == (50.0, 3, False, 7)
+    assert s.write_failure_timeout == 90.0  # an optional number is converted too
 
 
 def test_from_env_rejects_garbage() -> None:

@@ -37,6 +37,10 @@ commands:
   demo    the service on a generated tree that a simulated agent keeps writing to, then reports
 """
 
+INDEX_WRITE_FAILURE_TIMEOUT = 60.0
+"""`Settings.write_failure_timeout` for ``index``: a one-shot run ends rather than wait for
+space for ever (the service itself retries until it is stopped)."""
+
 
 def _common(p: argparse.ArgumentParser, paths: bool = True) -> None:
     if paths:
@@ -120,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     index = sub.add_parser("index", help="one-shot: sync the database with the tree, then exit")
     _common(index)
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
+    index.add_argument(
+        "--write-failure-timeout",
+        type=float,
+        metavar="S",
+        help="give up (exit 1) once database writes have kept failing this long, e.g. on a "
+        f"full disk (default: {INDEX_WRITE_FAILURE_TIMEOUT:g}; inf: retry for ever)",
+    )
     add_read_commands(sub)
     _add_demo(sub)
     return parser
@@ -177,8 +188,15 @@ def _settings(args: argparse.Namespace) -> Settings:
         "max_file_bytes",
         "reconcile_interval",
         "shutdown_timeout",
+        "write_failure_timeout",
     ):
         overrides[name] = getattr(args, name, None)
+    if (
+        args.command == "index"
+        and overrides["write_failure_timeout"] is None
+        and not os.environ.get("INDEXER_WRITE_FAILURE_TIMEOUT")
+    ):
+        overrides["write_failure_timeout"] = INDEX_WRITE_FAILURE_TIMEOUT  # a cron job ends
     if getattr(args, "no_watch", False):
         overrides["watch"] = False
     if getattr(args, "no_http", False):

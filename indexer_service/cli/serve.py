@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.abc
 import structlog
 
 from indexer_service.settings import Settings
@@ -32,8 +33,14 @@ log = structlog.get_logger(__name__)
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-async def _signals(service_scope: anyio.CancelScope) -> None:
+async def _signals(
+    service_scope: anyio.CancelScope,
+    caught: list[signal.Signals],
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for signum in signals:
             if service_scope.cancel_called:
                 if signum == signal.SIGINT:
@@ -42,18 +49,24 @@ async def _signals(service_scope: anyio.CancelScope) -> None:
                     print("indexer-service: interrupted again, exiting now", file=sys.stderr)
                     os._exit(EXIT_INTERRUPTED)
                 continue
-            log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            caught.append(signal.Signals(signum))
+            log.info("shutdown_requested", signal=caught[-1].name)
             service_scope.cancel()
 
 
-async def until_signal(body: Callable[[anyio.CancelScope], Awaitable[None]]) -> None:
+async def until_signal(
+    body: Callable[[anyio.CancelScope], Awaitable[None]],
+) -> signal.Signals | None:
     """Run ``body(stop)``, where SIGINT or SIGTERM cancels ``stop`` (see `_signals`); the body
-    chooses what the scope covers, and so what still runs after a signal."""
+    chooses what the scope covers, and so what still runs after a signal. Returns the signal
+    that cancelled ``stop``, if one did."""
+    caught: list[signal.Signals] = []
     async with anyio.create_task_group() as tg:
         stop = anyio.CancelScope()
-        tg.start_soon(_signals, stop)
+        await tg.start(_signals, stop, caught)  # handled from the body's first line on
         await body(stop)
         tg.cancel_scope.cancel()
+    return caught[0] if caught else None
 
 
 async def run(settings: Settings) -> int:
@@ -92,15 +105,31 @@ async def _progress(svc: Any) -> None:
 
 
 async def index(settings: Settings, as_json: bool) -> int:
-    """Bring the database in line with the tree once, print a summary, return the exit code."""
+    """Bring the database in line with the stores once, print a summary, return the exit code.
+    SIGINT or SIGTERM stops it through the service's bounded shutdown, as for `run`; the exit
+    code then says so (128 + the signal's number) and the next ``index`` resumes."""
     from indexer_service.service import IndexerService
 
     started = time.monotonic()
     svc_settings = dataclasses.replace(settings, watch=False)
-    async with IndexerService(svc_settings, periodic_reconcile=False) as svc:
-        await svc.wait_until_synced()
-        counts = await svc.file_counts()
-        stats = svc.stats()
+    synced: dict[str, Any] = {}
+
+    async def sync(stop: anyio.CancelScope) -> None:
+        with stop:
+            async with IndexerService(svc_settings, periodic_reconcile=False) as svc:
+                await svc.wait_until_synced()
+                counts = await svc.file_counts()
+                synced.update(counts=counts, stats=svc.stats())
+
+    caught = await until_signal(sync)
+    if caught is not None and not synced:  # a signal ended `sync` (an error would be raised)
+        print(
+            f"indexer-service: interrupted by {caught.name} before the sync finished; what was "
+            "written is kept and the next `index` resumes from there",
+            file=sys.stderr,
+        )
+        return 128 + caught.value
+    counts, stats = synced["counts"], synced["stats"]
     elapsed = time.monotonic() - started
     processed = stats["workers"].get("files_indexed", 0) + stats["workers"].get("files_errors", 0)
     summary = {

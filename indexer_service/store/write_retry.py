@@ -6,7 +6,9 @@ marking them ``error`` would be wrong, and on a full disk impossible anyway. `Wr
 makes the worker keep its batch, wait (0.5 s doubling, at most 30 s), reopen the database if
 DuckDB invalidated it, and load the batch again, re-reading its files, until a write succeeds.
 The other workers do the same with theirs, and the accumulator makes producers wait, so memory
-stays bounded while the disk is full. Any other exception still fails the pool.
+stays bounded while the disk is full. Any other exception still fails the pool. With
+``give_up_after`` set (`Settings.write_failure_timeout`), writes that keep failing that long
+raise `WriteFailedError` instead, which stops the service.
 
 What DuckDB 2.0.1 does when the disk fills (measured on a 5 MB tmpfs; `tests/test_faults.py`):
 
@@ -33,7 +35,7 @@ import duckdb
 import structlog
 
 from indexer_service.backoff import Backoff
-from indexer_service.errors import DatabaseError
+from indexer_service.errors import DatabaseError, WriteFailedError
 from indexer_service.stats import WriteStats
 from indexer_service.store.database import Database
 
@@ -67,6 +69,8 @@ class WriteRetry:
     """Retries loads that failed for database-level reasons; says whether writes are failing.
 
     ``limiter`` is the writers' limiter: a reopen waits for the write in progress to end.
+    ``give_up_after``: seconds writes may keep failing before a failed load raises
+    `WriteFailedError` instead of waiting again (None: retry for ever).
     """
 
     backoff = Backoff(base_seconds=0.5, cap_seconds=30.0)
@@ -79,10 +83,13 @@ class WriteRetry:
         *,
         limiter: anyio.CapacityLimiter | None = None,
         clock: Callable[[], float] = time.time,
+        give_up_after: float | None = None,
     ) -> None:
         self.db = db
         self.limiter = limiter
         self._clock = clock
+        self.give_up_after = give_up_after
+        self._gave_up = False
         self._lock = threading.Lock()
         self._generation = 0  # reopens done: workers that saw one failure reopen once
         self._failing_since: float | None = None
@@ -97,7 +104,9 @@ class WriteRetry:
 
     async def run(self, load: Callable[[], Awaitable[T]], *, files: int = 0) -> T:
         """``await load()`` until it returns, waiting and reopening the database after each
-        database-level failure; any other exception is raised."""
+        database-level failure; any other exception is raised, and so is `WriteFailedError`
+        once writes have failed for ``give_up_after`` seconds (the last wait is cut to end
+        then, so the last try falls on that limit)."""
         attempt = 0
         while True:
             seen = self._generation
@@ -110,8 +119,9 @@ class WriteRetry:
                 if not self.db.is_open and self._reopen_error is not None:
                     reason = self._reopen_error  # more telling than "database is not open"
                 attempt += 1
-                delay = self.backoff.delay(attempt)
-                self._failed(reason, attempt, delay, files)
+                delay = self._failed(reason, attempt, files)
+                if delay is None:
+                    raise self._give_up(reason) from exc
                 await anyio.sleep(delay)
                 if needs_reopen(exc) or not self.db.is_open:
                     await self._reopen(seen)
@@ -119,11 +129,20 @@ class WriteRetry:
                 self._succeeded()
                 return result
 
-    def _failed(self, reason: str, attempt: int, delay: float, files: int) -> None:
+    def _failed(self, reason: str, attempt: int, files: int) -> float | None:
+        """Record a failure; return the seconds to wait before the next try, or None once
+        writes have been failing for ``give_up_after``."""
+        now = self._clock()
         if self._failing_since is None:
-            self._failing_since = self._clock()
+            self._failing_since = now
         self._error = reason
         self._counts["failed_writes"] += 1
+        delay = self.backoff.delay(attempt)
+        if self.give_up_after is not None:
+            failed_for = now - self._failing_since
+            if failed_for >= self.give_up_after:
+                return None
+            delay = min(delay, self.give_up_after - failed_for)
         log.error(
             "database_write_failed",
             db=str(self.db.path),
@@ -132,6 +151,21 @@ class WriteRetry:
             files=files,
             retry_in_s=delay,
         )
+        return delay
+
+    def _give_up(self, reason: str) -> WriteFailedError:
+        since = self._failing_since
+        failed_for = 0.0 if since is None else self._clock() - since
+        if not self._gave_up:  # every worker gives up in turn: said once
+            self._gave_up = True
+            log.error(
+                "database_write_gave_up",
+                db=str(self.db.path),
+                error=reason,
+                failed_for_s=round(failed_for, 3),
+                write_failure_timeout=self.give_up_after,
+            )
+        return WriteFailedError(self.db.path, failed_for, reason)
 
     def _succeeded(self) -> None:
         since = self._failing_since

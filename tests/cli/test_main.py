@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import signal
 import subprocess
 import sys
@@ -10,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import TreeFactory, assert_index_matches_tree, held_by_another_process
 
-from indexer_service import __version__
-from indexer_service.cli.main import main
+from indexer_service import Settings, __version__
+from indexer_service.cli.main import _settings, build_parser, main
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,3 +107,65 @@ def test_run_stops_cleanly_on_sigterm(storage_tree: TreeFactory, tmp_path: Path)
     assert proc.wait(timeout=30) == 0
     assert '"service_stopped"' in rest
     assert_index_matches_tree(tree.root, db)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_index_stops_cleanly_on_a_signal(
+    storage_tree: TreeFactory, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """SIGINT or SIGTERM during `index` stops it through the service's bounded shutdown: the
+    signal is logged, the database checkpointed and closed (no WAL, no API files left), the
+    exit code is 128 + the signal and one line says so; the next `index` completes the sync."""
+    tree = storage_tree(sessions=4)
+    db = tmp_path / "i.duckdb"
+    # batches of 10 files: about 90 of them, so the first one written is far from the end
+    env = {**os.environ, "INDEXER_MAX_FILES": "10", "INDEXER_MAX_BATCH_FILES": "10"}
+    argv = ["index", "--storage", str(tree.root), "--db", str(db)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "indexer_service", *argv, "--log-format", "json",
+         "--log-level", "debug"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if '"batch_indexed"' in line:
+            break
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum
+    lines = err.splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    assert {"event": "shutdown_requested", "signal": signum.name}.items() <= next(
+        e for e in events if e["event"] == "shutdown_requested"
+    ).items()
+    assert events[-1]["event"] == "service_stopped"
+    assert [line for line in lines if not line.startswith("{")] == [lines[-1]]
+    assert lines[-1] == (
+        f"indexer-service: interrupted by {signum.name} before the sync finished; what was "
+        "written is kept and the next `index` resumes from there"
+    )
+    assert out == ""  # no summary of a sync that did not finish
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(db.name)) == [db.name]
+    done = _cli(*argv, "--log-level", "warning")
+    assert done.returncode == 0, done.stderr
+    assert_index_matches_tree(tree.root, db)
+
+
+def test_index_gives_up_on_failing_writes_by_default_run_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`index` stops retrying failed writes after 60 s unless told otherwise (its flag, or
+    INDEXER_WRITE_FAILURE_TIMEOUT); `run` and a library host retry until they are stopped."""
+    monkeypatch.delenv("INDEXER_WRITE_FAILURE_TIMEOUT", raising=False)
+    parse = build_parser().parse_args
+    assert _settings(parse(["index"])).write_failure_timeout == 60
+    assert _settings(parse(["index", "--write-failure-timeout", "5"])).write_failure_timeout == 5
+    assert _settings(parse(["run"])).write_failure_timeout is None
+    assert Settings().write_failure_timeout is None
+    monkeypatch.setenv("INDEXER_WRITE_FAILURE_TIMEOUT", "inf")  # retry for ever
+    assert _settings(parse(["index"])).write_failure_timeout == math.inf
+    monkeypatch.setenv("INDEXER_WRITE_FAILURE_TIMEOUT", "120")
+    assert _settings(parse(["run"])).write_failure_timeout == 120
