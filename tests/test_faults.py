@@ -24,6 +24,7 @@ import duckdb
 import orjson
 import pytest
 from conftest import (
+    LogEvents,
     TreeFactory,
     assert_index_matches_tree,
     indexable_files,
@@ -299,13 +300,6 @@ def test_max_file_bytes_from_env_flag_and_validation() -> None:
 # -- a full disk ------------------------------------------------------------------------------
 
 
-async def until(cond: Callable[[], bool], timeout: float = 30) -> None:
-    """Wait for a condition on the running service (re-checked every 10 ms)."""
-    with anyio.fail_after(timeout):
-        while not cond():
-            await anyio.sleep(0.01)
-
-
 def _events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
     return [e for e in logs if e["event"] == name]
 
@@ -374,6 +368,7 @@ async def test_disk_full_injected_is_reported_then_resumed(
     storage_tree: TreeFactory,
     make_settings: SettingsFactory,
     monkeypatch: pytest.MonkeyPatch,
+    log_events: LogEvents,
     mode: str,
 ) -> None:
     """While every write fails as on a full disk, health says so and names the database, and
@@ -384,22 +379,22 @@ async def test_disk_full_injected_is_reported_then_resumed(
     settings = make_settings()
     svc = IndexerService(settings)
     disk = InjectedDiskFull(svc.db, mode, monkeypatch)
-    with capture_logs() as logs:
-        async with svc:
-            await until(lambda: svc.stats()["database"]["failed_writes"] >= 3)
-            healthy, reason = svc.health()
-            assert not healthy and disk.failures >= 1
-            assert reason.startswith(f"database {settings.db_path}: writes failing for ")
-            assert reason.endswith("No space left on device")
-            assert svc.stats()["database"]["state"] == "failing"
-            assert svc.stats()["workers"]["files_errors"] == 0
-            disk.free()
-            await svc.wait_until_synced()
-            assert svc.health() == (True, "running")
-            stats = svc.stats()["database"]
-            assert (stats["state"], stats["error"]) == ("ok", None)
-            assert stats["failed_writes"] >= 3 and stats["recoveries"] >= 1
-            assert (stats["reopens"] >= 1) == (mode != "wal") == (disk.opens > 1)
+    logs = log_events.entries
+    async with svc:
+        await log_events.wait_for("database_write_failed", 3)
+        healthy, reason = svc.health()
+        assert not healthy and disk.failures >= 1
+        assert reason.startswith(f"database {settings.db_path}: writes failing for ")
+        assert reason.endswith("No space left on device")
+        assert svc.stats()["database"]["state"] == "failing"
+        assert svc.stats()["workers"]["files_errors"] == 0
+        disk.free()
+        await svc.wait_until_synced()
+        assert svc.health() == (True, "running")
+        stats = svc.stats()["database"]
+        assert (stats["state"], stats["error"]) == ("ok", None)
+        assert stats["failed_writes"] >= 3 and stats["recoveries"] >= 1
+        assert (stats["reopens"] >= 1) == (mode != "wal") == (disk.opens > 1)
     _assert_recovered(tree.root, settings.db_path, logs)
     assert bool(_events(logs, "database_reopened")) == (mode != "wal")
     assert bool(_events(logs, "database_reopen_failed")) == (mode == "reopen_fails")
@@ -641,6 +636,7 @@ async def test_disk_full_on_a_real_tmpfs_is_reported_then_resumed(
     storage_tree: TreeFactory,
     make_settings: SettingsFactory,
     monkeypatch: pytest.MonkeyPatch,
+    log_events: LogEvents,
 ) -> None:
     """DuckDB on a real full disk, while the agent keeps writing: commits fail, a checkpoint
     invalidates the database, a stop cannot checkpoint. Health and the logs say so; after
@@ -649,34 +645,36 @@ async def test_disk_full_on_a_real_tmpfs_is_reported_then_resumed(
     tree = storage_tree(sessions=2)
     settings = make_settings(db_path=small_disk / "index.duckdb", shutdown_timeout=1.0)
     writer = LiveWriter(tree.root, seed=5)
-    with capture_logs() as logs:
-        async with IndexerService(settings) as svc:
-            await svc.wait_until_synced()
-            session = writer.new_session()
+    logs = log_events.entries
+    async with IndexerService(settings) as svc:
+        await svc.wait_until_synced()
+        session = writer.new_session()
+        writer.write_step(session)
+        await svc.wait_until_synced()  # in the WAL: the backfill's was checkpointed
+        failed = log_events.counts["database_write_failed"]
+        filler = fill(small_disk)
+        for _ in range(3):
             writer.write_step(session)
-            await svc.wait_until_synced()  # in the WAL: the backfill's was checkpointed
-            filler = fill(small_disk)
-            for _ in range(3):
-                writer.write_step(session)
-            await until(lambda: not svc.health()[0])
-            assert "No space left on device" in svc.health()[1]
-            assert str(settings.db_path) in svc.health()[1]
-            # DuckDB checkpoints when its WAL grows large; on a full disk that is fatal
-            with pytest.raises(duckdb.FatalException, match="No space left on device"):
-                await anyio.to_thread.run_sync(lambda: svc.db.cursor().execute("CHECKPOINT"))
-            filler.unlink()
-            await svc.wait_until_synced()
-            assert svc.health() == (True, "running")
-            assert svc.stats()["database"]["reopens"] >= 1
-            # full again, and stopped before space comes back: the stop cannot checkpoint
-            filler = fill(small_disk)
-            for _ in range(2):
-                writer.write_step(session)
-            await until(lambda: not svc.health()[0])
-        assert _events(logs, "checkpoint_failed")
+        await log_events.wait_for("database_write_failed", failed + 1)
+        assert "No space left on device" in svc.health()[1]
+        assert str(settings.db_path) in svc.health()[1]
+        # DuckDB checkpoints when its WAL grows large; on a full disk that is fatal
+        with pytest.raises(duckdb.FatalException, match="No space left on device"):
+            await anyio.to_thread.run_sync(lambda: svc.db.cursor().execute("CHECKPOINT"))
         filler.unlink()
-        async with IndexerService(settings) as svc:
-            await svc.wait_until_synced()
+        await svc.wait_until_synced()
+        assert svc.health() == (True, "running")
+        assert svc.stats()["database"]["reopens"] >= 1
+        # full again, and stopped before space comes back: the stop cannot checkpoint
+        failed = log_events.counts["database_write_failed"]
+        filler = fill(small_disk)
+        for _ in range(2):
+            writer.write_step(session)
+        await log_events.wait_for("database_write_failed", failed + 1)
+    assert _events(logs, "checkpoint_failed")
+    filler.unlink()
+    async with IndexerService(settings) as svc:
+        await svc.wait_until_synced()
     _assert_recovered(tree.root, settings.db_path, logs)
     assert _events(logs, "database_reopened")
 
@@ -839,7 +837,10 @@ def test_any_json_of_the_right_shape_is_indexed_or_a_clear_error(
 
 
 async def test_a_cancelled_host_returns_in_bounded_time_while_writes_fail(
-    small_disk: Path, storage_tree: TreeFactory, make_settings: SettingsFactory
+    small_disk: Path,
+    storage_tree: TreeFactory,
+    make_settings: SettingsFactory,
+    log_events: LogEvents,
 ) -> None:
     """The disk is full and every write fails: cancelling the host still ends the service
     within its shutdown timeout (plus the final checkpoint's failure and the close), and
@@ -847,22 +848,21 @@ async def test_a_cancelled_host_returns_in_bounded_time_while_writes_fail(
     tree = storage_tree(sessions=2)
     settings = make_settings(db_path=small_disk / "index.duckdb", shutdown_timeout=1.0)
     writer = LiveWriter(tree.root, seed=7)
-    with capture_logs() as logs:
-        with anyio.fail_after(15):  # a hang fails here, not after the suite's timeout
-            with anyio.CancelScope() as host:
-                async with IndexerService(settings) as svc:
-                    await svc.wait_until_synced()
-                    filler = fill(small_disk)
-                    session = writer.new_session()
-                    for _ in range(3):
-                        writer.write_step(session)
-                    await until(lambda: not svc.health()[0])
-                    host.cancel()
-                    await anyio.sleep_forever()
-        assert _events(logs, "shutdown_timeout")
-        filler.unlink()
-        async with IndexerService(settings) as svc:
-            await svc.wait_until_synced()
+    with anyio.fail_after(15):  # a hang fails here, not after the suite's timeout
+        with anyio.CancelScope() as host:
+            async with IndexerService(settings) as svc:
+                await svc.wait_until_synced()
+                filler = fill(small_disk)
+                session = writer.new_session()
+                for _ in range(3):
+                    writer.write_step(session)
+                await log_events.wait_for("database_write_failed")
+                host.cancel()
+                await anyio.sleep_forever()
+    assert _events(log_events.entries, "shutdown_timeout")
+    filler.unlink()
+    async with IndexerService(settings) as svc:
+        await svc.wait_until_synced()
     assert_index_matches_tree(tree.root, settings.db_path)
 
 

@@ -326,14 +326,12 @@ def test_agent_writes_streams_deletes_and_tears(storage_tree: TreeFactory) -> No
 
 
 async def test_agent_stops_at_once_when_cancelled(storage_tree: TreeFactory) -> None:
-    """Cancelling `Agent.run` ends the pacing wait in its thread: at 0.1 files/s a step would
-    otherwise take minutes."""
+    """Cancelling `Agent.run` ends the pacing wait in its thread: at 0.001 files/s a step would
+    otherwise take hours, far past the suite's per-test timeout."""
     tree = storage_tree(sessions=1)
-    agent = Agent(tree.root, [], rate=0.1)
-    started = time.monotonic()
-    with anyio.move_on_after(0.5):
+    agent = Agent(tree.root, [], rate=0.001)
+    with anyio.move_on_after(0.5):  # the host's cancellation, while the agent waits
         await agent.run()
-    assert time.monotonic() - started < 5
     assert agent.counts["sessions"] == 1
 
 

@@ -9,6 +9,7 @@ import re
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -537,11 +538,14 @@ async def test_worker_pool_reads_one_batch_at_a_time_while_another_is_written(
     prepare, write = loader.prepare, loader.write
     lock, reading, overlap = threading.Lock(), [0], [0]
     first_may_finish, second_read = threading.Event(), threading.Event()
+    two_at_once = threading.Event()
 
     def counting_prepare(batch: Sequence[str]) -> Any:
         with lock:
             reading[0] += 1
             overlap[0] = max(overlap[0], reading[0])
+            if reading[0] > 1:
+                two_at_once.set()
         try:
             if batch[0] == paths[0]:
                 assert first_may_finish.wait(10)
@@ -566,11 +570,11 @@ async def test_worker_pool_reads_one_batch_at_a_time_while_another_is_written(
     pool = WorkerPool(loader, loader.db, workers=3, readers=1)
     async with anyio.create_task_group() as tg:
         tg.start_soon(pool.run, _batches(paths, 2), requeue)
-        # While the first batch is read, a second worker holds the next batch: it either reads
-        # it too (two readers) or waits for the reader.
-        with anyio.fail_after(10):
-            while reading[0] < 2 and not pool._prepare_limiter.statistics().tasks_waiting:
-                await anyio.sleep(0.005)
+        # While the first batch is read, a second worker holds the next batch: it either waits
+        # for the reader, or (two readers) was handed to a thread that is about to read it.
+        await anyio.wait_all_tasks_blocked()
+        if not pool._prepare_limiter.statistics().tasks_waiting:
+            await anyio.to_thread.run_sync(partial(two_at_once.wait, 10))
         first_may_finish.set()
     assert overlap[0] == 1
     assert pool.get_stats()["files_indexed"] == 6
