@@ -32,7 +32,7 @@ format: $(STAMP)  ## apply ruff fixes and formatting
 	$(PY) -m ruff check --fix indexer_service tests benchmarks e2e
 	$(PY) -m ruff format indexer_service tests benchmarks e2e
 
-type: $(STAMP)  ## mypy --strict on the package and its tests
+type: $(STAMP)  ## mypy --strict on the package, its tests, the benchmarks and e2e
 	$(PY) -m mypy
 
 bench: $(STAMP)  ## run the benchmarks (not part of the tests)

@@ -28,7 +28,7 @@ async def _push(
     async def consume(acc: FileBatchAccumulator) -> None:
         nonlocal delivered, batches
         async for batch in acc:
-            delivered += len(batch.paths)
+            delivered += len(batch.keys)
             batches += 1
 
     def timed(source: Iterator[list[str]]) -> Iterator[list[str]]:
@@ -44,7 +44,7 @@ async def _push(
 
     def feed_from_thread(acc: FileBatchAccumulator) -> None:
         for chunk in timed(chunks()):
-            acc.add_many_threadsafe(chunk)
+            anyio.from_thread.run(acc.add_many, chunk)
 
     started = time.perf_counter()
     async with anyio.create_task_group() as tg:

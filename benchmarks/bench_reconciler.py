@@ -173,7 +173,7 @@ class Sink:
     def __init__(self) -> None:
         self.n = 0
 
-    async def __call__(self, paths: list[Path]) -> None:
+    async def __call__(self, paths: list[str]) -> None:
         self.n += len(paths)
 
 
@@ -246,7 +246,7 @@ async def bench_size(base: Path, files: int, repeat: int, idle_scans: int) -> di
                 for sql in REVERT_SQL:
                     cur.execute(sql)
             await rec.scan_now(full=True)  # back in sync
-            add("full_pass_thread_cpu_s", rec.get_stats()["last_full_cpu_s"])
+            add("full_pass_thread_cpu_s", rec.get_stats()["last_full_cpu_s"] or 0.0)
             # idle: the loop's own mix of partial and full passes (the clock moves 30 s a scan)
             before = rec.get_stats()["scans_full"]
             wall, cpu_s, _ = await timed(partial(_idle, rec, clock, idle_scans))

@@ -30,13 +30,14 @@ import resource
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from indexer_service import IndexerService, Settings
+from indexer_service import IndexerService, ServiceStats, Settings
 from indexer_service.cli.logs import configure_logging
 from indexer_service.demo.synthetic import LiveWriter, age_tree, generate_tree
 from indexer_service.demo.synthetic import _write as write_file
@@ -115,7 +116,7 @@ def _fresh(base: Path, name: str) -> tuple[Path, Path]:
 
 async def _run_with_writer(
     base: Path, name: str, rate: float, seconds: float, files: int, history: int = 0
-) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+) -> tuple[dict[str, float], dict[str, float], ServiceStats]:
     root, db = _fresh(base, name)
     if history:
         generate_tree(root, files=history)
@@ -141,7 +142,7 @@ async def _run_with_writer(
     return writes, _indexed_at(db), stats
 
 
-def _pct(values: list[float], q: float) -> float:
+def _pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else 0
 
 
@@ -297,7 +298,7 @@ def main() -> dict[str, Any]:
     args = ap.parse_args()
     configure_logging("console", "warning")
     run_dir = args.dir = _new_run_dir(args.dir)
-    runs = {
+    runs: dict[str, Callable[[], dict[str, Any]]] = {
         "latency": lambda: anyio.run(latency, args.dir, args.rate, args.seconds, args.history),
         "burst": lambda: anyio.run(burst, args.dir, args.burst),
         "sustained": lambda: anyio.run(sustained, args.dir, args.sustained),

@@ -119,11 +119,9 @@ def reconcile(opencode: Path, index: Path) -> dict[str, Any]:
             started = time.perf_counter()
             await source.scan()
             await svc.drain()
-            left = (
-                svc.db.cursor()
-                .execute("SELECT count(*) FROM parts WHERE session_id = ?", [sid])
-                .fetchone()[0]
-            )
+            (left,) = svc.db.cursor().execute(
+                "SELECT count(*) FROM parts WHERE session_id = ?", [sid]
+            ).fetchone() or (0,)
             return {
                 "full_pass_s": {
                     "best": round(min(passes), 3),

@@ -133,16 +133,22 @@ def compare(opencode_db: Path, index: Path) -> list[str]:
                     f"{table}: {len(theirs - mine)} missing, {len(mine - theirs)} extra"
                 )
         sums = ("cost", "tokens.input", "tokens.output", "tokens.reasoning", "tokens.cache.read")
-        theirs_sums = src.execute(
-            "SELECT "
-            + ", ".join(f"coalesce(sum(json_extract(data, '$.{f}')), 0)" for f in sums)
-            + " FROM message"
-        ).fetchone()
-        mine_sums = dst.execute(
-            "SELECT coalesce(sum(cost), 0), coalesce(sum(tokens_input), 0), "
-            "coalesce(sum(tokens_output), 0), coalesce(sum(tokens_reasoning), 0), "
-            "coalesce(sum(tokens_cache_read), 0) FROM messages"
-        ).fetchone()
+        theirs_sums = (
+            src.execute(
+                "SELECT "
+                + ", ".join(f"coalesce(sum(json_extract(data, '$.{f}')), 0)" for f in sums)
+                + " FROM message"
+            ).fetchone()
+            or ()
+        )
+        mine_sums = (
+            dst.execute(
+                "SELECT coalesce(sum(cost), 0), coalesce(sum(tokens_input), 0), "
+                "coalesce(sum(tokens_output), 0), coalesce(sum(tokens_reasoning), 0), "
+                "coalesce(sum(tokens_cache_read), 0) FROM messages"
+            ).fetchone()
+            or ()
+        )
         if [round(float(x), 9) for x in theirs_sums] != [round(float(x), 9) for x in mine_sums]:
             problems.append(f"cost and token sums differ: {theirs_sums} != {mine_sums}")
         theirs_types = dict(
