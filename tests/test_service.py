@@ -59,6 +59,7 @@ async def test_backfill_then_live_changes(
     assert_index_matches_tree(root, settings.db_path)
 
 
+@pytest.mark.asyncio_only  # 20,000 files; test_watcher.py's burst runs on trio
 async def test_burst_into_new_directories_without_reconcile(
     tmp_path: Path, make_settings: SettingsFactory
 ) -> None:
@@ -275,6 +276,7 @@ async def test_a_tree_growing_past_the_watch_limit_is_warned_about_once(
         assert len(warned) == 1 and warned[0]["dirs"] >= known + 5
 
 
+@pytest.mark.asyncio_only  # the HTTP API (aiohttp)
 async def test_a_port_in_use_reaches_the_host_as_a_config_error(
     storage_tree: TreeFactory, make_settings: SettingsFactory
 ) -> None:

@@ -31,6 +31,8 @@ from indexer_service.read.query import Params, QueryResult, ReadOnlyQueries
 from indexer_service.sources.json_tree.file_index import FailedFile, FileTracker, IndexedFile
 from indexer_service.store.database import Database
 
+pytestmark = pytest.mark.asyncio_only  # aiohttp, client and server, needs asyncio
+
 SLOW_SQL = "SELECT count(*) FROM range(100000) a, range(100000) b WHERE a.range + b.range < 0"
 
 
