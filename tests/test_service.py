@@ -291,6 +291,23 @@ async def test_a_port_in_use_reaches_the_host_as_a_config_error(
                 pytest.fail("started although the port is taken")
 
 
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_the_http_api_under_trio_is_a_config_error_before_anything_is_opened(
+    storage_tree: TreeFactory, make_settings: SettingsFactory
+) -> None:
+    """aiohttp needs asyncio: a trio host is told so and what to do, and gets no database, no
+    token and no discovery file. Without the API, the same host runs the service."""
+    storage_tree(sessions=1)
+    settings = make_settings(http_enabled=True)
+    with pytest.raises(ConfigError, match=r"asyncio backend.*http_enabled=False"):
+        async with IndexerService(settings):
+            pytest.fail("started although the HTTP API cannot run under trio")
+    assert not settings.db_path.parent.exists()
+    async with IndexerService(make_settings(http_enabled=False)) as svc:
+        await svc.wait_until_synced()
+        assert svc.health() == (True, "running")
+
+
 async def test_the_hosts_own_error_comes_back_as_it_was_raised(
     storage_tree: TreeFactory, make_settings: SettingsFactory
 ) -> None:

@@ -349,6 +349,14 @@ async def test_port_in_use_is_a_clear_error(svc: FakeService, db_path: Path) -> 
     assert not discovery_path(db_path).exists()
 
 
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # the one test of this module on trio
+async def test_serving_under_trio_is_a_config_error(svc: FakeService, db_path: Path) -> None:
+    """aiohttp runs only on asyncio: under trio, ConfigError says so; nothing is written."""
+    with pytest.raises(ConfigError, match="needs anyio's asyncio backend"):
+        await serve_api(svc, db_path=db_path, port=0)
+    assert not token_path(db_path).exists() and not discovery_path(db_path).exists()
+
+
 # -- the client ---------------------------------------------------------------------------------
 
 
