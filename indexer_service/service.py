@@ -26,7 +26,7 @@ from anyio.abc import TaskGroup
 from indexer_service.accumulator import AccumulatorConfig, FileBatchAccumulator
 from indexer_service.errors import ConfigError, DatabaseError, single_error
 from indexer_service.http.metrics import Metrics
-from indexer_service.http.server import serve_api
+from indexer_service.http.server import require_asyncio, serve_api
 from indexer_service.model import Batch, BatchResult, ScanReport
 from indexer_service.pool import WorkerPool
 from indexer_service.read.query import Params, QueryResult, ReadOnlyQueries
@@ -121,8 +121,8 @@ class IndexerService(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncIterator[Self]:
         """The pipeline's lifetime; a failure reaches the host as the one exception it is (a
-        `ConfigError` for a port in use, the host's own error from its block), never as the
-        exception group of the task groups inside."""
+        `ConfigError` for a port in use or for the HTTP API under trio, the host's own error
+        from its block), never as the exception group of the task groups inside."""
         try:
             async with self._running() as svc:
                 yield svc
@@ -132,6 +132,8 @@ class IndexerService(anyio.AsyncContextManagerMixin):
 
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[Self]:
+        if self.settings.http_enabled:
+            require_asyncio()  # a `ConfigError` under trio, before anything is opened
         self._state = "starting"
         await anyio.to_thread.run_sync(self._check_stores)
         await anyio.to_thread.run_sync(self._db.open)

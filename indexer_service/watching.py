@@ -10,8 +10,9 @@ half second at every start).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from watchfiles import Change, awatch
@@ -55,14 +56,19 @@ async def follow(
     error of the watch or of ``handle`` is raised as it is."""
     is_armed = anyio.Event()
     stop = _Stop(is_armed.set)
+    # awatch calls only `is_set()`, though its annotation names the event classes it expects
+    stop_event = cast(anyio.Event, stop)
     failed: list[Exception] = []
     async with anyio.create_task_group() as tg:
 
         async def consume() -> None:
+            # awatch is closed here when the watch ends, not left to the garbage collector
+            # (which trio reports as a ResourceWarning)
             try:
-                async for changes in awatch(path, stop_event=stop, **options):
-                    if not await handle(changes):
-                        break
+                async with aclosing(awatch(path, stop_event=stop_event, **options)) as batches:
+                    async for changes in batches:
+                        if not await handle(changes):
+                            break
             except Exception as exc:  # raised below, not as an exception group
                 failed.append(exc)
             finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -25,6 +26,48 @@ from indexer_service.sources.json_tree.layout import classify
 from indexer_service.sources.json_tree.loader import Loader
 from indexer_service.stats import ServiceStats
 from indexer_service.store.database import Database
+
+# -- event loops: every coroutine test runs on anyio's asyncio and trio backends -------------
+# A test, or a module through `pytestmark`, marked `asyncio_only` runs on asyncio alone: what
+# serves the HTTP API (aiohttp needs asyncio), and the slowest tests, whose code the rest of
+# their module also runs on trio.
+
+BACKENDS = ("asyncio", "trio")
+
+
+def _is_coroutine_test(obj: object) -> bool:
+    inner = getattr(getattr(obj, "hypothesis", None), "inner_test", obj)  # hypothesis wraps it
+    return inspect.iscoroutinefunction(inner)
+
+
+def pytest_pycollect_makeitem(
+    collector: pytest.Module | pytest.Class, name: str, obj: object
+) -> None:
+    """Hand every coroutine test to anyio's plugin (mark ``anyio``, which runs it once per
+    `anyio_backend`); an ``asyncio_only`` one gets asyncio as its only backend, unless the
+    test names its backends itself (``parametrize("anyio_backend", ...)``)."""
+    if not (collector.istestfunction(obj, name) and _is_coroutine_test(obj)):
+        return
+    own = getattr(obj, "pytestmark", [])
+    if not any(m.name == "anyio" for m in own):
+        pytest.mark.anyio(obj)
+        pytest.mark.usefixtures("anyio_backend")(obj)
+    only_asyncio = collector.get_closest_marker("asyncio_only") or any(
+        m.name == "asyncio_only" for m in own
+    )
+    pinned = any(m.name == "parametrize" and m.args[0] == "anyio_backend" for m in own)
+    if only_asyncio and not pinned:
+        pytest.mark.parametrize("anyio_backend", ["asyncio"])(obj)
+
+
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The anyio backend a coroutine test runs on (a parametrize on the test overrides it)."""
+    backend: str = request.param
+    return backend
+
+
+# -- end of event loops --------------------------------------------------------------------
 
 
 def indexable_files(root: Path) -> dict[str, tuple[int, int]]:

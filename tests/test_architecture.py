@@ -1,5 +1,6 @@
 """The package's structure, read from its source with ``ast``: no import cycle, leaves that stay
-leaves, sources reached only through the service and the CLI, small documented modules."""
+leaves, sources reached only through the service and the CLI, small documented modules, and
+asyncio needed by the HTTP server alone."""
 
 from __future__ import annotations
 
@@ -126,3 +127,21 @@ def test_modules_are_small_and_say_what_they_do() -> None:
         if p.stat().st_size and not ast.get_docstring(ast.parse(p.read_text()))
     ]
     assert undocumented == []
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """The top-level names of every module ``path`` imports (lazy imports count too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_only_the_http_server_is_tied_to_asyncio() -> None:
+    """The pipeline runs on any anyio backend: asyncio, and aiohttp built on it, are imported by
+    the HTTP server alone (which refuses to start under trio)."""
+    tied = {m for m, p in MODULES.items() if _top_level_imports(p) & {"asyncio", "aiohttp"}}
+    assert tied == {f"{NAME}.http.server"}

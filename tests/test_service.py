@@ -69,6 +69,7 @@ async def test_backfill_then_live_changes(
     assert_index_matches_tree(root, settings.db_path)
 
 
+@pytest.mark.asyncio_only  # 20,000 files; test_watcher.py's burst runs on trio
 async def test_burst_into_new_directories_without_reconcile(
     tmp_path: Path, make_settings: SettingsFactory, log_events: LogEvents
 ) -> None:
@@ -285,6 +286,7 @@ async def test_a_tree_growing_past_the_watch_limit_is_warned_about_once(
         assert len(warned) == 1 and warned[0]["dirs"] >= known + 5
 
 
+@pytest.mark.asyncio_only  # the HTTP API (aiohttp)
 async def test_a_port_in_use_reaches_the_host_as_a_config_error(
     storage_tree: TreeFactory, make_settings: SettingsFactory
 ) -> None:
@@ -337,6 +339,23 @@ async def test_a_store_of_the_wrong_kind_reaches_the_host_as_one_error(
         async with IndexerService(make_settings(**{store: wrong})):
             pytest.fail("started on an unusable store")
     assert not make_settings().db_path.exists()  # refused before the index was created
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_the_http_api_under_trio_is_a_config_error_before_anything_is_opened(
+    storage_tree: TreeFactory, make_settings: SettingsFactory
+) -> None:
+    """aiohttp needs asyncio: a trio host is told so and what to do, and gets no database, no
+    token and no discovery file. Without the API, the same host runs the service."""
+    storage_tree(sessions=1)
+    settings = make_settings(http_enabled=True)
+    with pytest.raises(ConfigError, match=r"asyncio backend.*http_enabled=False"):
+        async with IndexerService(settings):
+            pytest.fail("started although the HTTP API cannot run under trio")
+    assert not settings.db_path.parent.exists()
+    async with IndexerService(make_settings(http_enabled=False)) as svc:
+        await svc.wait_until_synced()
+        assert svc.health() == (True, "running")
 
 
 async def test_the_hosts_own_error_comes_back_as_it_was_raised(

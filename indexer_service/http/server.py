@@ -10,12 +10,14 @@ Every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>``; `serve_
 fresh token at start to a file only the service's user can read (``<db>.token``, mode 0600),
 and a discovery file (``<db>.api.json``: host, port, pid) that `client.find_service` reads.
 
-The server is aiohttp's `AppRunner`/`TCPSite`: it runs as one task of the service's task group
-(asyncio backend), installs no signal handlers, and stops cleanly when that task is cancelled.
+The server is aiohttp's `AppRunner`/`TCPSite`: it runs as one task of the service's task group,
+installs no signal handlers, and stops cleanly when that task is cancelled. aiohttp needs
+anyio's asyncio backend: under trio, `require_asyncio` (and so `serve_api`) raises `ConfigError`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -39,7 +41,7 @@ from indexer_service.read.query import Params, QueryResult, jsonable
 from indexer_service.reports.status import RECENT_ERRORS_SQL
 from indexer_service.stats import ServiceStats
 
-__all__ = ["ServedService", "is_loopback", "serve_api"]
+__all__ = ["ServedService", "is_loopback", "require_asyncio", "serve_api"]
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +74,19 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def require_asyncio() -> None:
+    """Raise `ConfigError` unless an asyncio event loop runs in this thread: aiohttp, which
+    serves the API, runs on nothing else (not on anyio's trio backend)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise ConfigError(
+            "http_enabled: the HTTP API (aiohttp) needs anyio's asyncio backend, and this runs "
+            "on another event loop (trio); run it under asyncio, or set http_enabled=False "
+            "(INDEXER_HTTP_ENABLED=false)"
+        ) from None
 
 
 def _dumps(data: Any) -> str:
@@ -190,8 +205,9 @@ async def serve_api(
 
     ``port=0`` picks a free port. ``token=None`` generates one. Binding to a non-loopback
     ``host`` raises `ConfigError` unless ``allow_remote`` (then a warning is logged: the token
-    travels in clear over plain HTTP).
+    travels in clear over plain HTTP), and under trio (see `require_asyncio`).
     """
+    require_asyncio()
     if not is_loopback(host):
         if not allow_remote:
             raise ConfigError(

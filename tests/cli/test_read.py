@@ -153,6 +153,7 @@ class Served:
         return await self._queries.query(sql, params, max_rows=max_rows)
 
 
+@pytest.mark.asyncio_only  # the HTTP API (aiohttp)
 async def test_status_and_query_through_the_service(
     db_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -33,6 +33,8 @@ from indexer_service.read.query import Params, QueryResult, ReadOnlyQueries
 from indexer_service.sources.json_tree.file_index import FailedFile, FileTracker, IndexedFile
 from indexer_service.store.database import Database
 
+pytestmark = pytest.mark.asyncio_only  # aiohttp, client and server, needs asyncio
+
 SLOW_SQL = "SELECT count(*) FROM range(100000) a, range(100000) b WHERE a.range + b.range < 0"
 
 
@@ -347,6 +349,14 @@ async def test_port_in_use_is_a_clear_error(svc: FakeService, db_path: Path) -> 
         with pytest.raises(ConfigError, match=f"cannot serve the API on 127.0.0.1:{port}"):
             await serve_api(svc, db_path=db_path, port=port)
     assert not discovery_path(db_path).exists()
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # the one test of this module on trio
+async def test_serving_under_trio_is_a_config_error(svc: FakeService, db_path: Path) -> None:
+    """aiohttp runs only on asyncio: under trio, ConfigError says so; nothing is written."""
+    with pytest.raises(ConfigError, match="needs anyio's asyncio backend"):
+        await serve_api(svc, db_path=db_path, port=0)
+    assert not token_path(db_path).exists() and not discovery_path(db_path).exists()
 
 
 # -- the client ---------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from indexer_service.read.query import QueryResult
 from indexer_service.service import IndexerService
 from indexer_service.settings import Settings
 
+pytestmark = pytest.mark.asyncio_only  # queries go through the HTTP API too (aiohttp)
+
 # In one snapshot, every file marked indexed has its record row: rows and file_index are
 # written in one transaction, so a reader must never see one without the other.
 CONSISTENCY_SQL = """

@@ -258,6 +258,7 @@ def test_bad_dates(tree: tuple[Truth, Path], capsys: pytest.CaptureFixture[str])
     assert "--since 2025-11-02 is after --until 2025-11-01" in capsys.readouterr().err
 
 
+@pytest.mark.asyncio_only  # the HTTP API (aiohttp)
 async def test_report_through_the_running_service(
     storage_tree: Callable[..., object],
     make_settings: Callable[..., Settings],

@@ -305,6 +305,7 @@ async def test_pending_and_due_errors_in_pruned_dirs(
     assert not stats["last_scan_full"]
 
 
+@pytest.mark.asyncio_only  # 12,000 files; chunking does not depend on the event loop
 async def test_no_limit_on_results(
     root: Path, db: Database, clock: FakeClock, tracker: FileTracker
 ) -> None:

@@ -25,6 +25,7 @@ ACTIONS = st.lists(
 )
 
 
+@pytest.mark.asyncio_only  # 8 services; test_sqlite_source.py's live writes run on trio
 @settings(
     max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -49,6 +49,7 @@ async def test_status_on_the_file_shows_each_database(
     assert rows["part"] == {"indexed": parts, "error": 1}
 
 
+@pytest.mark.asyncio_only  # the HTTP API (aiohttp)
 async def test_status_through_the_service_shows_its_polls(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
