@@ -256,11 +256,11 @@ async def test_a_tree_growing_past_the_watch_limit_is_warned_about_once(
 ) -> None:
     """The watch limit is checked after every scan, not only the first: directories created
     while the service runs can cross it; the warning comes once."""
-    from indexer_service.sources.json_tree import watcher
+    from indexer_service.sources.json_tree import source
 
     async with running_service(sessions=1) as svc:
         known = svc.stats()["reconciler"]["dirs_known"]
-        monkeypatch.setattr(watcher, "inotify_watch_limit", lambda: known + 3)
+        monkeypatch.setattr(source, "inotify_watch_limit", lambda: known + 3)
         root = _root(svc)
         with capture_logs() as logs:
             await svc.wait_until_synced()

@@ -150,7 +150,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         scandir: Scandir = os.scandir,
-        on_scan_done: Callable[[ScanReport], None] | None = None,
+        on_scan_done: Callable[[ScanReport], Awaitable[None]] | None = None,
         shard_min_files: int | None = 50_000,
     ) -> None:
         positive("interval_seconds", interval_seconds)
@@ -238,7 +238,9 @@ class Reconciler(anyio.AsyncContextManagerMixin):
                 raise
             if res.listing.full:
                 self._last_full = (now, res.cpu_s)
-            self._record(res, time.perf_counter() - started)
+            report = self._record(res, time.perf_counter() - started)
+            if self._on_scan_done is not None:
+                await self._on_scan_done(report)
             return res.missing
 
     def _full_due(self, now: float) -> bool:
@@ -307,7 +309,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
                 for chunk in found.chunks(self.chunk_size):
                     await callback(chunk)
 
-    def _record(self, res: _Result, duration: float) -> None:
+    def _record(self, res: _Result, duration: float) -> ScanReport:
         listing, stats = res.listing, self._stats
         stats["last_scan_at"] = self._clock()
         stats["last_duration_s"] = round(duration, 4)
@@ -339,8 +341,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
             dirs_listed=listing.dirs_listed, errors=errors, **res.counts,
         )  # fmt: skip
         self.last_report = ScanReport(listing.full, duration, dict(res.counts))
-        if self._on_scan_done is not None:
-            self._on_scan_done(self.last_report)
+        return self.last_report
 
     def get_stats(self) -> dict[str, Any]:
         """Scans done (full, partial, failed), the last scan's time, duration, files listed and
