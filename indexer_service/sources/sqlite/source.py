@@ -69,6 +69,7 @@ class SqliteSource:
         self._lock = anyio.Lock()
         self._unavailable: str | None = None
         self._listed: tuple[object, ...] | None = None  # the files as of the last listing
+        self._exists = False  # whether the database file was there at the last look
         self._stats: dict[str, Any] = {
             "signals": 0, "scans": 0, "listings": 0, "scans_failed": 0, "last_scan_at": None,
             "last_duration_s": 0.0, "last": dict.fromkeys(SCAN_KINDS, 0),
@@ -90,7 +91,7 @@ class SqliteSource:
         started = False
         names = {self.path.name, self.path.name + "-wal"}
         while True:
-            if not self.path.parent.is_dir():
+            if not await anyio.to_thread.run_sync(self.path.parent.is_dir):
                 if not started:
                     started = True
                     task_status.started()
@@ -106,14 +107,14 @@ class SqliteSource:
 
             async def handle(changes: Changes) -> bool:
                 nonlocal existed
-                exists = self.path.exists()
+                folder, exists = await anyio.to_thread.run_sync(self._look)
                 if changes or (exists and not existed):
                     self._stats["signals"] += 1
                     await self._emit([self.keys.poll])
                 existed = exists
                 if self.reader.is_open and self.reader.idle_for() > self._idle_close_s:
                     await anyio.to_thread.run_sync(self.reader.close)
-                return self.path.parent.is_dir()
+                return folder
 
             await follow(
                 self.path.parent,
@@ -139,9 +140,11 @@ class SqliteSource:
             counts = dict.fromkeys(SCAN_KINDS, 0)
             await self._emit([self.keys.poll])
             polled = await anyio.to_thread.run_sync(self.loader.claimed)
-            seen = _fingerprint(self.path)
+            seen, (_, exists) = await anyio.to_thread.run_sync(
+                lambda: (_fingerprint(self.path), self._look())
+            )
             unchanged = full is None and seen == self._listed and self._unavailable is None
-            if self.path.exists() and polled and not unchanged:  # no poll yet: it is the backfill
+            if exists and polled and not unchanged:  # no poll yet: it is the backfill
                 self._stats["listings"] += 1
                 try:
                     found = await run_in_thread(
@@ -189,7 +192,7 @@ class SqliteSource:
 
     def prepare(self, keys: Sequence[str]) -> DbPrepared:
         """Read ``keys``; an unreadable database gives an empty batch and a health reason."""
-        if not self.path.exists():
+        if not self._look()[1]:
             return DbPrepared()
         try:
             prepared = self.loader.prepare(keys)
@@ -227,7 +230,7 @@ class SqliteSource:
     def get_stats(self) -> dict[str, Any]:
         return {
             "path": str(self.path),
-            "exists": self.path.exists(),
+            "exists": self._exists,
             "unavailable": self._unavailable,
             "polls": self.loader.polls,
             "polls_skipped": self.loader.polls_skipped,
@@ -240,6 +243,12 @@ class SqliteSource:
             **self._stats,
             "last": dict(self._stats["last"]),
         }
+
+    def _look(self) -> tuple[bool, bool]:
+        """Whether the database's folder and the database file exist now (blocking: in a
+        worker thread); `get_stats` reports the latter."""
+        folder, self._exists = self.path.parent.is_dir(), self.path.exists()
+        return folder, self._exists
 
     def close(self) -> None:
         self.reader.close()
