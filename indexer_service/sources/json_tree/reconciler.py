@@ -212,7 +212,8 @@ class Reconciler(anyio.AsyncContextManagerMixin):
                 yield self
             finally:
                 tg.cancel_scope.cancel()
-                self.close()
+                with anyio.CancelScope(shield=True):  # the child's exit is waited for
+                    await anyio.to_thread.run_sync(self.close)
 
     def close(self) -> None:
         """Stop the listing child process, if one runs (a later large scan starts it again).
