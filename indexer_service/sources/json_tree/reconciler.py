@@ -24,7 +24,6 @@ When a change the watcher missed is seen (I = ``interval_seconds``, N = ``full_s
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -45,7 +44,13 @@ from indexer_service.settings import at_least, positive
 from indexer_service.source import every
 from indexer_service.sources.json_tree.file_index import same_version_sql
 from indexer_service.sources.json_tree.layout import classify_relative
-from indexer_service.sources.json_tree.listing import SCHEMA, Listing, Scandir
+from indexer_service.sources.json_tree.listing import (
+    SCHEMA,
+    CancelFlag,
+    Listing,
+    ScanCancel,
+    Scandir,
+)
 from indexer_service.sources.json_tree.sharded import ShardedLister
 from indexer_service.store.database import Database
 from indexer_service.threads import run_in_thread
@@ -230,9 +235,9 @@ class Reconciler(anyio.AsyncContextManagerMixin):
             want_full = self._full_due(now) if full is None else full
             started = time.perf_counter()
             try:
-                cancel = threading.Event()
-                scan = partial(self._scan_sync, want_full, now, cancel)
-                res = await run_in_thread(scan, cancel.set)
+                with ScanCancel() as cancel:
+                    scan = partial(self._scan_sync, want_full, now, cancel)
+                    res = await run_in_thread(scan, cancel.set)
                 await self._deliver(res)
             except BaseException:
                 self._lister.reset()  # its memory may be ahead of what was delivered
@@ -256,7 +261,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
                 return False
         return True
 
-    def _scan_sync(self, full: bool, now: float, cancel: threading.Event) -> _Result:
+    def _scan_sync(self, full: bool, now: float, cancel: CancelFlag) -> _Result:
         started = time.thread_time()
         listing = self._lister.scan(full=full, cancel=cancel)
         res = _Result(listing)
