@@ -77,6 +77,7 @@ class WorkerPool:
         self._seconds = {"read": 0.0, "parse": 0.0, "write": 0.0}
         self._latency_ms: deque[float] = deque(maxlen=1024)
         self._busy = 0
+        self._ended: anyio.Event | None = None  # set when a batch or a re-queue ends
         self._following: set[str] = set()  # follow-up keys not yet prepared
         self._ending = False
 
@@ -128,14 +129,14 @@ class WorkerPool:
             self._busy -= 1
             raise
         except Exception:
-            self._busy -= 1
+            self._end_one()
             log.exception("batch_failed", files=len(keys))
             raise
         self._record(result, (time.perf_counter() - taken) * 1000)
         if result.requeue:
             self._busy += 1
             tg.start_soon(self._requeue, requeue, result.requeue)
-        self._busy -= 1
+        self._end_one()
         if self.on_batch_done is not None:
             self.on_batch_done(result, batch)
 
@@ -171,7 +172,20 @@ class WorkerPool:
         except Exception as exc:  # e.g. the queue closed at shutdown: the next scan finds them
             log.warning("requeue_failed", files=len(paths), error=repr(exc))
         finally:
-            self._busy -= 1
+            self._end_one()
+
+    def _end_one(self) -> None:
+        self._busy -= 1
+        if self._ended is not None:
+            self._ended.set()
+            self._ended = None
+
+    async def work_ended(self) -> None:
+        """Wait until a batch or a re-queue in flight ends (written, failed, or handed back
+        to the accumulator): the moment to look again at whether the pipeline is idle."""
+        if self._ended is None:
+            self._ended = anyio.Event()
+        await self._ended.wait()
 
     def _record(self, r: BatchResult, ms: float) -> None:
         c = self._counts

@@ -240,7 +240,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         live commit soon after."""
         await self._initial_done.wait()
         while not self._idle():  # not `drain`: batches come when the accumulator says so
-            await self._progress.wait()
+            await self._pool.work_ended()
         self._backfill["finished"] = True
         started = time.perf_counter()
         try:
@@ -315,10 +315,8 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             await self._acc.force_flush()
             if self._idle():
                 return
-            # woken by each written batch; the timeout re-checks work that ends without one
-            # (a re-queue handing files back to the accumulator)
-            with anyio.move_on_after(0.25):
-                await self._progress.wait()
+            # not idle: keys are ready or in flight, so a batch or a re-queue ends later
+            await self._pool.work_ended()
 
     async def wait_until_synced(self) -> None:
         """Return once what is on disk now is queryable: the backfill is written, then a fresh

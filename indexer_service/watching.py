@@ -5,6 +5,10 @@ but sets that event itself only after the thread returns on its own ``rust_timeo
 here): every stop of a watcher cost about half a second. `follow` sets the stop event first,
 and says that the watch is armed as soon as it is (waiting for the first timeout cost another
 half second at every start).
+
+Arming itself stalls the event loop: ``awatch`` builds watchfiles' ``RustNotify`` on the calling
+thread, and its constructor adds one inotify watch per directory holding the GIL, so no Python
+thread runs meanwhile (docs/benchmarks.md). Building it in a worker thread would not help.
 """
 
 from __future__ import annotations

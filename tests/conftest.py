@@ -11,13 +11,16 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import NoReturn
 
 import anyio
 import pytest
 import structlog
+from blockbuster import BlockBuster
 from structlog.typing import EventDict
 
+import indexer_service
 from indexer_service.demo.synthetic import TreeSpec, TreeSummary, generate_tree
 from indexer_service.model import BatchResult
 from indexer_service.service import IndexerService
@@ -288,3 +291,54 @@ def running_service(
             yield svc
 
     return start
+
+
+# -- no blocking call on the event loop ------------------------------------------------------
+# blockbuster patches the blocking functions (file and socket I/O, sqlite3, time.sleep, a lock
+# held elsewhere) to raise when called on the thread of a running asyncio loop, here when
+# the package's code is on the stack. It sees the asyncio loop only: under trio it does nothing.
+
+_TESTS = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PACKAGE = os.path.dirname(os.path.abspath(indexer_service.__file__)) + os.sep
+_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
+
+
+def _called_from_a_test_body() -> bool:
+    """Whether the innermost coroutine of the tests or the package on the stack is a test's:
+    the test itself made a blocking call on the loop (often through one of the package's
+    synchronous functions, e.g. to write the files OpenCode would), not the package."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_flags & _ASYNC_CODE:
+            if frame.f_code.co_filename.startswith(_TESTS):
+                return True
+            if frame.f_code.co_filename.startswith(_PACKAGE):
+                return False
+        frame = frame.f_back
+    return False
+
+
+def _or_from_a_test_body(can_block: Callable[..., bool]) -> Callable[..., bool]:
+    def check(*args: object, **kwargs: object) -> bool:
+        return can_block(*args, **kwargs) or _called_from_a_test_body()
+
+    return check
+
+
+def _absolute(path: object, *_args: object, **_kwargs: object) -> bool:
+    """``os.path.abspath`` of an absolute path only normalizes it: no system call."""
+    return isinstance(path, str | os.PathLike) and os.path.isabs(path)
+
+
+@pytest.fixture(autouse=True)
+def _no_blocking_calls() -> Iterator[None]:
+    """Fail a test in which the package makes a blocking call on the event loop's thread."""
+    buster = BlockBuster(["indexer_service"])
+    buster.functions["os.path.abspath"].can_block_predicate = _absolute
+    for function in buster.functions.values():
+        function.can_block_predicate = _or_from_a_test_body(function.can_block_predicate)
+    buster.activate()
+    try:
+        yield
+    finally:
+        buster.deactivate()

@@ -6,6 +6,7 @@ import itertools
 import os
 import shutil
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from indexer_service import (
     find_service,
 )
 from indexer_service.demo.synthetic import LiveWriter
+from indexer_service.sources.json_tree import files
 from indexer_service.store.database import Database
 
 SettingsFactory = Callable[..., Settings]
@@ -267,11 +269,11 @@ async def test_a_tree_growing_past_the_watch_limit_is_warned_about_once(
 ) -> None:
     """The watch limit is checked after every scan, not only the first: directories created
     while the service runs can cross it; the warning comes once."""
-    from indexer_service.sources.json_tree import watcher
+    from indexer_service.sources.json_tree import source
 
     async with running_service(sessions=1) as svc:
         known = svc.stats()["reconciler"]["dirs_known"]
-        monkeypatch.setattr(watcher, "inotify_watch_limit", lambda: known + 3)
+        monkeypatch.setattr(source, "inotify_watch_limit", lambda: known + 3)
         root = _root(svc)
         with capture_logs() as logs:
             await svc.wait_until_synced()
@@ -391,6 +393,35 @@ async def test_the_service_marks_its_backfill_finished_itself(
         backfill = svc.stats()["backfill"]
     total = len(indexable_files(tree.root))
     assert backfill == {"total": total, "done": total, "finished": True}
+
+
+async def test_a_file_rewritten_while_read_is_written_without_waiting_for_the_window(
+    storage_tree: TreeFactory, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file rewritten while a worker reads it goes back to the accumulator and no batch
+    follows: `wait_until_synced` still writes its final version at once, not after the
+    batching window (an hour here)."""
+    storage_tree(sessions=1)
+    settings = make_settings(window_ms=3_600_000, watch=False)
+    root = settings.storage_path
+    assert root is not None
+    changing = sorted(indexable_files(root))[0]
+    read_fd = files._read_fd
+    rewritten = threading.Event()
+
+    def rewrite_once(fd: int, size: int) -> bytes:  # in the worker's thread
+        if not rewritten.is_set() and os.fstat(fd).st_ino == os.stat(changing).st_ino:
+            rewritten.set()
+            data = orjson.loads(Path(changing).read_bytes())
+            Path(changing).write_bytes(orjson.dumps({**data, "rewritten": True}))
+        return read_fd(fd, size)
+
+    monkeypatch.setattr(files, "_read_fd", rewrite_once)
+    async with IndexerService(settings) as svc:
+        with anyio.fail_after(60):
+            await svc.wait_until_synced()
+        assert svc.stats()["workers"]["files_requeued"] == 1
+    assert_index_matches_tree(root, settings.db_path)
 
 
 async def test_a_library_host_gets_no_port_and_no_files_by_default(

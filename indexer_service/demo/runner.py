@@ -209,7 +209,10 @@ class Demo:
 
     async def _live(self, svc: IndexerService, old_sessions: list[str]) -> None:
         opts = self.options
-        agent = Agent(self.store, old_sessions, opts.rate, opts.seed)
+        # the agent's writer opens the store (a database connection): off the event loop
+        agent = await anyio.to_thread.run_sync(
+            Agent, self.store, old_sessions, opts.rate, opts.seed
+        )
         meter, line = Meter(svc, self._noun), StatusLine(self._out, self._tty)
         self._say(
             f"live:      the agent writes ~{opts.rate:g} {self._noun}/s: new sessions, tool "

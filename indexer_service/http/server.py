@@ -236,13 +236,13 @@ async def serve_api(
         written[token_file] = token.encode() + b"\n"
         written[discovery] = json.dumps({**info, "started_at": time.time()}).encode()
         for path, content in written.items():  # the token first: discovery means "usable"
-            write_private(path, content)
+            await anyio.to_thread.run_sync(write_private, path, content)
         log.info("api_started", host=host, port=bound, discovery=str(discovery))
         task_status.started(bound)
         await anyio.sleep_forever()
     finally:
         with anyio.CancelScope(shield=True):
             for path, content in reversed(written.items()):
-                remove_if_ours(path, content)
+                await anyio.to_thread.run_sync(remove_if_ours, path, content)
             await runner.cleanup()
             log.info("api_stopped")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,10 +84,11 @@ class Database:
         return self
 
     def close(self) -> None:
-        """Close every cursor and the connection; safe to call twice."""
+        """Close every cursor and the connection, waiting for a call running on another
+        thread's cursor to end (`ThreadCursors.close`); safe to call twice."""
         cursors, self._cursors, self._con = self._cursors, None, None
         if cursors is not None:
-            cursors.close(_close_when_idle)
+            cursors.close()
         self._local = threading.local()
 
     def interrupt(self) -> None:
@@ -152,21 +152,6 @@ class Database:
         """Write the WAL into the database file; ``force`` aborts running transactions (at
         close), otherwise a running read makes it fail."""
         self.cursor().execute("FORCE CHECKPOINT" if force else "CHECKPOINT")
-
-
-def _close_when_idle(con: duckdb.DuckDBPyConnection, timeout_s: float = 5.0) -> None:
-    """Close a cursor that another thread may be using: DuckDB 2 refuses (ResourceInUse) while
-    a call runs on it instead of waiting, so wait for the call to end (a statement on an
-    invalidated database fails at once)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            con.close()
-            return
-        except duckdb.ResourceInUseException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.001)
 
 
 _WRITABLE = "the index needs a folder this user can write: choose another db_path (--db)"

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import queue
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pytest
 from conftest import held_by_another_process
 
 from indexer_service.errors import DatabaseError, DatabaseLockedError, SchemaVersionError
 from indexer_service.settings import default_db_path
 from indexer_service.sources.json_tree.file_index import FileTracker
+from indexer_service.store.cursors import ThreadCursors
 from indexer_service.store.database import Database
 from indexer_service.store.schema import SCHEMA_VERSION
 
@@ -185,6 +189,71 @@ def test_checkpoint_and_close_twice(tmp_path: Path) -> None:
     assert not db.is_open
     with pytest.raises(DatabaseError, match="not open"):
         db.cursor()
+
+
+class _HeldScan:
+    """A table whose scan blocks inside DuckDB until `release`: a statement that runs as long
+    as the test wants."""
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection) -> None:
+        self.scanning, self._go = threading.Event(), threading.Event()
+        schema = pa.schema([("x", pa.int64())])
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            self.scanning.set()
+            self._go.wait()
+            yield pa.record_batch([pa.array([1, 2])], schema=schema)
+
+        cur.register("held", pa.RecordBatchReader.from_batches(schema, batches()))
+
+    def release(self) -> None:
+        self._go.set()
+
+
+def test_close_waits_for_a_statement_running_on_another_thread(tmp_path: Path) -> None:
+    """DuckDB refuses to close a cursor while a call runs on it: the close waits for the
+    statement to end, which gets its rows, then closes."""
+    db = Database(tmp_path / "x.duckdb").open()
+    rows: list[object] = []
+    started: queue.Queue[_HeldScan] = queue.Queue()
+
+    def reader() -> None:
+        cur = db.cursor()
+        started.put(_HeldScan(cur))
+        rows.extend(cur.execute("SELECT sum(x) FROM held").fetchall())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    held = started.get()
+    held.scanning.wait()
+    closer = threading.Thread(target=db.close)
+    closer.start()
+    assert closer.is_alive() and not rows  # the statement still runs: nothing can be closed
+    held.release()
+    closer.join()
+    thread.join()
+    assert rows == [(3,)]
+    assert not db.is_open
+
+
+def test_close_gives_up_on_a_statement_that_does_not_end(tmp_path: Path) -> None:
+    """Past its timeout the close raises DuckDB's refusal; the statement is not disturbed."""
+    con = duckdb.connect(str(tmp_path / "x.duckdb"))
+    cursors = ThreadCursors(con)
+    cur = cursors.get()
+    held = _HeldScan(cur)
+    rows: list[object] = []
+    thread = threading.Thread(
+        target=lambda: rows.extend(cur.execute("SELECT sum(x) FROM held").fetchall())
+    )
+    thread.start()
+    held.scanning.wait()
+    with pytest.raises(duckdb.ResourceInUseException):
+        cursors.close(timeout_s=0.01)
+    held.release()
+    thread.join()
+    assert rows == [(3,)]
+    con.close()
 
 
 def test_default_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

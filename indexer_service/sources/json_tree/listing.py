@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Self
 
 import pyarrow as pa
 
@@ -29,10 +29,39 @@ class ListingCancelled(Exception):
 
 
 class CancelFlag(Protocol):
-    """What a scan polls between directories (a `threading.Event`, or a flag shared with a
-    parent process)."""
+    """What a scan polls between directories (a `threading.Event`, `ScanCancel`, or a flag
+    shared with a parent process)."""
 
     def is_set(self) -> bool: ...
+
+
+class ScanCancel:
+    """A cancel flag whose `set` (from any thread, the event loop's included: it never blocks)
+    also makes its `fileno` readable, so a thread waiting for a listing child's answer wakes
+    at once. It holds a pipe: use it as a context manager, and set it only inside."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            os.write(self._write, b"!")
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def fileno(self) -> int:
+        return self._read
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.close(self._read)
+        os.close(self._write)
 
 
 def shard_of(subdir: str, shards: int) -> int:

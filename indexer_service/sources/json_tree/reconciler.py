@@ -24,7 +24,6 @@ When a change the watcher missed is seen (I = ``interval_seconds``, N = ``full_s
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -45,7 +44,13 @@ from indexer_service.settings import at_least, positive
 from indexer_service.source import every
 from indexer_service.sources.json_tree.file_index import same_version_sql
 from indexer_service.sources.json_tree.layout import classify_relative
-from indexer_service.sources.json_tree.listing import SCHEMA, Listing, Scandir
+from indexer_service.sources.json_tree.listing import (
+    SCHEMA,
+    CancelFlag,
+    Listing,
+    ScanCancel,
+    Scandir,
+)
 from indexer_service.sources.json_tree.sharded import ShardedLister
 from indexer_service.stats import ReconcilerStats, scan_counts
 from indexer_service.store.database import Database
@@ -151,7 +156,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         scandir: Scandir = os.scandir,
-        on_scan_done: Callable[[ScanReport], None] | None = None,
+        on_scan_done: Callable[[ScanReport], Awaitable[None]] | None = None,
         shard_min_files: int | None = 50_000,
     ) -> None:
         positive("interval_seconds", interval_seconds)
@@ -213,7 +218,8 @@ class Reconciler(anyio.AsyncContextManagerMixin):
                 yield self
             finally:
                 tg.cancel_scope.cancel()
-                self.close()
+                with anyio.CancelScope(shield=True):  # the child's exit is waited for
+                    await anyio.to_thread.run_sync(self.close)
 
     def close(self) -> None:
         """Stop the listing child process, if one runs (a later large scan starts it again).
@@ -230,16 +236,18 @@ class Reconciler(anyio.AsyncContextManagerMixin):
             want_full = self._full_due(now) if full is None else full
             started = time.perf_counter()
             try:
-                cancel = threading.Event()
-                scan = partial(self._scan_sync, want_full, now, cancel)
-                res = await run_in_thread(scan, cancel.set)
+                with ScanCancel() as cancel:
+                    scan = partial(self._scan_sync, want_full, now, cancel)
+                    res = await run_in_thread(scan, cancel.set)
                 await self._deliver(res)
             except BaseException:
                 self._lister.reset()  # its memory may be ahead of what was delivered
                 raise
             if res.listing.full:
                 self._last_full = (now, res.cpu_s)
-            self._record(res, time.perf_counter() - started)
+            report = self._record(res, time.perf_counter() - started)
+            if self._on_scan_done is not None:
+                await self._on_scan_done(report)
             return res.missing
 
     def _full_due(self, now: float) -> bool:
@@ -254,7 +262,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
                 return False
         return True
 
-    def _scan_sync(self, full: bool, now: float, cancel: threading.Event) -> _Result:
+    def _scan_sync(self, full: bool, now: float, cancel: CancelFlag) -> _Result:
         started = time.thread_time()
         listing = self._lister.scan(full=full, cancel=cancel)
         res = _Result(listing)
@@ -308,7 +316,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
                 for chunk in found.chunks(self.chunk_size):
                     await callback(chunk)
 
-    def _record(self, res: _Result, duration: float) -> None:
+    def _record(self, res: _Result, duration: float) -> ScanReport:
         listing, stats = res.listing, self._stats
         stats["last_scan_at"] = self._clock()
         stats["last_duration_s"] = round(duration, 4)
@@ -340,8 +348,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
             dirs_listed=listing.dirs_listed, errors=errors, **res.counts,
         )  # fmt: skip
         self.last_report = ScanReport(listing.full, duration, dict(res.counts))
-        if self._on_scan_done is not None:
-            self._on_scan_done(self.last_report)
+        return self.last_report
 
     def get_stats(self) -> ReconcilerStats:
         """Scans done (full, partial, failed), the last scan's time, duration, files listed and

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import pyarrow as pa
@@ -37,6 +37,7 @@ from indexer_service.sources.json_tree.listing import (
     ListerState,
     Listing,
     ListingCancelled,
+    ScanCancel,
     Scandir,
 )
 
@@ -264,16 +265,21 @@ class _Child:
         self.send(("scan", self._seq, full))
 
     def receive(self, cancel: CancelFlag) -> Any:
-        """The answer to the last `scan`; asks the child to stop once ``cancel`` is set."""
+        """The answer to the last `scan`; asks the child to stop once ``cancel`` is set (a
+        `ScanCancel` set meanwhile wakes this wait; another flag is looked at before it). A
+        child that exits closes its end of the pipe, which wakes the wait too."""
         deadline, cancelled = time.monotonic() + _REPLY_TIMEOUT, False
-        while not self._up.poll(0.05):
+        while True:
             if cancel.is_set() and not cancelled:
                 cancelled = True
                 self.send(("cancel", self._seq))
                 deadline = time.monotonic() + _CANCEL_GRACE
-            if self._proc.poll() is not None:
-                raise _ChildFailed(f"the listing process exited ({self._proc.returncode})")
-            if time.monotonic() > deadline:
+            waiting: list[Connection | int] = [self._up]
+            if isinstance(cancel, ScanCancel) and not cancelled:
+                waiting.append(cancel.fileno())
+            if self._up in wait(waiting, max(0.0, deadline - time.monotonic())):
+                break
+            if time.monotonic() >= deadline:
                 raise _ChildFailed("the listing process did not answer")
         try:
             kind, *rest = self._up.recv()

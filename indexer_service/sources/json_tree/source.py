@@ -18,7 +18,7 @@ from indexer_service.sources.json_tree.file_index import FileTracker
 from indexer_service.sources.json_tree.loader import Loader, Prepared
 from indexer_service.sources.json_tree.reconciler import Reconciler
 from indexer_service.sources.json_tree.sharded import child_min_files
-from indexer_service.sources.json_tree.watcher import StorageWatcher
+from indexer_service.sources.json_tree.watcher import StorageWatcher, inotify_watch_limit
 from indexer_service.stats import TreeSourceStats
 from indexer_service.store.database import Database
 
@@ -92,9 +92,10 @@ class JsonTreeSource:
         """The periodic passes, every ``reconcile_interval`` seconds."""
         await self.reconciler.run(task_status=task_status)
 
-    def _scan_done(self, report: ScanReport) -> None:
+    async def _scan_done(self, report: ScanReport) -> None:
         if self._watching:  # the tree may have grown past the watch limit since
-            self.watcher.check_watch_limit(self.reconciler.get_stats()["dirs_known"])
+            limit = await anyio.to_thread.run_sync(inotify_watch_limit)
+            self.watcher.check_watch_limit(self.reconciler.get_stats()["dirs_known"], limit)
         if self._on_scan_done is not None:
             self._on_scan_done(report)
 

@@ -141,7 +141,7 @@ class StorageWatcher:
                 task_status.started()
 
         while True:
-            ident = _root_id(self.root)
+            ident = await anyio.to_thread.run_sync(_root_id, self.root)
             if ident is None:
                 armed()
                 await anyio.sleep(self.rearm_seconds)
@@ -150,11 +150,12 @@ class StorageWatcher:
                 await self._watch(ident, armed)
             except OSError as exc:  # e.g. "OS file watch limit reached" while arming
                 self.failures += 1
+                limit = await anyio.to_thread.run_sync(inotify_watch_limit)
                 log.warning(
                     "watch_failed",
                     root=self.root,
                     error=str(exc),
-                    max_user_watches=inotify_watch_limit(),
+                    max_user_watches=limit,
                     action="changes are found by reconciliation; "
                     f"re-arming in {self.retry_seconds:g} s",
                 )
@@ -171,7 +172,8 @@ class StorageWatcher:
         async def handle(changes: Changes) -> bool:
             if changes:
                 await self._dispatch(changes)
-            if any(p == self.root for _, p in changes) or _root_id(self.root) != ident:
+            replaced = any(p == self.root for _, p in changes)
+            if replaced or await anyio.to_thread.run_sync(_root_id, self.root) != ident:
                 log.warning("storage_root_replaced", root=self.root, action="re-arming watch")
                 self.rearms += 1
                 return False
@@ -189,11 +191,10 @@ class StorageWatcher:
             ignore_permission_denied=True,
         )
 
-    def check_watch_limit(self, dirs: int, limit: int | None = None) -> bool:
-        """Whether ``dirs`` directories need more inotify watches than the OS allows; warns
-        (``watch_limit_low``) when the tree crosses the limit, once until it is back below.
-        ``limit`` defaults to `inotify_watch_limit`."""
-        limit = inotify_watch_limit() if limit is None else limit
+    def check_watch_limit(self, dirs: int, limit: int | None) -> bool:
+        """Whether ``dirs`` directories need more inotify watches than the OS allows (``limit``:
+        `inotify_watch_limit`, None if unknown); warns (``watch_limit_low``) when the tree
+        crosses the limit, once until it is back below."""
         over = limit is not None and dirs >= limit
         warned, self._over_limit = self._over_limit, over
         if not over or warned:

@@ -69,8 +69,8 @@ class SqliteSource:
         self._clock = clock
         self._lock = anyio.Lock()
         self._unavailable: str | None = None
-        self._exists = False  # as last seen by the watcher or a read (`get_stats`)
         self._listed: tuple[object, ...] | None = None  # the files as of the last listing
+        self._exists = False  # whether the database file was there at the last look
         self._stats: dict[str, Any] = {
             "signals": 0, "scans": 0, "listings": 0, "scans_failed": 0, "last_scan_at": None,
             "last_duration_s": 0.0, "last": dict.fromkeys(SCAN_KINDS, 0),
@@ -92,7 +92,7 @@ class SqliteSource:
         started = False
         names = {self.path.name, self.path.name + "-wal"}
         while True:
-            if not self.path.parent.is_dir():
+            if not await anyio.to_thread.run_sync(self.path.parent.is_dir):
                 if not started:
                     started = True
                     task_status.started()
@@ -108,14 +108,14 @@ class SqliteSource:
 
             async def handle(changes: Changes) -> bool:
                 nonlocal existed
-                self._exists = exists = self.path.exists()
+                folder, exists = await anyio.to_thread.run_sync(self._look)
                 if changes or (exists and not existed):
                     self._stats["signals"] += 1
                     await self._emit([self.keys.poll])
                 existed = exists
                 if self.reader.is_open and self.reader.idle_for() > self._idle_close_s:
                     await anyio.to_thread.run_sync(self.reader.close)
-                return self.path.parent.is_dir()
+                return folder
 
             await follow(
                 self.path.parent,
@@ -141,9 +141,11 @@ class SqliteSource:
             counts = dict.fromkeys(SCAN_KINDS, 0)
             await self._emit([self.keys.poll])
             polled = await anyio.to_thread.run_sync(self.loader.claimed)
-            seen = _fingerprint(self.path)
+            seen, (_, exists) = await anyio.to_thread.run_sync(
+                lambda: (_fingerprint(self.path), self._look())
+            )
             unchanged = full is None and seen == self._listed and self._unavailable is None
-            if self.path.exists() and polled and not unchanged:  # no poll yet: it is the backfill
+            if exists and polled and not unchanged:  # no poll yet: it is the backfill
                 self._stats["listings"] += 1
                 try:
                     found = await run_in_thread(
@@ -191,8 +193,7 @@ class SqliteSource:
 
     def prepare(self, keys: Sequence[str]) -> DbPrepared:
         """Read ``keys``; an unreadable database gives an empty batch and a health reason."""
-        self._exists = self.path.exists()
-        if not self._exists:
+        if not self._look()[1]:
             return DbPrepared()
         try:
             prepared = self.loader.prepare(keys)
@@ -228,7 +229,8 @@ class SqliteSource:
         return self.tracker.counts(self._db.cursor())
 
     def get_stats(self) -> DatabaseSourceStats:
-        """Polls, reads, reconciliation passes and why the database is unreadable, if it is."""
+        """Polls, reads, reconciliation passes and why the database is unreadable, if it is
+        (``exists`` as at the last look: the watcher's or a read's)."""
         s = self._stats
         return DatabaseSourceStats(
             path=str(self.path),
@@ -248,6 +250,12 @@ class SqliteSource:
             last_duration_s=s["last_duration_s"],
             last=scan_counts(s["last"]),
         )
+
+    def _look(self) -> tuple[bool, bool]:
+        """Whether the database's folder and the database file exist now (blocking: in a
+        worker thread); `get_stats` reports the latter."""
+        folder, self._exists = self.path.parent.is_dir(), self.path.exists()
+        return folder, self._exists
 
     def close(self) -> None:
         self.reader.close()

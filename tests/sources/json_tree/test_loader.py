@@ -529,6 +529,43 @@ async def test_worker_pool_consumes_batches_and_requeues(
     ]
 
 
+async def test_worker_pool_says_when_a_requeue_ends(
+    storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-queue that hands a file back ends no batch, yet `work_ended` wakes when it ends
+    (what `IndexerService.drain` waits on before it looks again)."""
+    changing = put_part(storage, "prt_001", text="first")
+    read_fd = files._read_fd
+
+    def rewrite_once(fd: int, size: int) -> bytes:
+        if not batch_done.is_set():
+            put_part(storage, "prt_001", text="changed while read")
+        return read_fd(fd, size)
+
+    monkeypatch.setattr(files, "_read_fd", rewrite_once)
+    batch_done, requeue_may_end = anyio.Event(), anyio.Event()
+    handed_back: list[str] = []
+
+    async def requeue(more: list[str]) -> None:
+        await requeue_may_end.wait()
+        handed_back.extend(more)
+
+    pool = WorkerPool(loader, loader.db, workers=1, on_batch_done=lambda r, b: batch_done.set())
+    send, receive = anyio.create_memory_object_stream[Batch](1)
+    with receive:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.run, receive, requeue)
+            await send.send(Batch((changing,), "size", 0.0))
+            await batch_done.wait()
+            assert pool.get_stats()["busy"] == 1  # the re-queue, still running
+            async with anyio.create_task_group() as waiting:
+                waiting.start_soon(pool.work_ended)
+                await anyio.wait_all_tasks_blocked()
+                requeue_may_end.set()
+            assert handed_back == [changing] and pool.get_stats()["busy"] == 0
+            send.close()
+
+
 async def test_worker_pool_reads_one_batch_at_a_time_while_another_is_written(
     db: Database, storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch
 ) -> None:

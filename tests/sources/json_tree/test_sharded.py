@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from conftest import FakeClock
 from indexer_service.demo.synthetic import age_tree
 from indexer_service.sources.json_tree.file_index import FileTracker, IndexedFile
 from indexer_service.sources.json_tree.lister import TreeLister
-from indexer_service.sources.json_tree.listing import Listing, ListingCancelled
+from indexer_service.sources.json_tree.listing import Listing, ListingCancelled, ScanCancel
 from indexer_service.sources.json_tree.reconciler import Reconciler
 from indexer_service.sources.json_tree.sharded import ShardedLister
 from indexer_service.store.database import Database
@@ -169,6 +170,20 @@ def test_cancelled_pass_leaves_the_child_in_step(root: Path) -> None:
         assert lister.sharded
     finally:
         lister.close()
+
+
+def test_a_scan_cancel_wakes_the_thread_waiting_for_the_child() -> None:
+    """`ScanCancel.set` (never blocking: the event loop calls it) makes it readable, so the
+    scan's thread waiting on the child's pipe and on it wakes at once."""
+    woke: list[list[Any]] = []
+    with ScanCancel() as cancel:
+        waiter = threading.Thread(target=lambda: woke.append(wait([cancel.fileno()])))
+        waiter.start()
+        assert not cancel.is_set()
+        cancel.set()
+        cancel.set()  # twice is fine
+        waiter.join()
+        assert woke == [[cancel.fileno()]] and cancel.is_set()
 
 
 async def test_reconciler_with_a_listing_child(root: Path, db: Database, clock: FakeClock) -> None:
