@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import socket
@@ -175,30 +174,6 @@ async def test_cancelled_host_still_gets_queued_files_written(
             await anyio.sleep_forever()
     assert scope.cancelled_caught
     assert_index_matches_tree(tree.root, settings.db_path)
-
-
-async def test_host_loop_keeps_running_during_backfill(
-    storage_tree: TreeFactory, make_settings: SettingsFactory
-) -> None:
-    """A ticker task on the host's loop keeps ticking while a backfill runs."""
-    storage_tree(sessions=6)
-    ticks: list[float] = []
-
-    async def ticker() -> None:
-        while True:
-            ticks.append(anyio.current_time())
-            await anyio.sleep(0.01)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(ticker)
-        async with IndexerService(make_settings()) as svc:
-            start = len(ticks)
-            await svc.wait_until_synced()
-            during = ticks[start:]
-        tg.cancel_scope.cancel()
-    assert len(during) >= 5
-    # no DuckDB or file I/O on the loop: no gap anywhere near a batch's duration
-    assert max(b - a for a, b in itertools.pairwise(during)) < 1.0
 
 
 async def test_starts_and_stops_many_times(
