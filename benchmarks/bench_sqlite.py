@@ -64,7 +64,8 @@ def ceiling(path: Path) -> dict[str, Any]:
 
 
 def _settings(opencode: Path, index: Path, **kw: Any) -> Settings:
-    return Settings(opencode_db=opencode, db_path=index, http_enabled=False, **kw)
+    """The service's settings (INDEXER_* variables apply, e.g. INDEXER_MEMORY_LIMIT_MB)."""
+    return Settings.from_env(opencode_db=opencode, db_path=index, http_enabled=False, **kw)
 
 
 def backfill(opencode: Path, index: Path) -> dict[str, Any]:

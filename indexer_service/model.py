@@ -49,6 +49,23 @@ class BatchResult:
     def files(self) -> int:
         return self.indexed + self.errors + self.deleted + self.skipped + len(self.requeue)
 
+    def __add__(self, other: BatchResult) -> BatchResult:
+        """Both results as one (a batch written in parts)."""
+        by_type = dict(self.by_type)
+        for kind, n in other.by_type.items():
+            by_type[kind] = by_type.get(kind, 0) + n
+        return BatchResult(
+            indexed=self.indexed + other.indexed,
+            errors=self.errors + other.errors,
+            deleted=self.deleted + other.deleted,
+            skipped=self.skipped + other.skipped,
+            requeue=[*self.requeue, *other.requeue],
+            read_seconds=self.read_seconds + other.read_seconds,
+            parse_seconds=self.parse_seconds + other.parse_seconds,
+            write_seconds=self.write_seconds + other.write_seconds,
+            by_type=by_type,
+        )
+
 
 SCAN_KINDS = ("new", "modified", "retried", "pending", "deleted")
 """What a reconciliation pass can find out of sync."""

@@ -8,7 +8,6 @@ what the batch did.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from indexer_service.model import BatchResult
@@ -46,24 +45,5 @@ class SourceRouter:
         return [key for source, p in prepared for key in source.follow_up(p)]
 
     def write(self, prepared: Prepared) -> BatchResult:
-        results = [source.write(p) for source, p in prepared]
-        if len(results) == 1:
-            return results[0]
-        total = BatchResult(0, 0, 0, 0, [], 0.0, 0.0, 0.0, {})
-        for r in results:
-            by_type = dict(total.by_type)
-            for k, n in r.by_type.items():
-                by_type[k] = by_type.get(k, 0) + n
-            total = replace(
-                total,
-                indexed=total.indexed + r.indexed,
-                errors=total.errors + r.errors,
-                deleted=total.deleted + r.deleted,
-                skipped=total.skipped + r.skipped,
-                requeue=[*total.requeue, *r.requeue],
-                read_seconds=total.read_seconds + r.read_seconds,
-                parse_seconds=total.parse_seconds + r.parse_seconds,
-                write_seconds=total.write_seconds + r.write_seconds,
-                by_type=by_type,
-            )
-        return total
+        first, *rest = [source.write(p) for source, p in prepared]
+        return sum(rest, first)

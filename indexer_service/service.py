@@ -62,7 +62,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         self.settings = settings
         self._periodic = periodic_reconcile
         self._clock = clock
-        self._db = Database(settings.db_path)
+        self._db = Database(settings.db_path, memory_limit_mb=settings.memory_limit_mb)
         self._acc = FileBatchAccumulator(
             AccumulatorConfig(
                 window_ms=settings.window_ms,

@@ -22,6 +22,11 @@ MAX_FILE_BYTES = 64 * 2**20
 costs about 5x its size in memory at its peak, and OpenCode's files are far smaller (a 100 MB
 file is a pathology, e.g. a runaway tool output)."""
 
+BATCH_BYTES = 32 << 20
+"""Bytes of records one batch reads at most (the rest follow as a batch of their own): DuckDB
+holds a batch's rows in memory until its commit, so this keeps a batch well inside
+``memory_limit_mb``."""
+
 MAX_FILE_BYTES_LIMIT = 2**31 - 1
 """The largest ``max_file_bytes``: ``file_index.size`` is a 32-bit INTEGER."""
 
@@ -94,6 +99,10 @@ class Settings:
     bounds the memory of a batch and the length of each read transaction."""
     db_path: Path = field(default_factory=default_db_path)
     """The DuckDB database file the service owns."""
+    memory_limit_mb: int | None = 512
+    """DuckDB's memory limit for the index, in MB (None: DuckDB's own default, 80% of RAM); its
+    checkpoint threshold is half of it, at most 256 MB. A 1M-record backfill peaked at 0.9 GB with 512
+    instead of 1.9 GB, at the same speed (docs/benchmarks.md); at least 256."""
     window_ms: float = 200.0
     """A batch is cut at most this long after its first file arrived."""
     max_files: int = 100
@@ -168,6 +177,8 @@ class Settings:
         if not 0 <= self.http_port <= 65535:
             raise ConfigError(f"http_port must be 0..65535, got {self.http_port!r}")
         at_least("query_max_rows", self.query_max_rows, 0)
+        if self.memory_limit_mb is not None:
+            at_least("memory_limit_mb", self.memory_limit_mb, 256)
         one_of("listing_process", self.listing_process, LISTING_PROCESS_MODES)
 
     @classmethod

@@ -873,3 +873,20 @@ async def test_a_cancelled_host_returns_in_bounded_time_while_a_write_hangs(
     async with IndexerService(settings) as svc:
         await svc.wait_until_synced()
     assert_index_matches_tree(tree.root, settings.db_path)
+
+
+async def test_the_index_keeps_to_its_memory_limit(
+    storage_tree: TreeFactory, make_settings: SettingsFactory
+) -> None:
+    """``memory_limit_mb`` is DuckDB's limit for the index, and its checkpoint threshold half
+    of it: data not yet checkpointed stays in memory."""
+    tree = storage_tree(sessions=1)
+    settings = make_settings(memory_limit_mb=256)
+    async with IndexerService(settings) as svc:
+        await svc.wait_until_synced()
+        cur = svc.db.cursor()
+        limit, threshold = cur.execute(
+            "SELECT current_setting('memory_limit'), current_setting('checkpoint_threshold')"
+        ).fetchone() or ("", "")
+        assert (limit, threshold) == ("244.1 MiB", "122.0 MiB")  # 256 MB, 128 MB in MiB
+    assert_index_matches_tree(tree.root, settings.db_path)

@@ -27,7 +27,7 @@ import structlog
 
 from indexer_service.extract import SPECS, Extractor, RecordSpec, array_items, diagnose, utf8_column
 from indexer_service.model import BatchResult
-from indexer_service.settings import MAX_FILE_BYTES
+from indexer_service.settings import BATCH_BYTES, MAX_FILE_BYTES
 from indexer_service.sources.json_tree.file_index import FailedFile, FileTracker, IndexedFile
 from indexer_service.sources.json_tree.files import (
     FileChanged,
@@ -68,6 +68,8 @@ class Prepared:
     """(path, file type, key) of files that no longer exist."""
     versions: dict[str, Version] = field(default_factory=dict)
     requeue: list[str] = field(default_factory=list)
+    rest: list[str] = field(default_factory=list)
+    """Paths left for a batch of their own: this one reached its byte budget."""
     skipped: int = 0
     ticket: int = 0
     """`WriteLog` ticket taken before the first read."""
@@ -98,9 +100,12 @@ class Loader:
         storage_root: Path | str,
         *,
         max_file_bytes: int = MAX_FILE_BYTES,
+        max_batch_bytes: int = BATCH_BYTES,
         defer_to_databases: bool = False,
     ) -> None:
         self.db = db
+        self.max_batch_bytes = max_batch_bytes
+        """A batch stops reading once its files hold this many bytes; the rest follow."""
         self.defer_to_databases = defer_to_databases
         """An OpenCode database is indexed too: a record it holds is not overwritten."""
         self.max_file_bytes = max_file_bytes
@@ -153,7 +158,11 @@ class Loader:
         out = Prepared(ticket=self._writes.begin())
         start = time.perf_counter()
         groups: dict[str, _Group] = {}
-        for path in dict.fromkeys(os.fspath(p) for p in paths):
+        unique, size = list(dict.fromkeys(os.fspath(p) for p in paths)), 0
+        for n, path in enumerate(unique):
+            if size >= self.max_batch_bytes:  # DuckDB holds a batch whole until its commit
+                out.rest = unique[n:]
+                break
             loc = classify(self.root, path)
             if loc is None:
                 out.skipped += 1
@@ -173,6 +182,7 @@ class Loader:
                 self._unreadable(out, path, loc, exc)
             else:
                 out.versions[path] = version
+                size += len(data)
                 group = groups.get(loc.file_type)
                 if group is None:
                     group = groups[loc.file_type] = _Group(SPECS[loc.file_type])
@@ -244,8 +254,9 @@ class Loader:
                 out.indexed.append(IndexedFile(path, ftype, v.mtime, v.size, key, v.mtime_ns))
 
     def follow_up(self, prepared: Prepared) -> Sequence[str]:
-        """None: files changed meanwhile are requeued after the write."""
-        return ()
+        """The paths past the batch's byte budget, read while this batch is written (files
+        changed meanwhile are requeued after the write)."""
+        return prepared.rest
 
     # -- write -------------------------------------------------------------------------------
 

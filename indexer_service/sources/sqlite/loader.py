@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from indexer_service.extract import SPECS, Extractor, diagnose, utf8_column
 from indexer_service.model import BatchResult
+from indexer_service.settings import BATCH_BYTES
 from indexer_service.sources.sqlite.batch import DbKeys, DbPrepared
 from indexer_service.sources.sqlite.progress import RowTracker
 from indexer_service.sources.sqlite.queries import KINDS, Kind, Row, fetch, versions
@@ -49,7 +50,7 @@ class DbLoader:
         tracker: RowTracker,
         *,
         chunk_rows: int = 20_000,
-        chunk_bytes: int = 32 << 20,
+        chunk_bytes: int = BATCH_BYTES,
         tail_rows: int = 20_000,
         lookback_ms: int = 10_000,
     ) -> None:

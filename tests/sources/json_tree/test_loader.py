@@ -721,3 +721,40 @@ async def test_worker_pool_raises_when_a_write_fails(
             _batches([put_part(storage)], 1), requeue
         )
     assert caught.group_contains(RuntimeError, match="database gone")
+
+
+async def test_a_batch_past_its_byte_budget_reads_the_rest_as_a_follow_up(
+    db: Database, storage: Path
+) -> None:
+    """A batch stops reading at ``max_batch_bytes`` (DuckDB holds a batch until its commit);
+    the pool reads the rest as a batch of its own while the first is written."""
+    paths = [put_part(storage, f"prt_{i:03d}", text="x" * 10_000) for i in range(30)]
+    loader = Loader(db, FileTracker(db), storage, max_batch_bytes=50_000)
+    try:
+        prepared = loader.prepare(paths)
+        assert 0 < len(prepared.versions) < 30
+        assert loader.follow_up(prepared) == paths[len(prepared.versions) :]
+
+        async def requeue(more: list[str]) -> None:
+            raise AssertionError("nothing to requeue")
+
+        written, all_written = [0], anyio.Event()
+
+        def on_batch_done(result: BatchResult, batch: Batch) -> None:
+            written[0] += result.indexed
+            if written[0] == len(paths):
+                all_written.set()
+
+        pool = WorkerPool(loader, db, workers=2, on_batch_done=on_batch_done)
+        send, receive = anyio.create_memory_object_stream[Batch](1)
+        with receive:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pool.run, receive, requeue)
+                async with send:  # open until the end: closed input means shutdown, no follow-up
+                    await send.send(Batch(tuple(paths), "size", 0.0))
+                    with anyio.fail_after(30):
+                        await all_written.wait()
+        assert pool.get_stats()["follow_ups"] >= 5
+        assert rows(db, "SELECT count(*) FROM parts") == [(30,)]
+    finally:
+        loader.close()
