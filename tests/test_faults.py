@@ -474,8 +474,8 @@ def test_index_exits_with_one_line_when_writes_keep_failing(
     tree = storage_tree(sessions=1)
     db_path = tmp_path / "full.duckdb"
 
-    def full_disk(path: Path) -> Database:
-        db = Database(path)
+    def full_disk(path: Path, **options: Any) -> Database:
+        db = Database(path, **options)
         InjectedDiskFull(db, "wal", monkeypatch)
         return db
 

@@ -68,8 +68,7 @@ class Prepared:
     """(path, file type, key) of files that no longer exist."""
     versions: dict[str, Version] = field(default_factory=dict)
     requeue: list[str] = field(default_factory=list)
-    rest: list[str] = field(default_factory=list)
-    """Paths left for a batch of their own: this one reached its byte budget."""
+    rest: list[str] = field(default_factory=list)  # past the byte budget: a batch of their own
     skipped: int = 0
     ticket: int = 0
     """`WriteLog` ticket taken before the first read."""
@@ -90,7 +89,9 @@ class _Group:
 class Loader:
     """Loads batches of storage paths into the record tables (`source.BatchLoader`).
 
-    ``prepare`` may run on any number of threads at once; ``write`` serializes itself.
+    ``prepare`` may run on any number of threads at once; ``write`` serializes itself. A batch
+    stops reading at ``max_batch_bytes`` (the rest follow); with ``defer_to_databases`` a record
+    an OpenCode database holds is not overwritten (that database is indexed too).
     """
 
     def __init__(
@@ -105,9 +106,7 @@ class Loader:
     ) -> None:
         self.db = db
         self.max_batch_bytes = max_batch_bytes
-        """A batch stops reading once its files hold this many bytes; the rest follow."""
         self.defer_to_databases = defer_to_databases
-        """An OpenCode database is indexed too: a record it holds is not overwritten."""
         self.max_file_bytes = max_file_bytes
         self.tracker = tracker
         self.root = os.path.abspath(os.fspath(storage_root))
@@ -138,17 +137,14 @@ class Loader:
         return how many files were handed to it (0 for a small or cached batch)."""
         if len(paths) < PREFETCH_MIN_FILES:
             return 0
-        step = len(paths) // _PROBES
-        probes = [paths[i * step] for i in range(_PROBES)]
-        cached = await anyio.to_thread.run_sync(lambda: [in_page_cache(p) for p in probes])
-        if False not in cached:
+        probes = paths[:: len(paths) // _PROBES][:_PROBES]
+        if all(await anyio.to_thread.run_sync(lambda: [in_page_cache(p) for p in probes])):
             return 0
         size = -(-len(paths) // PREFETCH_THREADS)
         async with anyio.create_task_group() as tg:
             for start in range(0, len(paths), size):
-                tg.start_soon(
-                    partial(anyio.to_thread.run_sync, prefetch, paths[start : start + size])
-                )
+                part = paths[start : start + size]
+                tg.start_soon(partial(anyio.to_thread.run_sync, prefetch, part))
         return len(paths)
 
     # -- prepare -----------------------------------------------------------------------------
@@ -198,8 +194,7 @@ class Loader:
 
     @staticmethod
     def _unreadable(out: Prepared, path: str, loc: Location, exc: OSError) -> None:
-        version = current_version(path)
-        if version is not None:
+        if (version := current_version(path)) is not None:
             out.versions[path] = version
         v = version or Version(0.0, 0, 0, 0)
         message = f"cannot read: {exc.strerror or exc}"
@@ -254,8 +249,7 @@ class Loader:
                 out.indexed.append(IndexedFile(path, ftype, v.mtime, v.size, key, v.mtime_ns))
 
     def follow_up(self, prepared: Prepared) -> Sequence[str]:
-        """The paths past the batch's byte budget, read while this batch is written (files
-        changed meanwhile are requeued after the write)."""
+        """The paths past the batch's byte budget, read while this batch is written."""
         return prepared.rest
 
     # -- write -------------------------------------------------------------------------------
