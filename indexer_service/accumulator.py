@@ -23,6 +23,7 @@ import anyio.lowlevel
 import structlog
 
 from indexer_service.errors import AccumulatorClosed
+from indexer_service.events import Signal
 from indexer_service.model import Batch, Trigger
 from indexer_service.settings import at_least, positive
 from indexer_service.stats import AccumulatorStats
@@ -163,25 +164,6 @@ class BatchCore:
         return batch
 
 
-class _Signal:
-    """A re-arming anyio Event: ``event()`` is set by the next ``set()``."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event: anyio.Event | None = None
-
-    def event(self) -> anyio.Event:
-        if self._event is None:
-            self._event = anyio.Event()
-        return self._event
-
-    def set(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-
 class FileBatchAccumulator(anyio.AsyncContextManagerMixin):
     """Collect keys into batches for a worker pool that pulls them (event loop only).
 
@@ -204,8 +186,8 @@ class FileBatchAccumulator(anyio.AsyncContextManagerMixin):
         self._closed = False
         self._producers_waiting = 0
         self._backpressure_wait_s = 0.0
-        self._changed = _Signal()  # a seal, a new deadline, or close
-        self._room = _Signal()  # a batch was taken, or close
+        self._changed = Signal()  # a seal, a new deadline, or close
+        self._room = Signal()  # a batch was taken, or close
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncIterator[Self]:

@@ -30,6 +30,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from indexer_service.errors import WriteFailedError
+from indexer_service.events import Signal
 from indexer_service.model import Batch, BatchResult
 from indexer_service.settings import default_workers
 from indexer_service.source import BatchLoader
@@ -77,7 +78,7 @@ class WorkerPool:
         self._seconds = {"read": 0.0, "parse": 0.0, "write": 0.0}
         self._latency_ms: deque[float] = deque(maxlen=1024)
         self._busy = 0
-        self._ended: anyio.Event | None = None  # set when a batch or a re-queue ends
+        self._ended = Signal()  # a batch or a re-queue ended
         self._following: set[str] = set()  # follow-up keys not yet prepared
         self._ending = False
 
@@ -176,16 +177,12 @@ class WorkerPool:
 
     def _end_one(self) -> None:
         self._busy -= 1
-        if self._ended is not None:
-            self._ended.set()
-            self._ended = None
+        self._ended.set()
 
     async def work_ended(self) -> None:
         """Wait until a batch or a re-queue in flight ends (written, failed, or handed back
         to the accumulator): the moment to look again at whether the pipeline is idle."""
-        if self._ended is None:
-            self._ended = anyio.Event()
-        await self._ended.wait()
+        await self._ended.event().wait()
 
     def _record(self, r: BatchResult, ms: float) -> None:
         c = self._counts

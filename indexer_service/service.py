@@ -25,6 +25,7 @@ from anyio.abc import TaskGroup
 
 from indexer_service.accumulator import AccumulatorConfig, FileBatchAccumulator
 from indexer_service.errors import ConfigError, DatabaseError, single_error
+from indexer_service.events import Signal
 from indexer_service.http.metrics import Metrics
 from indexer_service.http.server import require_asyncio, serve_api
 from indexer_service.model import Batch, BatchResult, ScanReport
@@ -105,7 +106,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             on_batch_done=self._batch_done,
             write_failure_timeout=settings.write_failure_timeout,
         )
-        self._progress = anyio.Event()
+        self._progress = Signal()  # a batch was written
         self._initial_done = anyio.Event()
         self._started_at: float | None = None
         self._state: ServiceState = "stopped"
@@ -290,7 +291,6 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         if not self._backfill["finished"]:
             self._backfill["done"] += result.indexed + result.errors + result.deleted
         self._progress.set()
-        self._progress = anyio.Event()
 
     async def _refresh_counts_loop(self) -> None:
         """Keep `stats()["files"]` fresh without a query on the event loop: at most once a second
@@ -300,7 +300,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 await self.file_counts()
             except (duckdb.Error, DatabaseError) as exc:  # the database is failing: `health`
                 log.debug("file_counts_failed", error=str(exc))
-            await self._progress.wait()
+            await self._progress.event().wait()
             await anyio.sleep(1.0)
 
     # -- API ---------------------------------------------------------------------------------

@@ -44,8 +44,8 @@ class Database:
         self.path = Path(path).expanduser()
         self.read_only = read_only
         self.memory_limit_mb = memory_limit_mb
-        """DuckDB's ``memory_limit`` (None: DuckDB's default, 80% of RAM); past it DuckDB spills
-        to ``<path>.tmp``."""
+        """DuckDB's ``memory_limit`` in MB (None: DuckDB's default, 80% of RAM); past it DuckDB
+        evicts to the file and ``<path>.tmp``, or fails a statement it cannot fit."""
         self._tables = tuple(ALL_TABLES) + tuple(t for t in tables if t not in ALL_TABLES)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._cursors: ThreadCursors | None = None
