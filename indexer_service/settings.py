@@ -182,14 +182,22 @@ class Settings:
         one_of("listing_process", self.listing_process, LISTING_PROCESS_MODES)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        defaults: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Settings:
         """Settings from ``env`` (default: the process environment): ``INDEXER_<NAME>``
         variables (e.g. ``INDEXER_WINDOW_MS=100``), ``$XDG_DATA_HOME`` for ``opencode_dir`` and
-        ``db_path``, then keyword overrides; anything unset keeps its default."""
+        ``db_path``, then keyword overrides (None: not given). ``defaults`` are the caller's
+        own defaults, below the environment; anything unset keeps the field's default."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {
             "opencode_dir": default_opencode_dir(env),
             "db_path": default_db_path(env),
+            **(defaults or {}),
         }
         values.update(env_values(cls, "INDEXER_", env))
         values.update({k: v for k, v in overrides.items() if v is not None})

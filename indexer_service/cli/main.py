@@ -191,23 +191,24 @@ def _settings(args: argparse.Namespace) -> Settings:
         "write_failure_timeout",
     ):
         overrides[name] = getattr(args, name, None)
-    if (
-        args.command == "index"
-        and overrides["write_failure_timeout"] is None
-        and not os.environ.get("INDEXER_WRITE_FAILURE_TIMEOUT")
-    ):
-        overrides["write_failure_timeout"] = INDEX_WRITE_FAILURE_TIMEOUT  # a cron job ends
     if getattr(args, "no_watch", False):
         overrides["watch"] = False
     if getattr(args, "no_http", False):
         overrides["http_enabled"] = False
-    elif args.command in ("run", "demo") and not os.environ.get("INDEXER_HTTP_ENABLED"):
-        overrides["http_enabled"] = True  # the service others find; `index` opens no port
     if getattr(args, "allow_remote", False):
         overrides["http_allow_remote"] = True
     overrides["http_port"] = getattr(args, "http_port", None)
     overrides["http_host"] = getattr(args, "http_host", None)
-    return Settings.from_env(**overrides)
+    return Settings.from_env(defaults=_COMMAND_DEFAULTS.get(args.command), **overrides)
+
+
+_COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "index": {"write_failure_timeout": INDEX_WRITE_FAILURE_TIMEOUT},  # a cron job ends
+    # the service others find serves the API; `index` opens no port
+    "run": {"http_enabled": True},
+    "demo": {"http_enabled": True},
+}
+"""Settings a command changes from the library's defaults (its flags and INDEXER_* still win)."""
 
 
 def _check_storage(path: Path) -> None:
