@@ -136,11 +136,13 @@ async def test_the_next_chunk_is_read_while_the_previous_one_is_written(
         prepare, write = loader.prepare, loader.write
         read: defaultdict[int, threading.Event] = defaultdict(threading.Event)
         order: dict[int, int] = {}  # id(prepared) -> its poll's number
+        kept: list[DbPrepared] = []  # alive to the end: a freed one's id could be reused
 
         last_read = anyio.Event()
 
         def counting_prepare(keys: Sequence[str]) -> DbPrepared:
             out = prepare(keys)
+            kept.append(out)
             order[id(out)] = n = len(order)
             read[n].set()
             if not out.follow:
