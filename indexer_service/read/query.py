@@ -192,7 +192,7 @@ def run_query(
         raise ValueError(f"max_rows must be >= 0, got {max_rows}")
     check_read_only(sql)
     started = time.perf_counter()
-    cur = db.cursor().cursor()  # a connection of its own: its transaction and interrupt only
+    cur = db.own_cursor()
     watchdog = _Watchdog(cur, timeout_s)
     if on_start is not None:
         on_start(watchdog.cancel)

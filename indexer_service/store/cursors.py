@@ -81,10 +81,11 @@ class _Counted:
 
 
 class ThreadCursors:
-    """The cursors of ``con``, one per thread."""
+    """The cursors of ``con``, one per thread; each runs ``init`` (e.g. ``USE``) when created."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, *, init: str | None = None) -> None:
         self._con: duckdb.DuckDBPyConnection | None = con
+        self._init = init
         self._local = threading.local()
         self._all: list[_Counted] = []
         self._lock = threading.Lock()
@@ -96,7 +97,10 @@ class ThreadCursors:
             with self._lock:
                 if self._con is None:
                     raise CursorsClosed
-                counted = _Counted(self._con.cursor(), _Calls())
+                raw = self._con.cursor()
+                if self._init is not None:
+                    raw.execute(self._init)
+                counted = _Counted(raw, _Calls())
                 self._all.append(counted)
             cur = cast(duckdb.DuckDBPyConnection, counted)  # it behaves as the cursor it wraps
             self._local.cursor = cur

@@ -68,16 +68,10 @@ class Database:
         elif not self.path.exists():
             raise DatabaseError(self.path, "no such file")
         try:
-            self._con = duckdb.connect(
-                str(self.path),
-                read_only=self.read_only,
-                # the service reads only its own file: no file, network or extension access
-                # (read-only queries rely on it; storage, WAL and temp spill are unaffected)
-                config={"enable_external_access": False, **self._memory_config()},
-            )
+            self._con = self._connect()
         except duckdb.Error as exc:
             raise _open_error(self.path, exc) from exc
-        self._cursors = ThreadCursors(self._con)
+        self._cursors = ThreadCursors(self._con, init=None if self.read_only else _USE)
         try:
             if self.read_only:
                 self.schema_version = read_version(self._con)
@@ -88,13 +82,34 @@ class Database:
             raise
         return self
 
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        """A connection to the file. The service reads only its own file: no file, network or
+        extension access (read-only queries rely on it; storage, WAL and spill are unaffected).
+        The writer attaches the file with row groups of `ROW_GROUP_ROWS` (DuckDB's own setting
+        is per attach, not per connection)."""
+        if self.read_only:
+            return duckdb.connect(
+                str(self.path), read_only=True, config={"enable_external_access": False}
+            )
+        config: dict[str, str | bool | int | float | list[str]] = {
+            **self._memory_config(),
+            "temp_directory": f"{self.path}.tmp",
+        }
+        con = duckdb.connect(":memory:", config=config)
+        try:
+            literal = str(self.path).replace("'", "''")
+            con.execute(f"ATTACH '{literal}' AS {CATALOG} (ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
+            con.execute(_USE)
+            con.execute("SET enable_external_access = false")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
     def _memory_config(self) -> dict[str, str]:
-        """DuckDB's memory limit and checkpoint threshold: data written since the last
-        checkpoint is held in memory, so the WAL is folded in at half the limit, at most 256 MB
-        (DuckDB's 16 MB default checkpoints every few batches of large documents, rewriting
-        open row groups; 256 MB cut the writer's CPU by ~40% at bulk load)."""
-        threshold = 256 if self.memory_limit_mb is None else min(256, self.memory_limit_mb // 2)
-        config = {"checkpoint_threshold": f"{threshold}MB"}
+        """DuckDB's memory limit, and the WAL size at which a commit checkpoints
+        (`CHECKPOINT_MB`)."""
+        config = {"checkpoint_threshold": f"{CHECKPOINT_MB}MB"}
         if self.memory_limit_mb is not None:
             config["memory_limit"] = f"{self.memory_limit_mb}MB"
         return config
@@ -144,6 +159,13 @@ class Database:
         except CursorsClosed:
             raise DatabaseError(self.path, "database is not open") from None
 
+    def own_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor that the caller closes: its own transaction and interrupt."""
+        cur = self.cursor().cursor()
+        if not self.read_only:
+            cur.execute(_USE)
+        return cur
+
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """Run a block in one transaction on this thread's cursor; nested blocks join the outer one."""
@@ -169,6 +191,17 @@ class Database:
         close), otherwise a running read makes it fail."""
         self.cursor().execute("FORCE CHECKPOINT" if force else "CHECKPOINT")
 
+
+CATALOG = "indexer"
+"""The name the writer's connection gives the index (``indexer.main.sessions``)."""
+ROW_GROUP_ROWS = 16_384
+"""Rows per row group (DuckDB's default: 122,880). A checkpoint rewrites the open row group of
+every table written since the last one, so smaller groups bound each checkpoint's work."""
+CHECKPOINT_MB = 32
+"""WAL size at which a commit folds it into the file. Data written since the last checkpoint
+stays in memory, and the commit that checkpoints waits for it: with small row groups a small
+threshold keeps both short (figures in docs/benchmarks.md)."""
+_USE = f"USE {CATALOG}"
 
 _WRITABLE = "the index needs a folder this user can write: choose another db_path (--db)"
 

@@ -17,7 +17,7 @@ from indexer_service.errors import DatabaseError, DatabaseLockedError, SchemaVer
 from indexer_service.settings import default_db_path
 from indexer_service.sources.json_tree.file_index import FileTracker
 from indexer_service.store.cursors import ThreadCursors
-from indexer_service.store.database import Database
+from indexer_service.store.database import ROW_GROUP_ROWS, Database
 from indexer_service.store.schema import SCHEMA_VERSION
 
 V1_SCHEMA = """
@@ -189,6 +189,30 @@ def test_checkpoint_and_close_twice(tmp_path: Path) -> None:
     assert not db.is_open
     with pytest.raises(DatabaseError, match="not open"):
         db.cursor()
+
+
+def test_the_writer_keeps_row_groups_small_and_the_file_readable(tmp_path: Path) -> None:
+    """Row groups of `ROW_GROUP_ROWS` (a checkpoint rewrites at most one per table), on every
+    cursor of the writer; another reader opens the same file as a plain DuckDB database."""
+    path = tmp_path / "x.duckdb"
+    with Database(path) as db:
+        with db.transaction() as cur:
+            cur.execute("CREATE TABLE t AS SELECT range AS i FROM range(3 * ?)", [ROW_GROUP_ROWS])
+        db.checkpoint()
+        own = db.own_cursor()
+        try:
+            groups = own.execute(
+                "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('t')"
+            ).fetchall()
+            assert groups == [(3,)]
+            other = tmp_path / "other.csv"
+            other.write_text("a\n1\n")
+            with pytest.raises(duckdb.PermissionException):
+                own.execute("SELECT * FROM read_csv(?)", [str(other)])
+        finally:
+            own.close()
+    with duckdb.connect(str(path), read_only=True) as reader:
+        assert reader.execute("SELECT count(*) FROM t").fetchall() == [(3 * ROW_GROUP_ROWS,)]
 
 
 class _HeldScan:
