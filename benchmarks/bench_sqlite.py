@@ -9,7 +9,8 @@ cached under /tmp/indexer-bench. Each measurement runs the real service in a chi
 * ceiling: stdlib ``sqlite3`` reading every message and part (``SELECT *``) and ``orjson``
   parsing each ``data``, no DuckDB: rows/s;
 * backfill: a fresh index of the whole database, from the start to every row queryable
-  (``wait_until_synced``): rows/s, and the ratio to the ceiling; the shutdown that follows
+  (``wait_until_synced``): rows/s, and the ratio to the ceiling, and the batches' commit times
+  (p99 and max: a commit that checkpoints waits for it); the shutdown that follows
   (DuckDB's last checkpoint) is given apart as ``close_s``;
 * reconcile: a full reconciliation pass over the indexed database, and a deleted session
   (with its parts) reflected by one pass;
@@ -83,6 +84,7 @@ def backfill(opencode: Path, index: Path) -> dict[str, Any]:
             seconds = time.perf_counter() - started  # every row queryable
             cpu_s = time.process_time() - cpu
             rows = sum(sum(by.values()) for by in (await svc.file_counts()).values())
+            commits = svc.stats()["workers"]["write_ms"]
             closing = time.perf_counter()
         return {
             "rows": rows,
@@ -90,6 +92,7 @@ def backfill(opencode: Path, index: Path) -> dict[str, Any]:
             "rows_per_s": round(rows / seconds),
             "cpu_us_per_row": round(cpu_s / rows * 1e6, 1),
             "close_s": round(time.perf_counter() - closing, 2),  # DuckDB's final checkpoint
+            "commit_ms": dict(commits),
         }
 
     return anyio.run(run)
@@ -250,6 +253,7 @@ def live(opencode: Path, index: Path, rate: float, seconds: float) -> dict[str, 
             )
             stats = svc.stats()["databases"][str(copy)]
             slowest = svc.stats()["workers"]["batch_ms"].get("max")
+            commit_ms = svc.stats()["workers"]["write_ms"]
         lat = sorted(max(0.0, indexed[i] - t) * 1000 for i, t in commits.items() if i in indexed)
         return {
             "rate": rate,
@@ -263,6 +267,7 @@ def live(opencode: Path, index: Path, rate: float, seconds: float) -> dict[str, 
             "wal_peak_mb_with_service": round(peak / 2**20, 2),
             "longest_read_s": stats["longest_read_s"],
             "slowest_batch_ms": slowest,
+            "commit_ms": dict(commit_ms),
         }
 
     try:
@@ -313,6 +318,8 @@ def main() -> dict[str, Any]:
                 "median": statistics.median(r["ratio_to_ceiling"] for r in runs),
             },
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "commit_ms_max": max(r["commit_ms"].get("max", 0.0) for r in runs),
+            "commit_ms_p99": max(r["commit_ms"].get("p99", 0.0) for r in runs),
         }
     elif not index.exists():
         in_child(backfill, opencode, index)

@@ -114,8 +114,18 @@ def _child(queue: Any, fn: Callable[..., Any], *args: Any) -> None:
     configure_logging("console", "warning")
     result = fn(*args)
     if isinstance(result, dict):
-        result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        result["peak_rss_mb"] = round(peak_rss_mb())
     queue.put(result)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS since it started its program. Not ``ru_maxrss``: Linux carries
+    that across ``exec``, so a spawned child would report at least its parent's size."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def copy_db(src: Path, dst: Path) -> None:

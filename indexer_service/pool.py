@@ -34,7 +34,7 @@ from indexer_service.events import Signal
 from indexer_service.model import Batch, BatchResult
 from indexer_service.settings import default_workers
 from indexer_service.source import BatchLoader
-from indexer_service.stats import LatencyStats, WorkerStats
+from indexer_service.stats import CommitStats, LatencyStats, WorkerStats
 from indexer_service.store.database import Database
 from indexer_service.store.write_retry import WriteRetry
 from indexer_service.threads import run_in_thread
@@ -77,6 +77,9 @@ class WorkerPool:
         self._counts: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._seconds = {"read": 0.0, "parse": 0.0, "write": 0.0}
         self._latency_ms: deque[float] = deque(maxlen=1024)
+        self._write_ms: deque[float] = deque(maxlen=1024)
+        self._write_max_ms = 0.0
+        self._slow_writes = 0
         self._busy = 0
         self._ended = Signal()  # a batch or a re-queue ended
         self._following: set[str] = set()  # follow-up keys not yet prepared
@@ -196,6 +199,10 @@ class WorkerPool:
         self._seconds["parse"] += r.parse_seconds
         self._seconds["write"] += r.write_seconds
         self._latency_ms.append(ms)
+        write_ms = r.write_seconds * 1000
+        self._write_ms.append(write_ms)
+        self._write_max_ms = max(self._write_max_ms, write_ms)
+        self._slow_writes += write_ms > 1000
         log.debug(
             "batch_indexed",
             files=r.files,
@@ -211,7 +218,8 @@ class WorkerPool:
         )
 
     def get_stats(self) -> WorkerStats:
-        """Counters since start, busy workers, and latency of the last 1,024 batches (ms)."""
+        """Counters since start, busy workers, and the latency and commit time of the last
+        1,024 batches (ms)."""
         lat = sorted(self._latency_ms)
         latency = LatencyStats()
         if lat:
@@ -220,6 +228,15 @@ class WorkerPool:
                 p50=round(lat[len(lat) // 2], 1),
                 p95=round(lat[min(len(lat) - 1, int(len(lat) * 0.95))], 1),
                 max=round(lat[-1], 1),
+            )
+        writes = sorted(self._write_ms)
+        commits = CommitStats()
+        if writes:
+            commits = CommitStats(
+                p50=round(writes[len(writes) // 2], 1),
+                p99=round(writes[min(len(writes) - 1, int(len(writes) * 0.99))], 1),
+                max=round(self._write_max_ms, 1),
+                over_1s=self._slow_writes,
             )
         c, s = self._counts, self._seconds
         return WorkerStats(
@@ -238,4 +255,5 @@ class WorkerPool:
             parse_seconds=round(s["parse"], 3),
             write_seconds=round(s["write"], 3),
             batch_ms=latency,
+            write_ms=commits,
         )

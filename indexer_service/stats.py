@@ -77,6 +77,17 @@ class LatencyStats(TypedDict, total=False):
     max: float
 
 
+class CommitStats(TypedDict, total=False):
+    """Milliseconds each batch's write transaction took (a commit that checkpoints includes
+    the checkpoint): p50 and p99 over the last 1,024 batches, the longest since start, and
+    how many took over a second (empty before the first)."""
+
+    p50: float
+    p99: float
+    max: float
+    over_1s: int
+
+
 class WorkerStats(TypedDict):
     """The worker pool (`pool.WorkerPool`)."""
 
@@ -102,6 +113,7 @@ class WorkerStats(TypedDict):
     parse_seconds: float
     write_seconds: float
     batch_ms: LatencyStats
+    write_ms: CommitStats
 
 
 class WriteStats(TypedDict):

@@ -523,6 +523,9 @@ async def test_worker_pool_consumes_batches_and_requeues(
         0,
     )
     assert stats["batch_ms"]["max"] >= stats["batch_ms"]["p50"] > 0
+    commits = stats["write_ms"]
+    assert commits["max"] >= commits["p99"] >= commits["p50"] > 0
+    assert commits["over_1s"] == 0
     await pool.run(_batches(requeued, 8), requeue)
     assert rows(db, "SELECT raw->>'text' FROM parts WHERE id = 'prt_007'") == [
         ("changed meanwhile",)
