@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, Self
@@ -27,7 +27,6 @@ from indexer_service.accumulator import AccumulatorConfig, FileBatchAccumulator
 from indexer_service.errors import ConfigError, DatabaseError, single_error
 from indexer_service.events import Signal
 from indexer_service.http.metrics import Metrics
-from indexer_service.http.server import require_asyncio, serve_api
 from indexer_service.model import Batch, BatchResult, ScanReport
 from indexer_service.pool import WorkerPool
 from indexer_service.read.query import Params, QueryResult, ReadOnlyQueries
@@ -134,6 +133,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[Self]:
         if self.settings.http_enabled:
+            require_asyncio, serve_api = await anyio.to_thread.run_sync(_http_server)
             require_asyncio()  # a `ConfigError` under trio, before anything is opened
         self._state = "starting"
         await anyio.to_thread.run_sync(self._check_stores)
@@ -385,3 +385,12 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             tree = self._json.get_stats()
             stats["reconciler"], stats["watcher"] = tree["reconciler"], tree["watcher"]
         return stats
+
+
+def _http_server() -> tuple[Callable[[], None], Callable[..., Coroutine[Any, Any, None]]]:
+    """The HTTP API's start-up check and server, imported only when it is enabled (aiohttp
+    costs a quarter of a second to import; ``index``, ``status`` and hosts without the API
+    never pay it)."""
+    from indexer_service.http.server import require_asyncio, serve_api
+
+    return require_asyncio, serve_api

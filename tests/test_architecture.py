@@ -5,6 +5,8 @@ asyncio needed by the HTTP server alone."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,3 +149,11 @@ def test_only_the_http_server_is_tied_to_asyncio() -> None:
     the HTTP server alone (which refuses to start under trio)."""
     tied = {m for m, p in MODULES.items() if _top_level_imports(p) & {"asyncio", "aiohttp"}}
     assert tied == {f"{NAME}.http.server"}
+
+
+def test_the_cli_and_the_package_load_without_the_http_server() -> None:
+    """aiohttp (a quarter of a second to import) is loaded only when the HTTP API is enabled:
+    ``index``, ``status`` and ``query`` start without it."""
+    code = "import sys, indexer_service, indexer_service.cli.main; print('aiohttp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
