@@ -1,8 +1,9 @@
 """Settings: one frozen dataclass with plain defaults; `Settings.from_env()` is the one reader of
 the environment (``INDEXER_*`` and ``XDG_DATA_HOME``).
 
-A leaf: it imports nothing of the package but `errors`. The range checks every stage applies
-to its own parameters (`positive`, `at_least`) live here too, so a value is judged one way.
+A leaf: it imports nothing of the package but `errors` and `limits` (the range of every number).
+The range checks every stage applies to its own parameters (`positive`, `at_least`) live here
+too, so a value is judged one way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer_service.errors import ConfigError
+from indexer_service.limits import LIMITS, check, from_text
 
 MAX_FILE_BYTES = 64 * 2**20
 """Default limit on the size of one storage file (`Settings.max_file_bytes`): indexing a file
@@ -26,9 +28,6 @@ BATCH_BYTES = 32 << 20
 """Bytes of records one batch reads at most (the rest follow as a batch of their own): DuckDB
 holds a batch's rows in memory until its commit, so this keeps a batch well inside
 ``memory_limit_mb``."""
-
-MAX_FILE_BYTES_LIMIT = 2**31 - 1
-"""The largest ``max_file_bytes``: ``file_index.size`` is a 32-bit INTEGER."""
 
 LISTING_PROCESS_MODES = ("off", "auto", "always")
 
@@ -78,8 +77,9 @@ def default_db_path(env: Mapping[str, str] | None = None) -> Path:
 
 
 def default_workers() -> int:
-    """The CPU count, at least 4: one batch read, one written, two waiting between them."""
-    return max(4, os.cpu_count() or 1)
+    """The CPU count, at least 4 (one batch read, one written, two waiting between them) and
+    at most the largest ``workers``."""
+    return min(max(4, os.cpu_count() or 1), int(LIMITS["workers"].high))
 
 
 @dataclass(frozen=True)
@@ -157,16 +157,9 @@ class Settings:
         for name in ("storage_path", "opencode_db", "db_path", "opencode_dir"):
             if (value := getattr(self, name)) is not None:
                 object.__setattr__(self, name, Path(os.path.abspath(Path(value).expanduser())))
-        for name in ("window_ms", "reconcile_interval", "shutdown_timeout", "query_timeout_s"):
-            positive(name, getattr(self, name))
-        if self.write_failure_timeout is not None:
-            positive("write_failure_timeout", self.write_failure_timeout)
-        for name in ("max_files", "workers", "full_scan_every", "db_poll_rows"):
-            at_least(name, getattr(self, name), 1)
-        if not 1 <= self.max_file_bytes <= MAX_FILE_BYTES_LIMIT:
-            raise ConfigError(
-                f"max_file_bytes must be 1..{MAX_FILE_BYTES_LIMIT}, got {self.max_file_bytes!r}"
-            )
+        for name in _NUMBERS:  # in docs/configuration.md's "Ranges"
+            if (value := getattr(self, name)) is not None:  # None: an optional one left unset
+                check(name, value)
         at_least(
             "max_batch_files", self.max_batch_files, self.max_files, f"max_files ({self.max_files})"
         )
@@ -174,11 +167,6 @@ class Settings:
             "max_pending", self.max_pending, self.max_batch_files,
             f"max_batch_files ({self.max_batch_files})",
         )  # fmt: skip
-        if not 0 <= self.http_port <= 65535:
-            raise ConfigError(f"http_port must be 0..65535, got {self.http_port!r}")
-        at_least("query_max_rows", self.query_max_rows, 0)
-        if self.memory_limit_mb is not None:
-            at_least("memory_limit_mb", self.memory_limit_mb, 256)
         one_of("listing_process", self.listing_process, LISTING_PROCESS_MODES)
 
     @classmethod
@@ -204,16 +192,27 @@ class Settings:
         return cls(**values)
 
 
+_NUMBERS = tuple(f.name for f in dataclasses.fields(Settings) if f.name in LIMITS)
+"""The numeric settings, each checked against its range in `limits.LIMITS`."""
+
+
 def env_values(cls: Any, prefix: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The fields of dataclass ``cls`` set as ``<prefix><FIELD>`` variables of ``env`` (default:
     the process environment), converted to the field's type (int, float, bool or str); empty
-    variables count as unset. A value of the wrong type raises `ConfigError` naming it."""
+    variables count as unset. A value of the wrong type, or a number out of its range
+    (`limits.LIMITS`, under the variable's name without ``INDEXER_``), raises `ConfigError`
+    naming the variable."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         name = f"{prefix}{f.name.upper()}"
         raw = env.get(name)
-        if raw:
+        if not raw:
+            continue
+        number = name.removeprefix("INDEXER_").lower()
+        if number in LIMITS:
+            values[f.name] = from_text(number, name, raw)
+        else:
             values[f.name] = _convert(name, raw, f.type)
     return values
 
