@@ -3,12 +3,13 @@ the environment (``INDEXER_*`` and ``XDG_DATA_HOME``).
 
 A leaf: it imports nothing of the package but `errors` and `limits` (the range of every number).
 The range checks every stage applies to its own parameters (`positive`, `at_least`) live here
-too, so a value is judged one way.
+too, so a value is judged one way. ``INDEXER_*`` variables that name no setting are warned about.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -16,8 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from indexer_service.errors import ConfigError
 from indexer_service.limits import LIMITS, check, from_text
+
+log = structlog.get_logger(__name__)
 
 MAX_FILE_BYTES = 64 * 2**20
 """Default limit on the size of one storage file (`Settings.max_file_bytes`): indexing a file
@@ -175,13 +180,18 @@ class Settings:
         env: Mapping[str, str] | None = None,
         *,
         defaults: Mapping[str, Any] | None = None,
+        warn_unknown: bool = True,
         **overrides: Any,
     ) -> Settings:
         """Settings from ``env`` (default: the process environment): ``INDEXER_<NAME>``
         variables (e.g. ``INDEXER_WINDOW_MS=100``), ``$XDG_DATA_HOME`` for ``opencode_dir`` and
         ``db_path``, then keyword overrides (None: not given). ``defaults`` are the caller's
-        own defaults, below the environment; anything unset keeps the field's default."""
+        own defaults, below the environment; anything unset keeps the field's default. An
+        ``INDEXER_*`` variable that names nothing is logged (`warn_unknown_variables`) unless
+        ``warn_unknown`` is False (the CLI warns once its logging is set up)."""
         env = os.environ if env is None else env
+        if warn_unknown:
+            warn_unknown_variables(env)
         values: dict[str, Any] = {
             "opencode_dir": default_opencode_dir(env),
             "db_path": default_db_path(env),
@@ -194,6 +204,43 @@ class Settings:
 
 _NUMBERS = tuple(f.name for f in dataclasses.fields(Settings) if f.name in LIMITS)
 """The numeric settings, each checked against its range in `limits.LIMITS`."""
+
+COMMAND_LINE_VARIABLES = frozenset(
+    {
+        "INDEXER_LOG_FORMAT",
+        "INDEXER_LOG_LEVEL",
+        *(f"INDEXER_DEMO_{name}" for name in ("SESSIONS", "RATE", "DURATION", "SEED")),
+        *("INDEXER_DEMO_KEEP", "INDEXER_DEMO_LEGACY_TREE"),
+    }
+)
+"""``INDEXER_*`` variables the command line reads besides the settings: its logging and the
+demo's options (`demo.runner.DemoOptions`)."""
+
+
+def unknown_variables(env: Mapping[str, str]) -> dict[str, str | None]:
+    """The ``INDEXER_*`` variables of ``env`` that name no setting nor command-line option, each
+    with the known variable it most resembles (a misspelling), if one does."""
+    known = {f"INDEXER_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    known |= COMMAND_LINE_VARIABLES
+    suffixes = {name.removeprefix("INDEXER_"): name for name in known}
+    unknown: dict[str, str | None] = {}
+    for name in sorted(env):
+        if name.startswith("INDEXER_") and name not in known:
+            close = difflib.get_close_matches(name.removeprefix("INDEXER_"), suffixes, n=1)
+            unknown[name] = suffixes[close[0]] if close else None
+    return unknown
+
+
+def warn_unknown_variables(env: Mapping[str, str] | None = None) -> None:
+    """Log ``unknown_setting_variable`` for each ``INDEXER_*`` variable of ``env`` (default: the
+    process environment) that names nothing: it is ignored, and a misspelling would be silent."""
+    for name, closest in unknown_variables(os.environ if env is None else env).items():
+        log.warning(
+            "unknown_setting_variable",
+            variable=name,
+            did_you_mean=closest,
+            effect="ignored: no setting has this name",
+        )
 
 
 def env_values(cls: Any, prefix: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:

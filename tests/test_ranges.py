@@ -1,7 +1,8 @@
 """Every number the service can be told has a finite range (`limits.LIMITS`): out of it, a
 `Settings` or demo option raises `ConfigError`, an ``INDEXER_*`` variable ends the command with
 one line and exit 1, a command-line option with one line and exit 2; the bounds themselves are
-accepted; docs/configuration.md lists every range."""
+accepted; docs/configuration.md lists every range. An ``INDEXER_*`` variable that names nothing
+is warned about."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from indexer_service import ConfigError, Settings
 from indexer_service.cli.main import build_parser, main
 from indexer_service.demo.runner import DemoOptions
 from indexer_service.limits import LIMITS, Limit
+from indexer_service.settings import COMMAND_LINE_VARIABLES, unknown_variables
 from indexer_service.store.database import Database
 
 DOCS = Path(__file__).parent.parent / "docs" / "configuration.md"
@@ -224,3 +227,57 @@ def test_docs_list_every_range() -> None:
         if line.startswith("| `") and (cells := [c.strip() for c in line.split("|")])
     }
     assert {name: rows.get(name) for name in LIMITS} == {n: lim.text for n, lim in LIMITS.items()}
+
+
+def test_unknown_variables_are_warned_about_by_name() -> None:
+    """A misspelled ``INDEXER_*`` variable is logged (``unknown_setting_variable``) with the
+    variable it most resembles; one like nothing is logged too; known ones are not."""
+    env = {
+        "INDEXER_WORKER": "3",
+        "INDEXER_RECONCILE_INTERVALS": "5",
+        "INDEXER_ZZZ": "1",
+        "INDEXER_WORKERS": "3",
+        "INDEXER_LOG_LEVEL": "debug",
+        "INDEXER_DEMO_RATE": "5",
+        "OTHER_WORKER": "1",
+    }
+    with capture_logs() as logs:
+        settings = Settings.from_env(env)
+    assert settings.workers == 3
+    warned = [
+        (e["variable"], e["did_you_mean"])
+        for e in logs
+        if e["event"] == "unknown_setting_variable" and e["log_level"] == "warning"
+    ]
+    assert warned == [
+        ("INDEXER_RECONCILE_INTERVALS", "INDEXER_RECONCILE_INTERVAL"),
+        ("INDEXER_WORKER", "INDEXER_WORKERS"),
+        ("INDEXER_ZZZ", None),
+    ]
+    with capture_logs() as logs:
+        Settings.from_env(env, warn_unknown=False)
+    assert logs == []
+
+
+def test_the_command_lines_variables_are_known() -> None:
+    """Every variable the command line reads (its logging, the demo's options) is known."""
+    demo = {f"INDEXER_DEMO_{f.name.upper()}" for f in dataclasses.fields(DemoOptions)}
+    assert COMMAND_LINE_VARIABLES == demo | {"INDEXER_LOG_FORMAT", "INDEXER_LOG_LEVEL"}
+    assert unknown_variables(dict.fromkeys(COMMAND_LINE_VARIABLES, "1")) == {}
+
+
+@pytest.mark.parametrize(
+    "argv", [["index", "--storage", "/nonexistent/tree"], ["status", "--db", "/nonexistent/i.db"]]
+)
+def test_the_command_line_warns_about_unknown_variables(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The commands log the warning once, as a log line on stderr, and go on."""
+    monkeypatch.setenv("INDEXER_WORKER", "3")
+    assert main([*argv, *(["--log-format", "json"] if argv[0] == "index" else [])]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    warnings = [json.loads(line) for line in lines if "unknown_setting_variable" in line]
+    assert [(w["variable"], w["did_you_mean"]) for w in warnings] == [
+        ("INDEXER_WORKER", "INDEXER_WORKERS")
+    ]
+    assert lines[-1].startswith("indexer-service: error: ")  # what it went on to say

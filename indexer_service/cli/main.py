@@ -22,7 +22,7 @@ from indexer_service.cli.read import READ_COMMANDS, add_read_commands, run_read_
 from indexer_service.cli.serve import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from indexer_service.errors import IndexerError
 from indexer_service.limits import LIMITS, option
-from indexer_service.settings import Settings
+from indexer_service.settings import Settings, warn_unknown_variables
 from indexer_service.sources.discover import discover
 
 DESCRIPTION = """\
@@ -239,7 +239,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["http_allow_remote"] = True
     overrides["http_port"] = getattr(args, "http_port", None)
     overrides["http_host"] = getattr(args, "http_host", None)
-    return Settings.from_env(defaults=_COMMAND_DEFAULTS.get(args.command), **overrides)
+    # unknown INDEXER_* variables are warned about once logging is set up (`main`)
+    return Settings.from_env(
+        defaults=_COMMAND_DEFAULTS.get(args.command), warn_unknown=False, **overrides
+    )
 
 
 _COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -281,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         demo = args.command == "demo" or fallback
         # the demo's status line says what the service does; logs only for problems
         configure_logging(*log_options(args.log_format, args.log_level, os.environ, quiet=demo))
+        warn_unknown_variables(os.environ)
         if demo:
             return _demo(args, settings)
         if settings.storage_path is not None:  # named: it must be there
@@ -338,5 +342,5 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         db = str(demo.settings.db_path)
         for argv in (["report", "daily", "--db", db], ["status", "--db", db]):
             print(f"\n$ indexer-service {' '.join(argv)}", flush=True)
-            run_read_command(build_parser().parse_args(argv))
+            run_read_command(build_parser().parse_args(argv), warn_unknown=False)
     return EXIT_OK

@@ -99,10 +99,11 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def run_read_command(args: argparse.Namespace) -> int:
-    """Run ``status``, ``query`` or ``report``; errors are raised as `IndexerError` for the CLI."""
+def run_read_command(args: argparse.Namespace, *, warn_unknown: bool = True) -> int:
+    """Run ``status``, ``query`` or ``report``; errors are raised as `IndexerError` for the CLI.
+    ``warn_unknown``: log the ``INDEXER_*`` variables that name nothing (not twice in a run)."""
     configure_logging("auto", "warning")
-    settings = Settings.from_env(db_path=args.db)
+    settings = Settings.from_env(db_path=args.db, warn_unknown=warn_unknown)
     db_path = settings.db_path
     client = find_service(db_path)
     if args.command == "status":
