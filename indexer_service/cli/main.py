@@ -255,6 +255,11 @@ _COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def _check_storage(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise IndexerError(
+            f"storage path {path} is not a folder; pass the legacy storage folder as --storage "
+            "DIR (e.g. ~/.local/share/opencode/storage), or --opencode-db FILE for a database"
+        )
     if not path.is_dir():
         raise IndexerError(
             f"storage directory {path} does not exist (is OpenCode installed? pass --storage DIR)"
