@@ -1,13 +1,15 @@
 """Settings: one frozen dataclass with plain defaults; `Settings.from_env()` is the one reader of
 the environment (``INDEXER_*`` and ``XDG_DATA_HOME``).
 
-A leaf: it imports nothing of the package but `errors`. The range checks every stage applies
-to its own parameters (`positive`, `at_least`) live here too, so a value is judged one way.
+A leaf: it imports nothing of the package but `errors` and `limits` (the range of every number).
+The range checks every stage applies to its own parameters (`positive`, `at_least`) live here
+too, so a value is judged one way. ``INDEXER_*`` variables that name no setting are warned about.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -15,7 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from indexer_service.errors import ConfigError
+from indexer_service.limits import LIMITS, check, from_text
+
+log = structlog.get_logger(__name__)
 
 MAX_FILE_BYTES = 64 * 2**20
 """Default limit on the size of one storage file (`Settings.max_file_bytes`): indexing a file
@@ -26,9 +33,6 @@ BATCH_BYTES = 32 << 20
 """Bytes of records one batch reads at most (the rest follow as a batch of their own): DuckDB
 holds a batch's rows in memory until its commit, so this keeps a batch well inside
 ``memory_limit_mb``."""
-
-MAX_FILE_BYTES_LIMIT = 2**31 - 1
-"""The largest ``max_file_bytes``: ``file_index.size`` is a 32-bit INTEGER."""
 
 LISTING_PROCESS_MODES = ("off", "auto", "always")
 
@@ -78,8 +82,9 @@ def default_db_path(env: Mapping[str, str] | None = None) -> Path:
 
 
 def default_workers() -> int:
-    """The CPU count, at least 4: one batch read, one written, two waiting between them."""
-    return max(4, os.cpu_count() or 1)
+    """The CPU count, at least 4 (one batch read, one written, two waiting between them) and
+    at most the largest ``workers``."""
+    return min(max(4, os.cpu_count() or 1), int(LIMITS["workers"].high))
 
 
 @dataclass(frozen=True)
@@ -157,16 +162,9 @@ class Settings:
         for name in ("storage_path", "opencode_db", "db_path", "opencode_dir"):
             if (value := getattr(self, name)) is not None:
                 object.__setattr__(self, name, Path(os.path.abspath(Path(value).expanduser())))
-        for name in ("window_ms", "reconcile_interval", "shutdown_timeout", "query_timeout_s"):
-            positive(name, getattr(self, name))
-        if self.write_failure_timeout is not None:
-            positive("write_failure_timeout", self.write_failure_timeout)
-        for name in ("max_files", "workers", "full_scan_every", "db_poll_rows"):
-            at_least(name, getattr(self, name), 1)
-        if not 1 <= self.max_file_bytes <= MAX_FILE_BYTES_LIMIT:
-            raise ConfigError(
-                f"max_file_bytes must be 1..{MAX_FILE_BYTES_LIMIT}, got {self.max_file_bytes!r}"
-            )
+        for name in _NUMBERS:  # in docs/configuration.md's "Ranges"
+            if (value := getattr(self, name)) is not None:  # None: an optional one left unset
+                check(name, value)
         at_least(
             "max_batch_files", self.max_batch_files, self.max_files, f"max_files ({self.max_files})"
         )
@@ -174,11 +172,6 @@ class Settings:
             "max_pending", self.max_pending, self.max_batch_files,
             f"max_batch_files ({self.max_batch_files})",
         )  # fmt: skip
-        if not 0 <= self.http_port <= 65535:
-            raise ConfigError(f"http_port must be 0..65535, got {self.http_port!r}")
-        at_least("query_max_rows", self.query_max_rows, 0)
-        if self.memory_limit_mb is not None:
-            at_least("memory_limit_mb", self.memory_limit_mb, 256)
         one_of("listing_process", self.listing_process, LISTING_PROCESS_MODES)
 
     @classmethod
@@ -187,13 +180,18 @@ class Settings:
         env: Mapping[str, str] | None = None,
         *,
         defaults: Mapping[str, Any] | None = None,
+        warn_unknown: bool = True,
         **overrides: Any,
     ) -> Settings:
         """Settings from ``env`` (default: the process environment): ``INDEXER_<NAME>``
         variables (e.g. ``INDEXER_WINDOW_MS=100``), ``$XDG_DATA_HOME`` for ``opencode_dir`` and
         ``db_path``, then keyword overrides (None: not given). ``defaults`` are the caller's
-        own defaults, below the environment; anything unset keeps the field's default."""
+        own defaults, below the environment; anything unset keeps the field's default. An
+        ``INDEXER_*`` variable that names nothing is logged (`warn_unknown_variables`) unless
+        ``warn_unknown`` is False (the CLI warns once its logging is set up)."""
         env = os.environ if env is None else env
+        if warn_unknown:
+            warn_unknown_variables(env)
         values: dict[str, Any] = {
             "opencode_dir": default_opencode_dir(env),
             "db_path": default_db_path(env),
@@ -204,16 +202,64 @@ class Settings:
         return cls(**values)
 
 
+_NUMBERS = tuple(f.name for f in dataclasses.fields(Settings) if f.name in LIMITS)
+"""The numeric settings, each checked against its range in `limits.LIMITS`."""
+
+COMMAND_LINE_VARIABLES = frozenset(
+    {
+        "INDEXER_LOG_FORMAT",
+        "INDEXER_LOG_LEVEL",
+        *(f"INDEXER_DEMO_{name}" for name in ("SESSIONS", "RATE", "DURATION", "SEED")),
+        *("INDEXER_DEMO_KEEP", "INDEXER_DEMO_LEGACY_TREE"),
+    }
+)
+"""``INDEXER_*`` variables the command line reads besides the settings: its logging and the
+demo's options (`demo.runner.DemoOptions`)."""
+
+
+def unknown_variables(env: Mapping[str, str]) -> dict[str, str | None]:
+    """The ``INDEXER_*`` variables of ``env`` that name no setting nor command-line option, each
+    with the known variable it most resembles (a misspelling), if one does."""
+    known = {f"INDEXER_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    known |= COMMAND_LINE_VARIABLES
+    suffixes = {name.removeprefix("INDEXER_"): name for name in known}
+    unknown: dict[str, str | None] = {}
+    for name in sorted(env):
+        if name.startswith("INDEXER_") and name not in known:
+            close = difflib.get_close_matches(name.removeprefix("INDEXER_"), suffixes, n=1)
+            unknown[name] = suffixes[close[0]] if close else None
+    return unknown
+
+
+def warn_unknown_variables(env: Mapping[str, str] | None = None) -> None:
+    """Log ``unknown_setting_variable`` for each ``INDEXER_*`` variable of ``env`` (default: the
+    process environment) that names nothing: it is ignored, and a misspelling would be silent."""
+    for name, closest in unknown_variables(os.environ if env is None else env).items():
+        log.warning(
+            "unknown_setting_variable",
+            variable=name,
+            did_you_mean=closest,
+            effect="ignored: no setting has this name",
+        )
+
+
 def env_values(cls: Any, prefix: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The fields of dataclass ``cls`` set as ``<prefix><FIELD>`` variables of ``env`` (default:
     the process environment), converted to the field's type (int, float, bool or str); empty
-    variables count as unset. A value of the wrong type raises `ConfigError` naming it."""
+    variables count as unset. A value of the wrong type, or a number out of its range
+    (`limits.LIMITS`, under the variable's name without ``INDEXER_``), raises `ConfigError`
+    naming the variable."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         name = f"{prefix}{f.name.upper()}"
         raw = env.get(name)
-        if raw:
+        if not raw:
+            continue
+        number = name.removeprefix("INDEXER_").lower()
+        if number in LIMITS:
+            values[f.name] = from_text(number, name, raw)
+        else:
             values[f.name] = _convert(name, raw, f.type)
     return values
 

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 
@@ -19,9 +19,10 @@ import indexer_service.cli.serve as serve
 from indexer_service._version import __version__
 from indexer_service.cli.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, log_options
 from indexer_service.cli.read import READ_COMMANDS, add_read_commands, run_read_command
-from indexer_service.cli.serve import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
+from indexer_service.cli.serve import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from indexer_service.errors import IndexerError
-from indexer_service.settings import Settings
+from indexer_service.limits import LIMITS, option
+from indexer_service.settings import Settings, warn_unknown_variables
 from indexer_service.sources.discover import discover
 
 DESCRIPTION = """\
@@ -40,6 +41,17 @@ commands:
 INDEX_WRITE_FAILURE_TIMEOUT = 60.0
 """`Settings.write_failure_timeout` for ``index``: a one-shot run ends rather than wait for
 space for ever (the service itself retries until it is stopped)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with a usage error on one line (exit 2) instead of the usage first."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _range(name: str) -> str:
+    return LIMITS[name].text
 
 
 def _common(p: argparse.ArgumentParser, paths: bool = True) -> None:
@@ -66,8 +78,10 @@ def _common(p: argparse.ArgumentParser, paths: bool = True) -> None:
         )
     p.add_argument(
         "--workers",
-        type=int,
-        help="batches in flight; one is read and one written at a time (default: CPU count, at least 4)",
+        type=option("workers"),
+        metavar="N",
+        help="batches in flight; one is read and one written at a time, "
+        f"{_range('workers')} (default: CPU count, at least 4)",
     )
     p.add_argument(
         "--log-format",
@@ -78,7 +92,7 @@ def _common(p: argparse.ArgumentParser, paths: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="indexer-service",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -89,23 +103,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the service in the foreground")
     _common(run)
-    run.add_argument("--window-ms", type=float, help="batch window in ms (default: 200)")
-    run.add_argument("--max-files", type=int, help="files per batch (default: 100)")
+    run.add_argument(
+        "--window-ms",
+        type=option("window_ms"),
+        metavar="MS",
+        help=f"batch window, {_range('window_ms')} (default: 200)",
+    )
+    run.add_argument(
+        "--max-files",
+        type=option("max_files"),
+        metavar="N",
+        help=f"files per batch, {_range('max_files')} (default: 100)",
+    )
     run.add_argument(
         "--max-file-bytes",
-        type=int,
+        type=option("max_file_bytes"),
         metavar="N",
-        help="larger files get status 'error' without being read (default: 67108864, 64 MiB)",
+        help="larger files get status 'error' without being read, "
+        f"{_range('max_file_bytes')} (default: 67108864, 64 MiB)",
     )
     run.add_argument(
-        "--reconcile-interval", type=float, metavar="S", help="seconds between scans (default: 30)"
+        "--reconcile-interval",
+        type=option("reconcile_interval"),
+        metavar="S",
+        help=f"seconds between scans, {_range('reconcile_interval')} (default: 30)",
     )
     run.add_argument(
-        "--shutdown-timeout", type=float, metavar="S", help="clean shutdown budget (default: 10)"
+        "--shutdown-timeout",
+        type=option("shutdown_timeout"),
+        metavar="S",
+        help=f"clean shutdown budget, {_range('shutdown_timeout')} (default: 10)",
     )
     run.add_argument("--no-watch", action="store_true", help="no file watcher: periodic scans only")
     run.add_argument(
-        "--http-port", type=int, metavar="PORT", help="HTTP API port on 127.0.0.1 (default: 8765)"
+        "--http-port",
+        type=option("http_port"),
+        metavar="PORT",
+        help="HTTP API port on 127.0.0.1, 0 for any free one (default: 8765)",
     )
     run.add_argument("--http-host", metavar="ADDR", help="HTTP API address (default: 127.0.0.1)")
     run.add_argument(
@@ -126,10 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
     index.add_argument(
         "--write-failure-timeout",
-        type=float,
+        type=option("write_failure_timeout"),
         metavar="S",
         help="give up (exit 1) once database writes have kept failing this long, e.g. on a "
-        f"full disk (default: {INDEX_WRITE_FAILURE_TIMEOUT:g}; inf: retry for ever)",
+        f"full disk, {_range('write_failure_timeout')} (default: {INDEX_WRITE_FAILURE_TIMEOUT:g})",
     )
     add_read_commands(sub)
     _add_demo(sub)
@@ -149,16 +183,22 @@ def _add_demo(sub: Any) -> None:
         "be set as INDEXER_DEMO_<NAME> variables.",
     )
     demo.add_argument(
-        "--sessions", type=int, metavar="N", help="sessions generated (default: 20, ~7k records)"
+        "--sessions",
+        type=option("demo_sessions"),
+        metavar="N",
+        help=f"sessions generated, {_range('demo_sessions')} (default: 20, ~7k records)",
     )
     demo.add_argument(
-        "--rate", type=float, metavar="PER_S", help="records the agent writes/s (default: 100)"
+        "--rate",
+        type=option("demo_rate"),
+        metavar="PER_S",
+        help=f"records the agent writes/s, {_range('demo_rate')} (default: 100)",
     )
     demo.add_argument(
         "--duration",
-        type=float,
+        type=option("demo_duration"),
         metavar="S",
-        help="seconds of live writing, 0: until Ctrl-C (default: 60)",
+        help=f"seconds of live writing, {_range('demo_duration')}; 0: until Ctrl-C (default: 60)",
     )
     demo.add_argument(
         "--legacy-tree",
@@ -199,7 +239,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["http_allow_remote"] = True
     overrides["http_port"] = getattr(args, "http_port", None)
     overrides["http_host"] = getattr(args, "http_host", None)
-    return Settings.from_env(defaults=_COMMAND_DEFAULTS.get(args.command), **overrides)
+    # unknown INDEXER_* variables are warned about once logging is set up (`main`)
+    return Settings.from_env(
+        defaults=_COMMAND_DEFAULTS.get(args.command), warn_unknown=False, **overrides
+    )
 
 
 _COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -212,6 +255,11 @@ _COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def _check_storage(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise IndexerError(
+            f"storage path {path} is not a folder; pass the legacy storage folder as --storage "
+            "DIR (e.g. ~/.local/share/opencode/storage), or --opencode-db FILE for a database"
+        )
     if not path.is_dir():
         raise IndexerError(
             f"storage directory {path} does not exist (is OpenCode installed? pass --storage DIR)"
@@ -241,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         demo = args.command == "demo" or fallback
         # the demo's status line says what the service does; logs only for problems
         configure_logging(*log_options(args.log_format, args.log_level, os.environ, quiet=demo))
+        warn_unknown_variables(os.environ)
         if demo:
             return _demo(args, settings)
         if settings.storage_path is not None:  # named: it must be there
@@ -298,5 +347,5 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         db = str(demo.settings.db_path)
         for argv in (["report", "daily", "--db", db], ["status", "--db", db]):
             print(f"\n$ indexer-service {' '.join(argv)}", flush=True)
-            run_read_command(build_parser().parse_args(argv))
+            run_read_command(build_parser().parse_args(argv), warn_unknown=False)
     return EXIT_OK

@@ -17,9 +17,9 @@ from typing import Any
 from indexer_service.cli.logs import configure_logging
 from indexer_service.errors import ConfigError, DatabaseLockedError, IndexerError
 from indexer_service.http.client import ServiceClient, find_service
+from indexer_service.limits import LIMITS, option
 from indexer_service.read.query import (
     DEFAULT_MAX_ROWS,
-    DEFAULT_TIMEOUT_S,
     Params,
     QueryFn,
     QueryResult,
@@ -51,7 +51,13 @@ def add_read_commands(sub: Any) -> None:
     )
     status.add_argument("--db", type=Path, metavar="FILE", help=_DB_HELP)
     status.add_argument("--json", action="store_true", help="print the report as JSON")
-    status.add_argument("--errors", type=int, default=10, metavar="N", help="latest errors shown")
+    status.add_argument(
+        "--errors",
+        type=option("status_errors"),
+        default=10,
+        metavar="N",
+        help=f"latest errors shown, {LIMITS['status_errors'].text} (default: 10)",
+    )
 
     query = sub.add_parser("query", help="run one read-only SELECT on the index")
     query.add_argument("sql", help="one SELECT statement (writes, files and settings are refused)")
@@ -62,9 +68,17 @@ def add_read_commands(sub: Any) -> None:
         metavar="JSON",
         help="parameters as a JSON list (?) or object ($name): '[\"x\"]'",
     )
-    query.add_argument("--max-rows", type=int, metavar="N", help="row limit (default: 10000)")
     query.add_argument(
-        "--timeout", type=float, metavar="S", help="time limit without a service (default: 30)"
+        "--max-rows",
+        type=option("query_max_rows"),
+        metavar="N",
+        help=f"row limit, {LIMITS['query_max_rows'].text} (default: 10000)",
+    )
+    query.add_argument(
+        "--timeout",
+        type=option("query_timeout_s"),
+        metavar="S",
+        help=f"time limit without a service, {LIMITS['query_timeout_s'].text} (default: 30)",
     )
 
     report = sub.add_parser("report", help="usage, cost, sessions, models, tools (analytics views)")
@@ -85,10 +99,11 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def run_read_command(args: argparse.Namespace) -> int:
-    """Run ``status``, ``query`` or ``report``; errors are raised as `IndexerError` for the CLI."""
+def run_read_command(args: argparse.Namespace, *, warn_unknown: bool = True) -> int:
+    """Run ``status``, ``query`` or ``report``; errors are raised as `IndexerError` for the CLI.
+    ``warn_unknown``: log the ``INDEXER_*`` variables that name nothing (not twice in a run)."""
     configure_logging("auto", "warning")
-    settings = Settings.from_env(db_path=args.db)
+    settings = Settings.from_env(db_path=args.db, warn_unknown=warn_unknown)
     db_path = settings.db_path
     client = find_service(db_path)
     if args.command == "status":
@@ -98,8 +113,8 @@ def run_read_command(args: argparse.Namespace) -> int:
     if args.command == "report":
         return _report(client, db_path, args)
     params = _params(args.params)
-    max_rows = args.max_rows or int(getattr(settings, "query_max_rows", DEFAULT_MAX_ROWS))
-    timeout_s = args.timeout or float(getattr(settings, "query_timeout_s", DEFAULT_TIMEOUT_S))
+    max_rows = settings.query_max_rows if args.max_rows is None else args.max_rows
+    timeout_s = settings.query_timeout_s if args.timeout is None else args.timeout
     if client is not None:
         result = client.query(args.sql, params, max_rows=max_rows)
     else:

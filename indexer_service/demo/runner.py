@@ -38,8 +38,9 @@ from indexer_service.demo.synthetic import (
     generate_db,
     generate_tree,
 )
+from indexer_service.limits import check
 from indexer_service.service import IndexerService
-from indexer_service.settings import Settings, at_least, env_values, positive
+from indexer_service.settings import Settings, env_values
 
 __all__ = ["Demo", "DemoOptions"]
 
@@ -67,9 +68,8 @@ class DemoOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        at_least("demo sessions", self.sessions, 1)
-        positive("demo rate", self.rate, " files/s")
-        at_least("demo duration", self.duration, 0, "0 s")
+        for name in ("sessions", "rate", "duration", "seed"):  # the ranges of limits.LIMITS
+            check(f"demo_{name}", getattr(self, name))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> DemoOptions:

@@ -66,6 +66,24 @@ def test_missing_storage_is_a_one_line_error(tmp_path: Path) -> None:
     assert len(lines) == 1 and "nope" in lines[0] and "does not exist" in lines[0]
 
 
+@pytest.mark.parametrize("command", ["index", "run"])
+def test_a_file_given_as_storage_is_not_a_folder(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A regular file named as the storage tree is reported as what it is (not as missing):
+    exit 1, one line naming it, and no database created."""
+    file = tmp_path / "opencode.db"
+    file.write_bytes(b"not a folder")
+    db = tmp_path / "x.duckdb"
+    assert main([command, "--storage", str(file), "--db", str(db)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"indexer-service: error: storage path {file} is not a folder; pass the legacy storage "
+        "folder as --storage DIR (e.g. ~/.local/share/opencode/storage), or --opencode-db FILE "
+        "for a database"
+    ]
+    assert not db.exists()
+
+
 def test_locked_database_names_the_holder(storage_tree: TreeFactory, tmp_path: Path) -> None:
     """`run` against a database held by another process exits 1 naming that process's PID."""
     tree = storage_tree(sessions=1)

@@ -241,10 +241,16 @@ def test_index_with_no_opencode_data_is_one_line_error(
 @pytest.mark.parametrize(
     ("argv", "env", "message"),
     [
-        (["demo", "--sessions", "0"], {}, "demo sessions must be >= 1, got 0"),
-        (["demo", "--rate", "0"], {}, "demo rate must be > 0 files/s, got 0.0"),
-        (["demo", "--duration", "-1"], {}, "demo duration must be >= 0 s, got -1.0"),
-        (["demo"], {"INDEXER_DEMO_RATE": "fast"}, "INDEXER_DEMO_RATE='fast' is not a valid float"),
+        (
+            ["demo"],
+            {"INDEXER_DEMO_SESSIONS": "0"},
+            "INDEXER_DEMO_SESSIONS='0' is out of range: demo_sessions must be 1 to 1,000",
+        ),
+        (
+            ["demo"],
+            {"INDEXER_DEMO_RATE": "fast"},
+            "INDEXER_DEMO_RATE='fast' is not a number (above 0 and at most 100,000 files/s)",
+        ),
     ],
 )
 def test_bad_options_are_one_line_errors(
@@ -255,7 +261,8 @@ def test_bad_options_are_one_line_errors(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """An invalid option or variable exits 1 naming it, before anything is generated."""
+    """An invalid variable exits 1 naming it, before anything is generated (an option out of
+    its range is a usage error, exit 2: tests/test_ranges.py)."""
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert main(argv) == 1
