@@ -99,9 +99,9 @@ class Settings:
     ``$XDG_DATA_HOME``), where its stores are looked for when none is named."""
     opencode_db: Path | None = None
     """OpenCode's SQLite database to follow (waited for if it does not exist yet)."""
-    db_poll_rows: int = 20_000
+    db_poll_rows: int = 10_000
     """Rows a poll of a database reads per table at most (the backfill goes on in the next):
-    bounds the memory of a batch and the length of each read transaction."""
+    bounds the memory of a batch, each read transaction and each commit."""
     db_path: Path = field(default_factory=default_db_path)
     """The DuckDB database file the service owns."""
     memory_limit_mb: int | None = 512

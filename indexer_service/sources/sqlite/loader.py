@@ -49,7 +49,7 @@ class DbLoader:
         keys: DbKeys,
         tracker: RowTracker,
         *,
-        chunk_rows: int = 20_000,
+        chunk_rows: int = 10_000,
         chunk_bytes: int = BATCH_BYTES,
         tail_rows: int = 20_000,
         lookback_ms: int = 10_000,

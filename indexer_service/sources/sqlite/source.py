@@ -46,7 +46,7 @@ class SqliteSource:
         emit: Emit,
         *,
         interval_seconds: float = 30.0,
-        poll_rows: int = 20_000,
+        poll_rows: int = 10_000,
         on_scan_done: Callable[[ScanReport], None] | None = None,
         idle_close_s: float = 10.0,
         rearm_seconds: float = 0.5,
