@@ -174,6 +174,8 @@ class WatcherStats(TypedDict):
     """New directories listed because events inside them may have been missed."""
     files_from_sweeps: int
     rearms: int
+    restarts: int
+    """Watches armed again after watchfiles gave them up (a name that is not valid UTF-8)."""
     failures: int
 
 
