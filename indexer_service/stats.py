@@ -158,6 +158,9 @@ class ReconcilerStats(TypedDict):
     """Listing errors of the last pass."""
     errors_total: int
     storage_missing: bool
+    skipped: dict[str, int]
+    """Entries skipped without being opened, by kind (``fifo``, ``socket``, ``device``,
+    ``folder``, ``misplaced``, ``link``), as the tree's directories were when last listed."""
     last: ScanCounts
     total: ScanCounts
     dirs_known: int

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Self, overload
+from typing import Any, Self
 
 import anyio
 import pyarrow as pa
@@ -42,12 +42,14 @@ from indexer_service.errors import ConfigError
 from indexer_service.model import SCAN_KINDS, Emit, ScanReport
 from indexer_service.settings import at_least, positive
 from indexer_service.source import every
+from indexer_service.sources.json_tree.entries import SKIPPED_KINDS, keys
 from indexer_service.sources.json_tree.file_index import same_version_sql
 from indexer_service.sources.json_tree.layout import classify_relative
 from indexer_service.sources.json_tree.listing import (
     SCHEMA,
     CancelFlag,
     Listing,
+    PathList,
     ScanCancel,
     Scandir,
 )
@@ -87,35 +89,6 @@ SELECT file_path FROM file_index
 WHERE starts_with(file_path, $prefix) AND coalesce(status, '') <> 'indexed'
   AND NOT (coalesce(status, '') = 'error' AND coalesce(retry_after, 0) > $now)
 """
-
-
-class PathList(Sequence[Path]):
-    """Paths held compactly in Arrow; `Path` objects are made on access (1M paths as `Path`
-    objects would take about 1 GB)."""
-
-    def __init__(self, paths: pa.Array | pa.ChunkedArray | None = None) -> None:
-        self._arr = pa.array([], pa.string()) if paths is None else paths
-
-    def __len__(self) -> int:
-        return len(self._arr)
-
-    @overload
-    def __getitem__(self, i: int) -> Path: ...
-    @overload
-    def __getitem__(self, i: slice) -> PathList: ...
-    def __getitem__(self, i: int | slice) -> Path | PathList:
-        if isinstance(i, slice):
-            return PathList(pa.array(self._arr.to_pylist()[i], pa.string()))
-        return Path(self._arr[i].as_py())
-
-    def __iter__(self) -> Iterator[Path]:
-        for chunk in self.chunks(5_000):
-            yield from map(Path, chunk)
-
-    def chunks(self, size: int) -> Iterator[list[str]]:
-        """The paths as strings, ``size`` at a time."""
-        for start in range(0, len(self._arr), size):
-            yield self._arr.slice(start, size).to_pylist()
 
 
 @dataclass
@@ -288,7 +261,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
                     res.counts[row["values"]] = row["counts"]
                 res.deleted = self._confirm(res, found.filter(is_deleted).column("file_path"))
             if listing.gone:
-                cur.register("_reconcile_gone", pa.table({"rel": listing.gone}))
+                cur.register("_reconcile_gone", pa.table({"rel": keys(listing.gone)}))
                 try:
                     rows = cur.sql(_DELETED_PARTIAL_SQL, params={"prefix": self._prefix})
                     res.deleted = self._confirm(res, rows.to_arrow_table().column(0))
@@ -337,6 +310,13 @@ class Reconciler(anyio.AsyncContextManagerMixin):
             self._missing_logged = stats["storage_missing"] = listing.root_missing
         for path, error in listing.errors[:_MAX_ERROR_LOGS]:
             log.warning("listing_failed", dir=self._prefix + path, error=error)
+        for path, kind in listing.skipped[:_MAX_ERROR_LOGS]:
+            log.warning(
+                "entry_skipped",
+                path=self._prefix + path,
+                kind=kind,
+                action="not opened, not indexed; counted in status until it goes",
+            )
         files = sum(b.num_rows for b in listing.batches)
         stats.update(files_listed=files, dirs_checked=listing.dirs_checked, errors=errors)
         stats.update(dirs_listed=listing.dirs_listed, last=dict(res.counts))
@@ -353,7 +333,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
     def get_stats(self) -> ReconcilerStats:
         """Scans done (full, partial, failed), the last scan's time, duration, files listed and
         findings, totals, listing errors, and the directories remembered."""
-        dirs, hot = self._lister.counts()
+        dirs, hot, skipped = self._lister.counts()
         s = self._stats
         return ReconcilerStats(
             scans_full=s["scans_full"],
@@ -370,6 +350,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
             errors=s["errors"],
             errors_total=s["errors_total"],
             storage_missing=s["storage_missing"],
+            skipped={kind: skipped.get(kind, 0) for kind in SKIPPED_KINDS},
             last=scan_counts(s["last"]),
             total=scan_counts(s["total"]),
             dirs_known=dirs,
