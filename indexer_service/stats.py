@@ -158,6 +158,9 @@ class ReconcilerStats(TypedDict):
     """Listing errors of the last pass."""
     errors_total: int
     storage_missing: bool
+    unavailable: str | None
+    """Why the storage root could not be listed at the latest pass: missing, unreadable, or
+    holding no record folder while the index has rows under it (None: it could)."""
     skipped: dict[str, int]
     """Entries skipped without being opened, by kind (``fifo``, ``socket``, ``device``,
     ``folder``, ``misplaced``, ``link``), as the tree's directories were when last listed."""

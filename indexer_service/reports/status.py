@@ -134,6 +134,7 @@ def _add_service(report: dict[str, Any], stats: Mapping[str, Any]) -> None:
     if rec:
         report["legacy_tree"] = {
             "path": stats.get("storage_path"),
+            "unavailable": rec.get("unavailable"),
             "skipped": {k: n for k, n in (rec.get("skipped") or {}).items() if n},
         }
     if rec.get("last_scan_at"):
@@ -226,8 +227,8 @@ def format_status(report: Mapping[str, Any]) -> str:
 
 
 def _tree_lines(tree: Mapping[str, Any]) -> list[str]:
-    """The legacy tree: the entries skipped without a read."""
-    state = "listed"
+    """The legacy tree: whether it can be listed, and the entries skipped without a read."""
+    state = f"source unavailable: {tree['unavailable']}" if tree.get("unavailable") else "listed"
     skipped: Mapping[str, int] = tree.get("skipped") or {}
     kinds = ", ".join(f"{n:,} {kind}" for kind, n in sorted(skipped.items()))
     return [

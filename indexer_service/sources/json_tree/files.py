@@ -22,7 +22,7 @@ import os
 import stat
 from typing import NamedTuple, Self
 
-from indexer_service.sources.json_tree.layout import escape, unescape
+from indexer_service.sources.json_tree.layout import FILE_TYPES, escape, unescape
 
 __all__ = [
     "OPEN_FLAGS",
@@ -144,6 +144,21 @@ class Tree:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def available(self) -> bool:
+        """Whether the root is there and holds a record folder: a root that is gone, or empty
+        (the mount point of a disk not mounted), is no evidence that its files were deleted."""
+        try:
+            fd = self._dir("")
+        except OSError:
+            return False
+        for top in FILE_TYPES:
+            try:
+                os.stat(top, dir_fd=fd)
+            except OSError:
+                continue
+            return True
+        return False
 
     def _dir(self, reldir: str) -> int:
         """A descriptor of the directory ``reldir`` (relative to the root), reached without

@@ -184,6 +184,7 @@ class _Walk:
         except OSError as exc:
             self._fail(top, exc)
             return
+        self.out.tops += 1
         if prev is None or prev.ino != st.st_ino:
             if prev is not None:
                 self._vanish(prev, top, list(prev.dirs))

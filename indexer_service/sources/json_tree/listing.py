@@ -116,8 +116,8 @@ class Listing:
     ``covered``: directories all of whose files are in them; ``gone`` (partial passes): known
     files now absent; ``failed``: directories under which nothing may be inferred deleted;
     ``unavailable``: why the root could not be listed (then nothing else is set); ``skipped``:
-    (key, kind) of entries skipped that were not there when their directory was last listed.
-    Paths are keys
+    (key, kind) of entries skipped that were not there when their directory was last listed;
+    ``tops``: record folders (`layout.FILE_TYPES`) found in the root. Paths are keys
     (`layout.escape`), those of ``covered`` and ``failed`` excepted."""
 
     full: bool = False
@@ -133,6 +133,7 @@ class Listing:
     unavailable: str | None = None
     root_missing: bool = False
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    tops: int = 0
 
 
 class PathList(Sequence[Path]):

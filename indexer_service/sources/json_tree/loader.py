@@ -173,6 +173,9 @@ class Loader:
                 group.paths.append(path)
                 group.locs.append(loc)
                 group.datas.append(data)
+        if out.deleted and not tree.available():  # gone with the root: no evidence of a deletion
+            out.skipped += len(out.deleted)
+            out.deleted = []
         read_done = time.perf_counter()
         for group in groups.values():
             self._extract(out, group)

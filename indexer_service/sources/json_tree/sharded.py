@@ -379,4 +379,5 @@ def _merge(a: Listing, b: Listing) -> Listing:
         dirs_checked=a.dirs_checked + b.dirs_checked,
         child_cpu_s=a.child_cpu_s + b.child_cpu_s,
         skipped=a.skipped + b.skipped,
+        tops=max(a.tops, b.tops),
     )

@@ -5,6 +5,7 @@ watcher, real DuckDB."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import threading
 from functools import partial
@@ -17,12 +18,13 @@ from conftest import (
     LogEvents,
     RunningService,
     TreeFactory,
+    assert_index_matches_tree,
     eventually,
     indexable_files,
     load_batch,
 )
 
-from indexer_service import IndexerService
+from indexer_service import IndexerService, Settings
 from indexer_service.read.query import run_query
 from indexer_service.reports.status import collect_status, format_status
 from indexer_service.sources.json_tree.file_index import FileTracker
@@ -267,3 +269,83 @@ async def test_special_entries_are_skipped_without_being_opened_and_counted(
             if not opened.is_set():  # let the writer go
                 os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
             thread.join(10)
+
+
+# -- a root that disappears ----------------------------------------------------------------------
+
+
+def _session_files(root: Path, session: str) -> list[Path]:
+    """Every file of one session: its own, its messages', their parts', its todo and diff."""
+    found = [*root.glob(f"session/*/{session}.json"), *root.glob(f"*/{session}.json")]
+    for message in (root / "message" / session).glob("*.json"):
+        found.append(message)
+        found += (root / "part" / message.stem).glob("*.json")
+    return [p for p in dict.fromkeys(found) if p.is_file()]
+
+
+async def test_a_root_that_disappears_is_unavailable_and_the_index_keeps_its_rows(
+    storage_tree: TreeFactory, make_settings: Any, tmp_path: Path
+) -> None:
+    """The root renamed away, then an empty folder in its place (a disk not mounted): the
+    index keeps every row and health says the source is unavailable. Back with one session
+    changed and one removed, the next pass applies exactly those."""
+    tree = storage_tree(sessions=3)
+    settings: Settings = make_settings()
+    root, away = tree.root, tmp_path / "away"
+    changed, removed = tree.session_ids[0], tree.session_ids[1]
+    async with IndexerService(settings) as svc:
+        await svc.wait_until_synced()
+        before = _index(svc)
+        root.rename(away)
+        await svc.wait_until_synced()
+        healthy, reason = svc.health()
+        assert not healthy and f"storage {root}: source unavailable" in reason
+        assert _index(svc) == before
+        root.mkdir()
+        await svc.wait_until_synced()
+        healthy, reason = svc.health()
+        assert not healthy and "holds none of the record folders" in reason
+        assert _index(svc) == before
+        root.rmdir()
+        (session_file,) = away.glob(f"session/*/{changed}.json")
+        session_file.write_bytes(
+            orjson.dumps({**orjson.loads(session_file.read_bytes()), "title": "renamed"})
+        )
+        gone = _session_files(away, removed)
+        for path in gone:
+            path.unlink()
+        away.rename(root)
+        await svc.wait_until_synced()
+        last = svc.stats()["reconciler"]["last"]
+        assert (last["new"], last["modified"], last["deleted"]) == (0, 1, len(gone))
+        assert svc.health() == (True, "running")
+        titles = "SELECT title FROM sessions WHERE id = ?"
+        assert svc.db.cursor().execute(titles, [changed]).fetchall() == [("renamed",)]
+        left = "SELECT count(*) FROM messages WHERE session_id = ?"
+        assert svc.db.cursor().execute(left, [removed]).fetchall() == [(0,)]
+    assert_index_matches_tree(root, settings.db_path)
+
+
+def test_files_missing_with_their_root_are_not_deleted(db: Database, tmp_path: Path) -> None:
+    """A batch that finds its files missing because the whole root is gone deletes nothing;
+    once the root is back, a file really removed is deleted."""
+    storage = tmp_path / "storage"
+    (storage / "part" / "msg_1").mkdir(parents=True)
+    paths = [storage / "part" / "msg_1" / f"prt_{i}.json" for i in (1, 2)]
+    for path in paths:
+        path.write_bytes(orjson.dumps({"id": path.stem, "type": "text", "text": "t"}))
+    loader = Loader(db, FileTracker(db), storage)
+    keys = [str(p) for p in paths]
+    count = "SELECT count(*) FROM file_index WHERE status = 'indexed'"
+    try:
+        assert load_batch(loader, keys).indexed == 2
+        storage.rename(tmp_path / "away")
+        assert load_batch(loader, keys).deleted == 0
+        assert db.cursor().execute(count).fetchall() == [(2,)]
+        (tmp_path / "away").rename(storage)
+        paths[0].unlink()
+        assert load_batch(loader, keys).deleted == 1
+        assert db.cursor().execute(count).fetchall() == [(1,)]
+    finally:
+        loader.close()
+    shutil.rmtree(storage)
