@@ -170,6 +170,12 @@ class ReconcilerStats(TypedDict):
     """Listing errors of the last pass."""
     errors_total: int
     storage_missing: bool
+    unavailable: str | None
+    """Why the storage root could not be listed at the latest pass: missing, unreadable, or
+    holding no record folder while the index has rows under it (None: it could)."""
+    skipped: dict[str, int]
+    """Entries skipped without being opened, by kind (``fifo``, ``socket``, ``device``,
+    ``folder``, ``misplaced``, ``link``), as the tree's directories were when last listed."""
     last: ScanCounts
     total: ScanCounts
     dirs_known: int
@@ -186,6 +192,8 @@ class WatcherStats(TypedDict):
     """New directories listed because events inside them may have been missed."""
     files_from_sweeps: int
     rearms: int
+    restarts: int
+    """Watches armed again after watchfiles gave them up (a name that is not valid UTF-8)."""
     failures: int
 
 

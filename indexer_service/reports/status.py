@@ -131,6 +131,12 @@ def _add_service(report: dict[str, Any], stats: Mapping[str, Any]) -> None:
                       "longest_read_s", "connection_open")
         }  # fmt: skip
     rec = stats.get("reconciler") or {}
+    if rec:
+        report["legacy_tree"] = {
+            "path": stats.get("storage_path"),
+            "unavailable": rec.get("unavailable"),
+            "skipped": {k: n for k, n in (rec.get("skipped") or {}).items() if n},
+        }
     if rec.get("last_scan_at"):
         report["last_reconcile"] = {
             "at": datetime.fromtimestamp(rec["last_scan_at"], UTC).isoformat(timespec="seconds"),
@@ -205,6 +211,9 @@ def format_status(report: Mapping[str, Any]) -> str:
     if tp.get("files_per_s_since_start") is not None:
         line += f"; {tp['files_per_s_since_start']:,} files/s since start"
     out.append(line)
+    if tree := report.get("legacy_tree"):
+        out.append("")
+        out.extend(_tree_lines(tree))
     for source, db in report.get("databases", {}).items():
         out.append("")
         out.extend(_database_lines(source, db))
@@ -215,6 +224,17 @@ def format_status(report: Mapping[str, Any]) -> str:
         out.append(f"  {e['updated_at'] or '-'}  {e['file_type']}  {e['file_path']}")
         out.append(f"      {e['error_message']} (attempts: {e['attempts']})")
     return "\n".join(out)
+
+
+def _tree_lines(tree: Mapping[str, Any]) -> list[str]:
+    """The legacy tree: whether it can be listed, and the entries skipped without a read."""
+    state = f"source unavailable: {tree['unavailable']}" if tree.get("unavailable") else "listed"
+    skipped: Mapping[str, int] = tree.get("skipped") or {}
+    kinds = ", ".join(f"{n:,} {kind}" for kind, n in sorted(skipped.items()))
+    return [
+        f"legacy tree {tree.get('path')}: {state}",
+        f"  skipped entries (not opened, not indexed): {kinds or 'none'}",
+    ]
 
 
 def _database_lines(source: str, db: Mapping[str, Any]) -> list[str]:

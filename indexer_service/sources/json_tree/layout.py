@@ -1,12 +1,14 @@
 """Where a file sits in the OpenCode storage tree says what it holds (pure, no I/O).
 
 OpenCode takes every id from paths, not from file contents (sessions can be moved between project
-directories without their JSON being updated), and so do we.
+directories without their JSON being updated), and so do we. A path is its own key, except a
+path that is not valid UTF-8: its key is `escape`'s rendering, which `unescape` turns back.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import NamedTuple
 
 FILE_TYPES: tuple[str, ...] = ("project", "session", "message", "part", "todo", "session_diff")
@@ -62,3 +64,27 @@ def classify(root: str, path: str) -> Location | None:
     if os.sep != "/":
         rel = rel.replace(os.sep, "/")
     return classify_relative(rel)
+
+
+_ESCAPED_BYTE = re.compile(rb"\\x([89a-f][0-9a-f])")
+
+
+def escape(path: str) -> str:
+    """A path as a key: one whose name is not valid UTF-8 (Python keeps its bytes as
+    surrogates) is written with ``\\xNN`` for each such byte, so it fits a VARCHAR and a log."""
+    if path.isascii():
+        return path
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def unescape(key: str) -> str | None:
+    """The path on disk that `escape` turned into ``key`` (surrogates for its bytes); None when
+    ``key`` escapes nothing (it names a path as it is)."""
+    if "\\x" not in key:
+        return None
+    raw = _ESCAPED_BYTE.sub(lambda m: bytes([int(m[1], 16)]), key.encode())
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return os.fsdecode(raw)
+    return None

@@ -7,7 +7,9 @@ directory is not listed again: a full pass stats its known names (no open or get
 partial pass skips it unless it is *hot* (it or a file in it changed within ``hot_seconds``). A
 directory mtime within ``racy_seconds`` of the scan is not trusted (a second change in the same
 timestamp tick would not move it): listed again next time. A directory that cannot be listed
-goes to ``failed``, never to ``gone``.
+goes to ``failed``, never to ``gone``. Entries that are not record files (links out of the root,
+FIFOs, folders where files belong...) are handled as `entries` says, and the skipped ones are
+remembered per directory, like its file names.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from indexer_service.sources.json_tree.layout import FILE_TYPES, NESTED, classify_relative
+from indexer_service.sources.json_tree import entries
+from indexer_service.sources.json_tree.entries import Links
+from indexer_service.sources.json_tree.layout import FILE_TYPES, NESTED, escape
 from indexer_service.sources.json_tree.listing import (
     GONE,
     SCHEMA,
@@ -29,6 +33,7 @@ from indexer_service.sources.json_tree.listing import (
     Listing,
     ListingCancelled,
     Scandir,
+    Skipped,
     TopDir,
     indexable_name,
     pack_dir,
@@ -39,6 +44,7 @@ from indexer_service.sources.json_tree.listing import (
 __all__ = ["TreeLister"]
 
 _BATCH_ROWS = 65_536
+_TYPE, _REG = st_mode.S_IFMT(0o170000), st_mode.S_IFREG
 
 
 class TreeLister:
@@ -81,6 +87,8 @@ class TreeLister:
                 parts[shard_of(key, n)].dirs[key] = packed
             for key in top.hot:
                 parts[shard_of(key, n)].hot.add(key)
+            for key, skipped in top.skipped.items():  # "" (the folder's own): shard 0's
+                parts[shard_of(key, n) if key else 0].skipped[key] = skipped
             for i, part in enumerate(parts):
                 out[i].tops[name] = part
         self.shard = (0, shards)
@@ -100,10 +108,15 @@ class TreeLister:
     def primed(self) -> bool:
         return self._root_id is not None
 
-    def counts(self) -> tuple[int, int]:
-        """(directories remembered, hot directories)."""
+    def counts(self) -> tuple[int, int, dict[str, int]]:
+        """(directories remembered, hot directories, entries skipped by kind)."""
         tops = list(self._tops.values())  # a scan thread may add or drop tops meanwhile
-        return sum(len(t.dirs) for t in tops), sum(len(t.hot) for t in tops)
+        skipped: dict[str, int] = {}
+        for t in tops:
+            for found in list(t.skipped.values()):
+                for _, kind in found:
+                    skipped[kind] = skipped.get(kind, 0) + 1
+        return sum(len(t.dirs) for t in tops), sum(len(t.hot) for t in tops), skipped
 
     def scan(self, *, full: bool, cancel: CancelFlag | None = None) -> Listing:
         """One pass; full when asked or when nothing is remembered (first pass, after reset)."""
@@ -132,33 +145,14 @@ class TreeLister:
             os.close(fd)
 
     def stat_files(self, rels: Sequence[str]) -> pa.RecordBatch:
-        """Stat single files (relative paths); missing or unreadable ones are left out."""
-        rows = []
-        for rel in rels:
-            try:
-                s = os.stat(f"{self.root}/{rel}")
-            except OSError:
-                continue
-            if st_mode.S_ISREG(s.st_mode):
-                rows.append(dict(rel=rel, mtime=s.st_mtime, mtime_ns=s.st_mtime_ns, size=s.st_size))
-        return pa.RecordBatch.from_pylist(rows, schema=SCHEMA)
+        """Stat single files (keys relative to the root); missing or unreadable ones are left
+        out."""
+        return entries.stat_files(self.root, rels)
 
     def confirm_gone(self, rels: Sequence[str], failed: Sequence[str]) -> tuple[list[str], int]:
         """(the indexable files a stat says are not there, outside ``failed`` directories; how
         many could not be checked)."""
-        skip = tuple(d + "/" for d in failed)
-        gone, unknown = [], 0
-        for rel in rels:
-            if (skip and rel.startswith(skip)) or classify_relative(rel) is None:
-                continue
-            try:
-                if not st_mode.S_ISREG(os.stat(f"{self.root}/{rel}").st_mode):
-                    gone.append(rel)  # replaced by a directory or a device: not a file
-            except GONE:
-                gone.append(rel)
-            except OSError:
-                unknown += 1
-        return gone, unknown
+        return entries.confirm_gone(self.root, rels, failed)
 
 
 class _Walk:
@@ -171,6 +165,7 @@ class _Walk:
         self.hot_cutoff = now - lister._hot_ns
         self.racy_cutoff = now - lister._racy_ns
         self.out = Listing(full=full)
+        self.links = Links(lister.root)
         self.rel: list[str] = []
         self.mt: list[float] = []
         self.ns: list[int] = []
@@ -180,9 +175,7 @@ class _Walk:
         tops = self.l._tops
         prev = tops.get(top)
         try:
-            st = os.stat(top, dir_fd=self.fd)
-            if not st_mode.S_ISDIR(st.st_mode):
-                raise NotADirectoryError(top)
+            st = self.links.folder(self.fd, top)
         except GONE:
             if prev is not None:
                 self._vanish(prev, top, list(prev.dirs))
@@ -191,6 +184,7 @@ class _Walk:
         except OSError as exc:
             self._fail(top, exc)
             return
+        self.out.tops += 1
         if prev is None or prev.ino != st.st_ino:
             if prev is not None:
                 self._vanish(prev, top, list(prev.dirs))
@@ -216,16 +210,30 @@ class _Walk:
     def _subdirs(self, t: TopDir, top: str) -> set[str] | None:
         """The subdirectories of a nested top-level directory in this shard (None: failed)."""
         self.out.dirs_listed += 1
+        subs: set[str] = set()
+        skipped: list[tuple[str, str]] = []
         try:
             with self.l._scandir(f"{self.l.root}/{top}") as it:
-                subs = {e.name for e in it if e.name[0] != "." and e.is_dir(follow_symlinks=False)}
+                for e in it:
+                    if e.name[0] == ".":
+                        continue
+                    if e.is_dir(follow_symlinks=False):
+                        subs.add(e.name)
+                    elif self.index == 0 and (kind := entries.misplaced(e)) is not None:
+                        skipped.append((e.name, kind))
         except OSError as exc:
             t.mtime_ns = None
             self._fail(top, exc)
             return None
+        if self.index == 0:
+            self._remember(t, top, "", tuple(skipped))
         if self.shards > 1:
             subs = {s for s in subs if shard_of(s, self.shards) == self.index}
         return subs
+
+    def _remember(self, t: TopDir, reldir: str, key: str, skipped: Skipped) -> None:
+        """Keep what a listing of ``reldir`` skipped; hand on what it had not skipped before."""
+        self.out.skipped += entries.remember(t.skipped, key, reldir, skipped)
 
     def _trusted(self, mtime_ns: int) -> int | None:
         return mtime_ns if mtime_ns <= self.racy_cutoff else None
@@ -241,7 +249,7 @@ class _Walk:
             if st is None:
                 st = os.stat(reldir, dir_fd=self.fd)
         except GONE:  # raced with its deletion: the parent's next listing decides
-            out.failed.append(reldir)
+            out.failed.append(escape(reldir))
             if packed is not None:
                 t.dirs[key] = pack_dir(None, prev_newest, prev_names)
                 t.hot.add(key)
@@ -253,10 +261,11 @@ class _Walk:
         if packed is None or prev_mtime != mtime:
             out.dirs_listed += 1
             try:
-                names, newest, ok = self._list_dir(reldir)
+                names, newest, ok, skipped = self._list_dir(reldir)
             except OSError as exc:
                 self._fail(reldir, exc, t, key)
                 return
+            self._remember(t, reldir, key, skipped)
             if prev_names and not self.full:
                 kept = set(names)
                 pre = reldir + "/"
@@ -274,28 +283,37 @@ class _Walk:
         if ok:
             out.covered.add(reldir)
         else:
-            out.failed.append(reldir)
+            out.failed.append(escape(reldir))
         if len(self.rel) >= _BATCH_ROWS:
             self.flush()
 
-    def _list_dir(self, reldir: str) -> tuple[list[str], int, bool]:
-        """scandir + stat: (names, newest mtime, complete)."""
+    def _list_dir(self, reldir: str) -> tuple[list[str], int, bool, Skipped]:
+        """scandir + stat: (names, newest mtime, complete, entries skipped)."""
         names: list[str] = []
+        skipped: list[tuple[str, str]] = []
         newest, ok, pre = 0, True, reldir + "/"
         rel, mt, ns, sz = self.rel.append, self.mt.append, self.ns.append, self.sz.append
         with self.l._scandir(f"{self.l.root}/{reldir}") as it:
             for e in it:
                 n = e.name
-                if not indexable_name(n):
+                if n[0] == ".":
                     continue
                 try:
-                    if not e.is_file():
-                        continue
-                    s = e.stat()
+                    if e.is_file(follow_symlinks=False):  # from readdir: no system call
+                        if not indexable_name(n):
+                            continue
+                        s = e.stat()
+                    else:
+                        found, kind = entries.other(e, self.links)
+                        if kind is not None:
+                            skipped.append((n, kind))
+                        if found is None:
+                            continue
+                        s = found
                 except GONE:
                     continue
                 except OSError as exc:  # keep the name: unknown is not deleted
-                    self.out.errors.append((pre + n, exc.strerror or str(exc)))
+                    self.out.errors.append((escape(pre + n), exc.strerror or str(exc)))
                     names.append(n)
                     ok = False
                     continue
@@ -306,7 +324,7 @@ class _Walk:
                 sz(s.st_size)
                 if m > newest:
                     newest = m
-        return names, newest, ok
+        return names, newest, ok, tuple(skipped)
 
     def _stat_names(self, reldir: str, names: str) -> tuple[str, int, bool, bool]:
         """Stat the known files of an unchanged directory: (names, newest mtime, complete,
@@ -317,12 +335,16 @@ class _Walk:
         for n in names.split("/") if names else ():
             r = pre + n
             try:
-                s = stat(r, dir_fd=fd)
+                s = stat(r, dir_fd=fd, follow_symlinks=False)
+                if s.st_mode & _TYPE != _REG:  # a link, as when it was listed
+                    s, inside = self.links.stat(f"{self.l.root}/{r}")
+                    if inside and s.st_mode & _TYPE != _REG:
+                        raise FileNotFoundError(r)  # no longer a file: listed next time
             except GONE:
                 gone.append(n)
                 continue
             except OSError as exc:
-                self.out.errors.append((r, exc.strerror or str(exc)))
+                self.out.errors.append((escape(r), exc.strerror or str(exc)))
                 ok = False
                 continue
             rel(r)
@@ -342,13 +364,14 @@ class _Walk:
         for key in keys:
             names = unpack_dir(t.dirs.pop(key))[2]
             t.hot.discard(key)
+            t.skipped.pop(key, None)
             if not self.full and names:
                 pre = f"{top}/{key}/" if key else f"{top}/"
                 self.out.gone.extend(pre + n for n in names.split("/"))
 
     def _fail(self, reldir: str, exc: OSError, t: TopDir | None = None, key: str = "") -> None:
-        self.out.failed.append(reldir)
-        self.out.errors.append((reldir, exc.strerror or str(exc)))
+        self.out.failed.append(escape(reldir))
+        self.out.errors.append((escape(reldir), exc.strerror or str(exc)))
         if t is not None:  # untrusted and hot: listed again at the next pass
             _, newest, names = unpack_dir(t.dirs.get(key))
             t.dirs[key] = pack_dir(None, newest, names)
@@ -358,7 +381,7 @@ class _Walk:
         if not self.rel:
             return
         cols = (
-            pa.array(self.rel, pa.string()),
+            entries.keys(self.rel),
             pa.array(self.mt, pa.float64()),
             pa.array(self.ns, pa.int64()),
             pa.array(self.sz, pa.int64()),

@@ -1,19 +1,22 @@
 """What the reconciler's listing of the storage tree produces and remembers: `Listing` (the
-files of one pass, as Arrow batches) and the per-directory memory `TreeLister` keeps between
-passes (packed into one string per directory)."""
+files of one pass, as Arrow batches), the per-directory memory `TreeLister` keeps between
+passes (packed into one string per directory), and `PathList` (what a pass found, as keys)."""
 
 from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol, Self
+from pathlib import Path
+from typing import Protocol, Self, overload
 
 import pyarrow as pa
 
 Scandir = Callable[[str], AbstractContextManager[Iterator["os.DirEntry[str]"]]]
+Skipped = tuple[tuple[str, str], ...]
+"""(name, kind) of the entries of one directory skipped without being opened (`entries`)."""
 
 SCHEMA = pa.schema(
     [("rel", pa.string()), ("mtime", pa.float64()), ("mtime_ns", pa.int64()), ("size", pa.int64())]
@@ -66,7 +69,7 @@ class ScanCancel:
 
 def shard_of(subdir: str, shards: int) -> int:
     """The shard a subdirectory belongs to; flat top-level directories are shard 0's."""
-    return zlib.crc32(subdir.encode()) % shards if shards > 1 else 0
+    return zlib.crc32(subdir.encode("utf-8", "surrogateescape")) % shards if shards > 1 else 0
 
 
 def indexable_name(name: str) -> bool:
@@ -94,6 +97,9 @@ class TopDir:
     mtime_ns: int | None = None
     dirs: dict[str, str] = field(default_factory=dict)  # subdir name ("" when flat) -> pack_dir()
     hot: set[str] = field(default_factory=set)
+    skipped: dict[str, Skipped] = field(default_factory=dict)
+    """Entries skipped in a directory when it was last listed (key as in ``dirs``; "" of a
+    nested directory: the entries beside its subdirectories)."""
 
 
 @dataclass
@@ -109,7 +115,10 @@ class Listing:
     """What one pass saw (paths relative to the root). ``batches``: the files stat'ed;
     ``covered``: directories all of whose files are in them; ``gone`` (partial passes): known
     files now absent; ``failed``: directories under which nothing may be inferred deleted;
-    ``unavailable``: why the root could not be listed (then nothing else is set)."""
+    ``unavailable``: why the root could not be listed (then nothing else is set); ``skipped``:
+    (key, kind) of entries skipped that were not there when their directory was last listed;
+    ``tops``: record folders (`layout.FILE_TYPES`) found in the root. Paths are keys
+    (`layout.escape`), those of ``covered`` and ``failed`` excepted."""
 
     full: bool = False
     batches: list[pa.RecordBatch] = field(default_factory=list)
@@ -123,3 +132,34 @@ class Listing:
     """CPU seconds a listing child process spent on this pass (`sharded`)."""
     unavailable: str | None = None
     root_missing: bool = False
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    tops: int = 0
+
+
+class PathList(Sequence[Path]):
+    """Paths held compactly in Arrow; `Path` objects are made on access (1M paths as `Path`
+    objects would take about 1 GB)."""
+
+    def __init__(self, paths: pa.Array | pa.ChunkedArray | None = None) -> None:
+        self._arr = pa.array([], pa.string()) if paths is None else paths
+
+    def __len__(self) -> int:
+        return len(self._arr)
+
+    @overload
+    def __getitem__(self, i: int) -> Path: ...
+    @overload
+    def __getitem__(self, i: slice) -> PathList: ...
+    def __getitem__(self, i: int | slice) -> Path | PathList:
+        if isinstance(i, slice):
+            return PathList(pa.array(self._arr.to_pylist()[i], pa.string()))
+        return Path(self._arr[i].as_py())
+
+    def __iter__(self) -> Iterator[Path]:
+        for chunk in self.chunks(5_000):
+            yield from map(Path, chunk)
+
+    def chunks(self, size: int) -> Iterator[list[str]]:
+        """The paths as strings, ``size`` at a time."""
+        for start in range(0, len(self._arr), size):
+            yield self._arr.slice(start, size).to_pylist()

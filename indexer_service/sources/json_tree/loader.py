@@ -16,10 +16,8 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 
-import anyio
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,15 +28,16 @@ from indexer_service.model import BatchResult
 from indexer_service.settings import BATCH_BYTES, MAX_FILE_BYTES
 from indexer_service.sources.json_tree.file_index import FailedFile, FileTracker, IndexedFile
 from indexer_service.sources.json_tree.files import (
+    BadName,
     FileChanged,
     FileTooLarge,
     NotAFile,
+    OutsideRoot,
+    Tree,
     Version,
-    current_version,
-    read_file,
 )
-from indexer_service.sources.json_tree.layout import Location, classify
-from indexer_service.sources.json_tree.pagecache import in_page_cache, prefetch
+from indexer_service.sources.json_tree.layout import Location, classify, escape
+from indexer_service.sources.json_tree.pagecache import read_ahead
 from indexer_service.sources.json_tree.write_log import WriteLog
 from indexer_service.store.database import Database
 from indexer_service.store.rows import RowWriter, database_keys, delete_in, one_of
@@ -52,8 +51,6 @@ _CONFLICT_RETRIES = 3
 
 PREFETCH_MIN_FILES = 256
 """Smallest batch that is checked for files missing from the page cache (bulk loads)."""
-PREFETCH_THREADS = 4
-_PROBES = 8  # files per batch checked for being in the page cache
 
 
 @dataclass
@@ -137,24 +134,20 @@ class Loader:
         return how many files were handed to it (0 for a small or cached batch)."""
         if len(paths) < PREFETCH_MIN_FILES:
             return 0
-        probes = paths[:: len(paths) // _PROBES][:_PROBES]
-        if all(await anyio.to_thread.run_sync(lambda: [in_page_cache(p) for p in probes])):
-            return 0
-        size = -(-len(paths) // PREFETCH_THREADS)
-        async with anyio.create_task_group() as tg:
-            for start in range(0, len(paths), size):
-                part = paths[start : start + size]
-                tg.start_soon(partial(anyio.to_thread.run_sync, prefetch, part))
-        return len(paths)
+        return await read_ahead(self.root, paths)
 
     # -- prepare -----------------------------------------------------------------------------
 
     def prepare(self, paths: Sequence[str]) -> Prepared:
         """Stat and read every path, and extract the rows of the files that parse."""
+        with Tree(self.root) as tree:
+            return self._prepare(tree, paths)
+
+    def _prepare(self, tree: Tree, paths: Sequence[str]) -> Prepared:
         out = Prepared(ticket=self._writes.begin())
         start = time.perf_counter()
         groups: dict[str, _Group] = {}
-        unique, size = list(dict.fromkeys(os.fspath(p) for p in paths)), 0
+        unique, size = list(dict.fromkeys(escape(os.fspath(p)) for p in paths)), 0
         for n, path in enumerate(unique):
             if size >= self.max_batch_bytes:  # DuckDB holds a batch whole until its commit
                 out.rest = unique[n:]
@@ -164,18 +157,13 @@ class Loader:
                 out.skipped += 1
                 continue
             try:
-                data, version = read_file(path, self.max_file_bytes)
+                data, version = tree.read(path, self.max_file_bytes)
             except FileChanged:
                 out.requeue.append(path)
-            except FileTooLarge as exc:
-                v = out.versions[path] = exc.version
-                out.failed.append(
-                    FailedFile(path, loc.file_type, v.mtime, v.size, str(exc), v.mtime_ns)
-                )
-            except (FileNotFoundError, NotADirectoryError, NotAFile):
+            except (FileNotFoundError, NotADirectoryError, NotAFile):  # NotAFile: never opened
                 out.deleted.append((path, loc.file_type, loc.key))
-            except OSError as exc:
-                self._unreadable(out, path, loc, exc)
+            except (FileTooLarge, OutsideRoot, BadName, OSError) as exc:
+                self._failed(out, tree, path, loc, exc)
             else:
                 out.versions[path] = version
                 size += len(data)
@@ -185,6 +173,9 @@ class Loader:
                 group.paths.append(path)
                 group.locs.append(loc)
                 group.datas.append(data)
+        if out.deleted and not tree.available():  # gone with the root: no evidence of a deletion
+            out.skipped += len(out.deleted)
+            out.deleted = []
         read_done = time.perf_counter()
         for group in groups.values():
             self._extract(out, group)
@@ -193,11 +184,12 @@ class Loader:
         return out
 
     @staticmethod
-    def _unreadable(out: Prepared, path: str, loc: Location, exc: OSError) -> None:
-        if (version := current_version(path)) is not None:
+    def _failed(out: Prepared, tree: Tree, path: str, loc: Location, exc: Exception) -> None:
+        """An error row for a file that cannot be read, at its version on disk."""
+        if (version := getattr(exc, "version", None) or tree.version(path)) is not None:
             out.versions[path] = version
         v = version or Version(0.0, 0, 0, 0)
-        message = f"cannot read: {exc.strerror or exc}"
+        message = f"cannot read: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
         out.failed.append(FailedFile(path, loc.file_type, v.mtime, v.size, message, v.mtime_ns))
 
     def _extract(self, out: Prepared, group: _Group) -> None:
@@ -309,13 +301,14 @@ class Loader:
             return p
         check = set(paths) if check is None else check
         read = [f.path for f in p.indexed] + [f.path for f in p.failed]
-        stale = {
-            path
-            for path in read
-            if path in check and path in p.versions
-            if current_version(path) != p.versions[path]
-        }
-        back = {d[0] for d in p.deleted if d[0] in check and current_version(d[0]) is not None}
+        with Tree(self.root) as tree:
+            stale = {
+                path
+                for path in read
+                if path in check and path in p.versions
+                if tree.version(path) != p.versions[path]
+            }
+            back = {d[0] for d in p.deleted if d[0] in check and tree.version(d[0]) is not None}
         if not stale and not back:
             return p
         rows = p.rows

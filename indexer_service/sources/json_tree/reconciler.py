@@ -6,7 +6,10 @@ worker thread. New files (no row), modified ones (size or mtime: `file_index.sam
 retried ones (an ``error`` row of the same version whose ``retry_after`` passed) and rows of any
 other status go to ``on_missing_files`` and are `scan_now`'s result, all of them, in chunks. Rows whose file is
 gone go to ``on_deleted_files``, only from directories listed completely in that scan (a failed
-listing infers nothing) and once a ``stat`` confirms ENOENT. A missing storage dir reports nothing.
+listing infers nothing) and once a ``stat`` confirms ENOENT. A storage root that is missing, cannot
+be listed, or holds none of the record folders while the index has rows under it (the empty mount
+point of a disk not mounted) is *unavailable*: the pass reports nothing, the source's health says
+so, and the next pass after it is back is a full one, which finds the real differences.
 
 When a change the watcher missed is seen (I = ``interval_seconds``, N = ``full_scan_every``):
 
@@ -25,12 +28,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Self, overload
+from typing import Any, Self
 
 import anyio
 import pyarrow as pa
@@ -42,12 +45,14 @@ from indexer_service.errors import ConfigError
 from indexer_service.model import SCAN_KINDS, Emit, ScanReport
 from indexer_service.settings import at_least, positive
 from indexer_service.source import every
+from indexer_service.sources.json_tree.entries import SKIPPED_KINDS, keys
 from indexer_service.sources.json_tree.file_index import same_version_sql
-from indexer_service.sources.json_tree.layout import classify_relative
+from indexer_service.sources.json_tree.layout import FILE_TYPES, classify_relative
 from indexer_service.sources.json_tree.listing import (
     SCHEMA,
     CancelFlag,
     Listing,
+    PathList,
     ScanCancel,
     Scandir,
 )
@@ -82,40 +87,18 @@ _DELETED_PARTIAL_SQL = """
 SELECT g.file_path FROM (SELECT $prefix || rel AS file_path FROM _reconcile_gone) g
 SEMI JOIN file_index f ON f.file_path = g.file_path
 """
+_HAS_ROWS_SQL = (
+    "SELECT count(*) FROM (SELECT 1 FROM file_index WHERE starts_with(file_path, $prefix) LIMIT 1)"
+)
+_EMPTY_ROOT = (
+    f"it holds none of the record folders ({', '.join(FILE_TYPES)}), as the mount point of a "
+    "disk that is not mounted"
+)
 _DUE_SQL = """
 SELECT file_path FROM file_index
 WHERE starts_with(file_path, $prefix) AND coalesce(status, '') <> 'indexed'
   AND NOT (coalesce(status, '') = 'error' AND coalesce(retry_after, 0) > $now)
 """
-
-
-class PathList(Sequence[Path]):
-    """Paths held compactly in Arrow; `Path` objects are made on access (1M paths as `Path`
-    objects would take about 1 GB)."""
-
-    def __init__(self, paths: pa.Array | pa.ChunkedArray | None = None) -> None:
-        self._arr = pa.array([], pa.string()) if paths is None else paths
-
-    def __len__(self) -> int:
-        return len(self._arr)
-
-    @overload
-    def __getitem__(self, i: int) -> Path: ...
-    @overload
-    def __getitem__(self, i: slice) -> PathList: ...
-    def __getitem__(self, i: int | slice) -> Path | PathList:
-        if isinstance(i, slice):
-            return PathList(pa.array(self._arr.to_pylist()[i], pa.string()))
-        return Path(self._arr[i].as_py())
-
-    def __iter__(self) -> Iterator[Path]:
-        for chunk in self.chunks(5_000):
-            yield from map(Path, chunk)
-
-    def chunks(self, size: int) -> Iterator[list[str]]:
-        """The paths as strings, ``size`` at a time."""
-        for start in range(0, len(self._arr), size):
-            yield self._arr.slice(start, size).to_pylist()
 
 
 @dataclass
@@ -126,6 +109,8 @@ class _Result:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SCAN_KINDS, 0))
     unconfirmed: int = 0
     cpu_s: float = 0.0
+    unavailable: str | None = None
+    """Why the root is unavailable (nothing is reported)."""
 
 
 class Reconciler(anyio.AsyncContextManagerMixin):
@@ -186,6 +171,8 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         self._since_full = 0
         self._last_full: tuple[float, float] | None = None  # (clock at start, CPU seconds)
         self._missing_logged = False
+        self.unavailable: str | None = None
+        """Why the storage root could not be listed at the latest pass (None: it could)."""
         self._stats: dict[str, Any] = {
             "scans_full": 0, "scans_partial": 0, "scans_failed": 0, "full_scans_postponed": 0,
             "last_scan_at": None, "last_scan_full": None, "last_duration_s": 0.0,
@@ -267,9 +254,18 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         listing = self._lister.scan(full=full, cancel=cancel)
         res = _Result(listing)
         if listing.unavailable is not None:
+            state = "it is missing" if listing.root_missing else "it cannot be listed"
+            res.unavailable = f"{state} ({listing.unavailable})"
             return res
         cur = self._db.cursor()
         params = {"prefix": self._prefix, "now": now}
+        if (
+            not listing.tops
+            and cur.sql(_HAS_ROWS_SQL, params={"prefix": self._prefix}).fetchall()[0][0]
+        ):
+            self._lister.reset()  # listed whole when it is back: the real differences then
+            res.unavailable = _EMPTY_ROOT
+            return res
         if not listing.full:  # pending and due error rows in directories not listed
             rels = [p[len(self._prefix) :] for (p,) in cur.sql(_DUE_SQL, params=params).fetchall()]
             rels = [r for r in rels if r.rpartition("/")[0] not in listing.covered]
@@ -288,7 +284,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
                     res.counts[row["values"]] = row["counts"]
                 res.deleted = self._confirm(res, found.filter(is_deleted).column("file_path"))
             if listing.gone:
-                cur.register("_reconcile_gone", pa.table({"rel": listing.gone}))
+                cur.register("_reconcile_gone", pa.table({"rel": keys(listing.gone)}))
                 try:
                     rows = cur.sql(_DELETED_PARTIAL_SQL, params={"prefix": self._prefix})
                     res.deleted = self._confirm(res, rows.to_arrow_table().column(0))
@@ -329,14 +325,29 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         if listing.unavailable is not None and not listing.root_missing:
             errors += 1
             log.error("listing_failed", dir=self._root, error=listing.unavailable)
-        if listing.root_missing and not self._missing_logged:
-            log.warning("storage_missing", path=self._root, error=listing.unavailable)
-        elif listing.unavailable is None and self._missing_logged:
+        missing = listing.root_missing or res.unavailable == _EMPTY_ROOT
+        if missing and not self._missing_logged:
+            log.warning(
+                "storage_missing",
+                path=self._root,
+                error=res.unavailable,
+                action="source unavailable: the index keeps its rows until it is back",
+            )
+        elif res.unavailable is None and self._missing_logged:
             log.info("storage_found", path=self._root)
-        if listing.root_missing or listing.unavailable is None:
-            self._missing_logged = stats["storage_missing"] = listing.root_missing
+        if missing or res.unavailable is None:
+            self._missing_logged = missing
+            stats["storage_missing"] = listing.root_missing
+        self.unavailable = res.unavailable
         for path, error in listing.errors[:_MAX_ERROR_LOGS]:
             log.warning("listing_failed", dir=self._prefix + path, error=error)
+        for path, kind in listing.skipped[:_MAX_ERROR_LOGS]:
+            log.warning(
+                "entry_skipped",
+                path=self._prefix + path,
+                kind=kind,
+                action="not opened, not indexed; counted in status until it goes",
+            )
         files = sum(b.num_rows for b in listing.batches)
         stats.update(files_listed=files, dirs_checked=listing.dirs_checked, errors=errors)
         stats.update(dirs_listed=listing.dirs_listed, last=dict(res.counts))
@@ -353,7 +364,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
     def get_stats(self) -> ReconcilerStats:
         """Scans done (full, partial, failed), the last scan's time, duration, files listed and
         findings, totals, listing errors, and the directories remembered."""
-        dirs, hot = self._lister.counts()
+        dirs, hot, skipped = self._lister.counts()
         s = self._stats
         return ReconcilerStats(
             scans_full=s["scans_full"],
@@ -370,6 +381,8 @@ class Reconciler(anyio.AsyncContextManagerMixin):
             errors=s["errors"],
             errors_total=s["errors_total"],
             storage_missing=s["storage_missing"],
+            unavailable=self.unavailable,
+            skipped={kind: skipped.get(kind, 0) for kind in SKIPPED_KINDS},
             last=scan_counts(s["last"]),
             total=scan_counts(s["total"]),
             dirs_known=dirs,

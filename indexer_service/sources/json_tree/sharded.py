@@ -98,7 +98,7 @@ class ShardedLister:
         self._local = TreeLister(root, scandir=scandir, **self._kw)
         self._child: _Child | None = None
         self._child_primed = False
-        self._child_counts = (0, 0)
+        self._child_counts: tuple[int, int, dict[str, int]] = (0, 0, {})
         self._failures = 0
 
     @property
@@ -115,14 +115,16 @@ class ShardedLister:
     def primed(self) -> bool:
         return self._local.primed and (self._child is None or self._child_primed)
 
-    def counts(self) -> tuple[int, int]:
-        dirs, hot = self._local.counts()
-        return dirs + self._child_counts[0], hot + self._child_counts[1]
+    def counts(self) -> tuple[int, int, dict[str, int]]:
+        dirs, hot, skipped = self._local.counts()
+        theirs = self._child_counts[2]
+        both = {k: skipped.get(k, 0) + theirs.get(k, 0) for k in skipped.keys() | theirs.keys()}
+        return dirs + self._child_counts[0], hot + self._child_counts[1], both
 
     def reset(self) -> None:
         self._local.reset()
         self._child_primed = False
-        self._child_counts = (0, 0)
+        self._child_counts = (0, 0, {})
         if self._child is not None:
             try:
                 self._child.send(("reset",))
@@ -196,7 +198,7 @@ class ShardedLister:
             self._failed(repr(exc), "this process lists the whole tree")
             self._unshard()
             return
-        self._child_primed, self._child_counts = True, (0, 0)
+        self._child_primed, self._child_counts = True, (0, 0, {})
         log.info("listing_sharded", dir=self.root, processes=2, pid=self._child.pid)
 
     def _failed(self, error: str, action: str) -> None:
@@ -206,7 +208,7 @@ class ShardedLister:
     def _unshard(self) -> None:
         if self._local.shard != (0, 1):  # half of the memory left with the child
             self._local = TreeLister(self.root, scandir=self._scandir, **self._kw)
-        self._child_primed, self._child_counts = False, (0, 0)
+        self._child_primed, self._child_counts = False, (0, 0, {})
 
 
 class _Child:
@@ -376,4 +378,6 @@ def _merge(a: Listing, b: Listing) -> Listing:
         dirs_listed=a.dirs_listed + b.dirs_listed,
         dirs_checked=a.dirs_checked + b.dirs_checked,
         child_cpu_s=a.child_cpu_s + b.child_cpu_s,
+        skipped=a.skipped + b.skipped,
+        tops=max(a.tops, b.tops),
     )

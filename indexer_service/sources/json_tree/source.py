@@ -74,7 +74,12 @@ class JsonTreeSource:
         return key.startswith(self._prefix)
 
     def health(self) -> str | None:
-        return None
+        """Why the storage root is unavailable at the latest pass (missing, unreadable, or an
+        empty mount point while the index has its rows), or None."""
+        reason = self.reconciler.unavailable
+        if reason is None:
+            return None
+        return f"storage {self.root}: source unavailable: {reason}; the index keeps its rows"
 
     # -- change notifications and reconciliation ---------------------------------------------
 

@@ -7,7 +7,10 @@ loader's stat decides between index and delete. Two known blind spots are closed
 * files written into a new directory before its watch exists are never reported (measured: 10% of
   a 20,000-file burst): every new directory is listed at once and its files are sent too;
 * a deleted and recreated storage root silently stops producing events: the root's deletion
-  event and its identity (checked on every wake-up) re-arm the watch.
+  event and its identity (checked on every wake-up) re-arm the watch;
+* a name that is not valid UTF-8 ends watchfiles' watch: `watching.follow` arms a new one.
+  Such names never reach the callback from watchfiles; a sweep passes them on escaped
+  (`layout.escape`), and the loader records them as errors.
 
 What is still missed (inotify queue overflow, exhausted watches) is caught by the reconciler.
 Exhausted watches are worth a warning: on Linux each directory costs one inotify watch out of
@@ -29,9 +32,14 @@ from anyio.abc import TaskStatus
 from watchfiles import Change
 
 from indexer_service.model import Emit
-from indexer_service.sources.json_tree.layout import DEPTH, FILE_TYPES, classify
+from indexer_service.sources.json_tree.layout import DEPTH, FILE_TYPES, classify, escape
 from indexer_service.stats import WatcherStats
-from indexer_service.watching import Changes, follow
+from indexer_service.watching import (
+    Changes,
+    WatchfilesRustInternalError,
+    follow,
+    undecodable_path,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -56,8 +64,13 @@ def _root_id(root: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
+def _exists(path: bytes) -> bool:
+    return os.path.lexists(path)
+
+
 def list_json_files(root: str, directory: str) -> list[str]:
-    """Every indexable file under ``directory`` (recursively); missing directories give []."""
+    """Every indexable file under ``directory`` (recursively), as keys (`layout.escape`);
+    missing directories give []."""
     found: list[str] = []
     todo = [directory]
     while todo:
@@ -69,7 +82,7 @@ def list_json_files(root: str, directory: str) -> list[str]:
         for entry in entries:
             if entry.name.endswith(".json"):  # no is_dir() call: ~20% faster than os.walk
                 if classify(root, entry.path) is not None:
-                    found.append(entry.path)
+                    found.append(escape(entry.path))
             elif entry.is_dir(follow_symlinks=False):
                 todo.append(entry.path)
     return found
@@ -116,6 +129,7 @@ class StorageWatcher:
         self.dirs_swept = 0
         self.files_from_sweeps = 0
         self.rearms = 0
+        self.restarts = 0
         self._over_limit = False  # warned that the tree has more directories than watches
 
     def _filter(self, change: Change, path: str) -> bool:
@@ -148,19 +162,30 @@ class StorageWatcher:
                 continue
             try:
                 await self._watch(ident, armed)
-            except OSError as exc:  # e.g. "OS file watch limit reached" while arming
+            except (OSError, WatchfilesRustInternalError) as exc:
+                # "OS file watch limit reached", or a folder whose name is not UTF-8
                 self.failures += 1
                 limit = await anyio.to_thread.run_sync(inotify_watch_limit)
+                blocker = None if isinstance(exc, OSError) else undecodable_path(exc)
                 log.warning(
                     "watch_failed",
                     root=self.root,
                     error=str(exc),
                     max_user_watches=limit,
                     action="changes are found by reconciliation; "
-                    f"re-arming in {self.retry_seconds:g} s",
+                    f"re-arming in {self.retry_seconds:g} s"
+                    + ("" if blocker is None else " once that path is gone (rename it)"),
                 )
                 armed()
-                await anyio.sleep(self.retry_seconds)
+                await self._wait_to_rearm(blocker)
+
+    async def _wait_to_rearm(self, blocker: bytes | None) -> None:
+        """Wait ``retry_seconds``, then as long again while ``blocker`` (a path that failed the
+        arming) is there: arming again would fail on it, stalling the loop as it arms."""
+        while True:
+            await anyio.sleep(self.retry_seconds)
+            if blocker is None or not await anyio.to_thread.run_sync(_exists, blocker):
+                return
 
     async def _watch(self, ident: tuple[int, int], armed: Callable[[], None]) -> None:
         """Follow one arming of the watch until the root is replaced (return) or it fails."""
@@ -179,10 +204,14 @@ class StorageWatcher:
                 return False
             return True
 
+        def on_restart() -> None:
+            self.restarts += 1
+
         await follow(
             self.root,
             handle,
             on_armed=on_armed,
+            on_restart=on_restart,
             watch_filter=self._filter,
             debounce=self.debounce_ms,
             step=self.step_ms,
@@ -230,11 +259,13 @@ class StorageWatcher:
             await self.on_paths(list(files))
 
     def get_stats(self) -> WatcherStats:
-        """Events received, directories swept (and files found so), re-arms and failures."""
+        """Events received, directories swept (and files found so), re-arms, restarts and
+        failures."""
         return WatcherStats(
             events=self.events,
             dirs_swept=self.dirs_swept,
             files_from_sweeps=self.files_from_sweeps,
             rearms=self.rearms,
+            restarts=self.restarts,
             failures=self.failures,
         )

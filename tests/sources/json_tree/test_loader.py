@@ -310,14 +310,16 @@ def test_permission_denied_is_an_error_not_a_crash(
 ) -> None:
     """A file that cannot be opened gets status 'error' with the reason; the batch goes on."""
     locked, fine = put_part(storage, "prt_locked"), put_part(storage, "prt_fine")
-    read = files.read_file
+    read = files.Tree.read
 
-    def deny(path: str, max_bytes: int | None = None) -> tuple[bytes, files.Version]:
+    def deny(
+        tree: files.Tree, path: str, max_bytes: int | None = None
+    ) -> tuple[bytes, files.Version]:
         if path == locked:
             raise PermissionError(13, "Permission denied", path)
-        return read(path, max_bytes)
+        return read(tree, path, max_bytes)
 
-    monkeypatch.setattr("indexer_service.sources.json_tree.loader.read_file", deny)
+    monkeypatch.setattr(files.Tree, "read", deny)
     result = load_batch(loader, [locked, fine])
     assert (result.errors, result.indexed) == (1, 1)
     assert entry(db, locked)[:2] == ("error", "cannot read: Permission denied")
@@ -662,7 +664,8 @@ def _can_evict(storage: Path) -> bool:
     can tell."""
     probe = put(storage, "probe.json", {})
     _evict(probe)
-    return pagecache.in_page_cache(probe) is False
+    with files.Tree(str(storage)) as tree:
+        return pagecache.in_page_cache(probe, tree) is False
 
 
 def test_in_page_cache_tells_a_cached_file_from_an_evicted_one(storage: Path) -> None:
@@ -671,13 +674,14 @@ def test_in_page_cache_tells_a_cached_file_from_an_evicted_one(storage: Path) ->
     if not _can_evict(storage):
         pytest.skip("this file system cannot evict a file from the page cache")
     path = put_part(storage)
-    assert pagecache.in_page_cache(path) is True
-    _evict(path)
-    assert pagecache.in_page_cache(path) is False
-    assert pagecache.in_page_cache(path) is False
-    assert files.read_file(path)[0] == (storage / f"part/{MSG}/prt_1.json").read_bytes()
-    assert pagecache.in_page_cache(path) is True
-    assert pagecache.in_page_cache(str(storage / "nope.json")) is None
+    with files.Tree(str(storage)) as tree:
+        assert pagecache.in_page_cache(path, tree) is True
+        _evict(path)
+        assert pagecache.in_page_cache(path, tree) is False
+        assert pagecache.in_page_cache(path, tree) is False
+        assert tree.read(path)[0] == (storage / f"part/{MSG}/prt_1.json").read_bytes()
+        assert pagecache.in_page_cache(path, tree) is True
+        assert pagecache.in_page_cache(str(storage / "nope.json"), tree) is None
 
 
 async def test_worker_pool_prefetches_only_batches_not_in_the_page_cache(

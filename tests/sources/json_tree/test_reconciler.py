@@ -312,6 +312,7 @@ async def test_no_limit_on_results(
     """12,000 new files are all reported, in chunks of at most chunk_size; so are 12,000
     deletions."""
     files = [write(root, f"part/msg_{i // 4:05d}/prt_{i}.json") for i in range(12_000)]
+    (root / "project").mkdir()  # a root left with no record folder at all is unavailable
     rec, missing, deleted = make(root, db, clock)
     found = await rec.scan_now()
     assert len(found) == 12_000 and missing.paths == strs(files)

@@ -119,6 +119,37 @@ def test_child_process_lists_half_of_a_large_tree(root: Path) -> None:
         os.kill(pid, 0)
 
 
+def test_bad_names_and_skipped_entries_cross_to_the_child_and_back(root: Path) -> None:
+    """A file and a folder whose names are not UTF-8, a FIFO and a folder named like a record:
+    two processes list the same keys (``\\xNN`` for the bytes) and count the same skipped
+    entries as one lister, and find the same deletions."""
+    os.close(os.open(os.path.join(os.fsencode(root / "part/msg_3"), b"prt_\xff.json"), os.O_CREAT))
+    bad = os.path.join(os.fsencode(root / "part"), b"msg_\xfe")
+    os.mkdir(bad)
+    os.close(os.open(os.path.join(bad, b"prt_0.json"), os.O_CREAT))
+    os.mkfifo(root / "part/msg_4/prt_fifo.json")
+    (root / "part/msg_5/prt_dir.json").mkdir()
+    lister, whole = ShardedLister(str(root), min_files=50), TreeLister(str(root))
+    try:
+        expected = whole.scan(full=True)
+        assert rows(lister.scan(full=True)) == rows(expected)
+        keys = {rel for rel, _, _ in rows(expected)}
+        assert {"part/msg_3/prt_\\xff.json", "part/msg_\\xfe/prt_0.json"} <= keys
+        assert lister.sharded
+        assert rows(lister.scan(full=True)) == rows(whole.scan(full=True))
+        assert lister.counts() == whole.counts()
+        assert whole.counts()[2] == {"fifo": 1, "folder": 1}
+        shutil.rmtree(bad)
+        got, expected = lister.scan(full=False), whole.scan(full=False)
+        assert (
+            sorted(got.gone)
+            == sorted(expected.gone)
+            == [os.fsdecode(bad + b"/prt_0.json")[len(str(root)) + 1 :]]
+        )
+    finally:
+        lister.close()
+
+
 def test_small_tree_stays_in_process(root: Path) -> None:
     lister = ShardedLister(str(root), min_files=10_000)
     lister.scan(full=True)

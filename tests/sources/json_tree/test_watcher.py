@@ -13,6 +13,7 @@ import anyio
 import pytest
 import structlog
 import watchfiles
+from conftest import LogEvents
 from watchfiles import Change
 
 from indexer_service import watching as watching_module
@@ -21,6 +22,7 @@ from indexer_service.sources.json_tree.watcher import (
     list_json_files,
     sweep_new_dirs,
 )
+from indexer_service.watching import WatchfilesRustInternalError, undecodable_path
 
 
 class Collector:
@@ -199,6 +201,59 @@ async def test_a_watch_that_cannot_be_armed_is_retried(
     assert len(failed) == 1 and "watch limit" in failed[0]["error"]
     assert "re-arming" in failed[0]["action"]
     assert watcher.get_stats()["failures"] == 1
+
+
+async def test_a_name_that_is_not_utf8_does_not_end_the_watch(
+    tmp_path: Path, log_events: LogEvents
+) -> None:
+    """watchfiles gives up its watch at a file name that is not UTF-8: the watcher arms a new
+    one, which reports the files written after."""
+    (tmp_path / "part" / "m1").mkdir(parents=True)
+    async with watching(tmp_path) as (watcher, got):
+        raw = os.path.join(os.fsencode(tmp_path / "part" / "m1"), b"prt_\xff.json")
+        os.close(os.open(raw, os.O_CREAT | os.O_WRONLY))
+        with anyio.fail_after(15):
+            await log_events.wait_for("watch_restarted")
+            await log_events.wait_for("watch_started", 2)
+        later = _write(tmp_path / "part" / "m1" / "prt_later.json")
+        await got.wait_for(lambda s: later in s)
+        assert watcher.get_stats()["restarts"] == 1
+    (restarted,) = [e for e in log_events.entries if e["event"] == "watch_restarted"]
+    assert restarted["error"].endswith('/part/m1/prt_\\xFF.json" to string')
+
+
+async def test_a_folder_name_that_is_not_utf8_leaves_the_tree_to_reconciliation(
+    tmp_path: Path, log_events: LogEvents
+) -> None:
+    """A folder whose name is not UTF-8 fails every arming of the watch (arming lists it): the
+    watcher says it started, logs ``watch_failed`` naming the folder, and arms the watch again
+    once the folder is renamed."""
+    bad = os.path.join(os.fsencode(tmp_path / "part"), b"msg_\xfe")
+    os.makedirs(bad)
+    got = Collector()
+    watcher = StorageWatcher(tmp_path, got, retry_seconds=0.05, wake_ms=100)
+    async with anyio.create_task_group() as tg:
+        await tg.start(watcher.run)
+        with anyio.fail_after(15):
+            await log_events.wait_for("watch_failed")
+        os.rename(bad, tmp_path / "part" / "msg_fe")
+        with anyio.fail_after(15):
+            await log_events.wait_for("watch_started")
+        later = _write(tmp_path / "part" / "msg_fe" / "prt_later.json")
+        await got.wait_for(lambda s: later in s)
+        tg.cancel_scope.cancel()
+    failed = [e for e in log_events.entries if e["event"] == "watch_failed"]
+    assert 'part/msg_\\xFE" to string' in failed[0]["error"]
+    assert "rename it" in failed[0]["action"]
+
+
+def test_the_path_watchfiles_could_not_decode_is_read_back() -> None:
+    """watchfiles' message shows the path in Rust's debug form: read back as bytes."""
+    error = WatchfilesRustInternalError(
+        'Unable to decode path "/s/part/msg_\\xFF\\u{1b}\\"q\\\\" to string'
+    )
+    assert undecodable_path(error) == b'/s/part/msg_\xff\x1b"q\\'
+    assert undecodable_path(WatchfilesRustInternalError("error in underlying watcher")) is None
 
 
 def test_a_tree_larger_than_the_watch_limit_is_warned_about(tmp_path: Path) -> None:
