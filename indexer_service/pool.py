@@ -29,7 +29,7 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from indexer_service.errors import WriteFailedError
+from indexer_service.errors import DatabaseDamagedError, WriteFailedError
 from indexer_service.events import Signal
 from indexer_service.model import Batch, BatchResult
 from indexer_service.settings import default_workers
@@ -126,7 +126,7 @@ class WorkerPool:
         keys = batch.keys
         try:  # a full disk or a failed database: wait, then load the batch again
             result = await self.retry.run(partial(self._load, batch, requeue, tg), files=len(keys))
-        except WriteFailedError:  # logged by the retry, once for all workers
+        except (WriteFailedError, DatabaseDamagedError):  # logged by the retry, once for all
             self._busy -= 1
             raise
         except Exception:

@@ -24,7 +24,12 @@ import structlog
 from anyio.abc import TaskGroup
 
 from indexer_service.accumulator import AccumulatorConfig, FileBatchAccumulator
-from indexer_service.errors import ConfigError, DatabaseError, single_error
+from indexer_service.errors import (
+    ConfigError,
+    DatabaseError,
+    IndexerError,
+    single_error,
+)
 from indexer_service.events import Signal
 from indexer_service.http.metrics import Metrics
 from indexer_service.http.server import require_asyncio, serve_api
@@ -39,6 +44,7 @@ from indexer_service.sources.json_tree import JsonTreeSource
 from indexer_service.sources.sqlite import SqliteSource
 from indexer_service.stats import BackfillStats, ServiceState, ServiceStats
 from indexer_service.store.database import Database
+from indexer_service.store.integrity import damaged
 
 log = structlog.get_logger(__name__)
 
@@ -129,6 +135,10 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 yield svc
         except BaseExceptionGroup as group:
             error = single_error(group, anyio.get_cancelled_exc_class())
+            if not isinstance(error, IndexerError) and (
+                damage := damaged(self.settings.db_path, error)  # found by a scan's read
+            ):
+                raise damage from error
             raise error from error.__cause__  # its own cause kept; the group not shown
 
     @asynccontextmanager

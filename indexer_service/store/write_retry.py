@@ -35,9 +35,10 @@ import duckdb
 import structlog
 
 from indexer_service.backoff import Backoff
-from indexer_service.errors import DatabaseError, WriteFailedError
+from indexer_service.errors import DatabaseDamagedError, DatabaseError, WriteFailedError
 from indexer_service.stats import WriteStats
 from indexer_service.store.database import Database
+from indexer_service.store.integrity import damaged
 
 __all__ = ["WriteRetry", "database_failure", "needs_reopen"]
 
@@ -113,6 +114,8 @@ class WriteRetry:
             try:
                 result = await load()
             except Exception as exc:
+                if (damage := damaged(self.db.path, exc)) is not None:  # no retry mends it
+                    raise damage from exc
                 reason = database_failure(exc)
                 if reason is None:
                     raise
@@ -183,6 +186,9 @@ class WriteRetry:
     async def _reopen(self, seen: int) -> None:
         try:
             reopened = await anyio.to_thread.run_sync(self._reopen_sync, seen, limiter=self.limiter)
+        except DatabaseDamagedError as exc:  # found when opening it again: the service stops
+            log.error("database_damaged", db=str(self.db.path), error=exc.damage)
+            raise
         except Exception as exc:  # e.g. the WAL replay cannot checkpoint yet: the next try
             reason = database_failure(exc)
             if reason is None:
