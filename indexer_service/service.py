@@ -213,7 +213,9 @@ class IndexerService(anyio.AsyncContextManagerMixin):
 
     async def _drain_for_shutdown(self, pool_done: anyio.Event) -> None:
         """Write what is queued for at most ``shutdown_timeout``, shielded from the host's
-        cancellation; what is left is found by the next start's scan."""
+        cancellation (a write that fails is not retried now); the next start's scan finds
+        what is left."""
+        self._pool.retry.stop()
         with anyio.move_on_after(self.settings.shutdown_timeout, shield=True) as scope:
             await self._acc.stop()
             await pool_done.wait()
