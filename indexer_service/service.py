@@ -89,6 +89,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 self._acc.add_many,
                 interval_seconds=settings.reconcile_interval,
                 poll_rows=settings.db_poll_rows,
+                max_record_bytes=settings.max_file_bytes,
                 on_scan_done=self._scan_done,
             )
             for path in self.stores.databases
@@ -212,9 +213,8 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 )
 
     async def _drain_for_shutdown(self, pool_done: anyio.Event) -> None:
-        """Write what is queued for at most ``shutdown_timeout``, shielded from the host's
-        cancellation (a write that fails is not retried now); the next start's scan finds
-        what is left."""
+        """Write what is queued for at most ``shutdown_timeout`` (failing writes given up),
+        shielded from the host's cancellation; the next start's scan finds the rest."""
         self._pool.retry.stop()
         with anyio.move_on_after(self.settings.shutdown_timeout, shield=True) as scope:
             await self._acc.stop()

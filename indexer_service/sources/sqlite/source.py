@@ -20,6 +20,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from indexer_service.model import SCAN_KINDS, BatchResult, Emit, ScanReport
+from indexer_service.settings import MAX_FILE_BYTES
 from indexer_service.source import every
 from indexer_service.sources.sqlite.batch import DbKeys, DbPrepared
 from indexer_service.sources.sqlite.loader import DbLoader
@@ -47,6 +48,7 @@ class SqliteSource:
         *,
         interval_seconds: float = 30.0,
         poll_rows: int = 20_000,
+        max_record_bytes: int = MAX_FILE_BYTES,
         on_scan_done: Callable[[ScanReport], None] | None = None,
         idle_close_s: float = 10.0,
         rearm_seconds: float = 0.5,
@@ -57,7 +59,14 @@ class SqliteSource:
         self.keys = DbKeys(self.name + "|")
         self.reader = Reader(self.path)
         self.tracker = RowTracker(self.name, clock=clock)
-        self.loader = DbLoader(db, self.reader, self.keys, self.tracker, chunk_rows=poll_rows)
+        self.loader = DbLoader(
+            db,
+            self.reader,
+            self.keys,
+            self.tracker,
+            chunk_rows=poll_rows,
+            max_record_bytes=max_record_bytes,
+        )
         self._lister = Reader(self.path)
         self._reconciler = DbReconciler(self.loader, db, self._lister)
         self._db = db
