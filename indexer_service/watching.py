@@ -48,16 +48,18 @@ class _Stop:
 
 
 async def follow(
-    path: Path | str,
+    path: Path | str | tuple[Path, ...],
     handle: Callable[[Changes], Awaitable[bool]],
     *,
     on_armed: Callable[[], None] = lambda: None,
     **options: Any,
 ) -> None:
-    """Watch ``path`` (``options`` go to ``awatch``), awaiting ``handle(changes)`` for each
-    batch (an empty one on each ``rust_timeout`` with ``yield_on_timeout``), until ``handle``
-    returns False or the caller is cancelled; ``on_armed()`` once the watch is in place. An
-    error of the watch or of ``handle`` is raised as it is."""
+    """Watch ``path`` (or a tuple of paths; ``options`` go to ``awatch``), awaiting
+    ``handle(changes)`` for each batch (an empty one on each ``rust_timeout`` with
+    ``yield_on_timeout``), until ``handle`` returns False or the caller is cancelled;
+    ``on_armed()`` once the watch is in place. An error of the watch or of ``handle`` is
+    raised as it is."""
+    paths = path if isinstance(path, tuple) else (path,)
     is_armed = anyio.Event()
     stop = _Stop(is_armed.set)
     # awatch calls only `is_set()`, though its annotation names the event classes it expects
@@ -69,7 +71,7 @@ async def follow(
             # awatch is closed here when the watch ends, not left to the garbage collector
             # (which trio reports as a ResourceWarning)
             try:
-                async with aclosing(awatch(path, stop_event=stop_event, **options)) as batches:
+                async with aclosing(awatch(*paths, stop_event=stop_event, **options)) as batches:
                     async for changes in batches:
                         if not await handle(changes):
                             break

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
 import orjson
+from conftest import LogEvents, eventually
 
 from indexer_service import IndexerService, Settings
-from indexer_service.demo.synthetic import TreeSpec, generate_db
+from indexer_service.demo.synthetic import LiveDbWriter, TreeSpec, generate_db
 from indexer_service.settings import MAX_FILE_BYTES
 
 MiB = 2**20
@@ -104,3 +106,42 @@ async def test_a_data_of_100_mb_is_an_error_row_not_read(tmp_path: Path) -> None
         assert _index_ids(svc, "parts") == _ids(opencode, "part") - {part}
         longest = svc.db.cursor().execute("SELECT max(length(raw)) FROM parts").fetchone()
         assert longest is not None and longest[0] < MiB
+
+
+async def test_a_database_replaced_by_another_file_is_read_anew(
+    tmp_path: Path, log_events: LogEvents
+) -> None:
+    """Another opencode.db renamed over the one being followed: the service notices the new
+    file (its inode), says so, and the index comes to hold the new file's records, the old
+    ones gone, without waiting for a periodic pass."""
+    opencode = tmp_path / "data" / "opencode.db"
+    opencode.parent.mkdir()
+    generate_db(opencode, TreeSpec(sessions=2, seed=1))
+    other = tmp_path / "other.db"
+    generate_db(other, TreeSpec(sessions=3, seed=2))
+    async with IndexerService(_settings(tmp_path, opencode)) as svc:
+        await svc.wait_until_synced()
+        assert _matches(svc, opencode)
+        os.replace(other, opencode)
+        await eventually(svc, lambda: _matches(svc, opencode), log_events)
+    replaced = [e for e in log_events.entries if e["event"] == "opencode_db_replaced"]
+    assert len(replaced) == 1 and replaced[0]["db"] == str(opencode)
+
+
+async def test_a_symlinked_database_is_followed(tmp_path: Path, log_events: LogEvents) -> None:
+    """opencode.db is a symlink to a file elsewhere (where its WAL is written): it is indexed,
+    and writes to it are followed as they come."""
+    real = tmp_path / "elsewhere" / "opencode.db"
+    real.parent.mkdir()
+    generate_db(real, TreeSpec(sessions=1, seed=5))
+    link = tmp_path / "data" / "opencode.db"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    async with IndexerService(_settings(tmp_path, link)) as svc:
+        await svc.wait_until_synced()
+        assert _matches(svc, real)
+        with LiveDbWriter(link, seed=6) as writer:  # opencode opens the path it knows
+            session = writer.new_session()
+            for _ in range(3):  # each step is seen: not only the first after the start
+                writer.write_step(session)
+                await eventually(svc, lambda: _matches(svc, real), log_events)
