@@ -46,6 +46,24 @@ class WriteFailedError(DatabaseError):
         )
 
 
+class DatabaseDamagedError(DatabaseError):
+    """Raised when the index file is damaged (cut short, a checksum that does not match, a
+    catalog DuckDB cannot read): nothing is read from it or written to it. The way out is
+    ``indexer-service rebuild``, which sets the file aside and indexes OpenCode's stores again."""
+
+    def __init__(self, path: Path, damage: str) -> None:
+        self.damage = damage
+        super().__init__(path, f"damaged ({damage}); {rebuild_hint(path)}")
+
+
+def rebuild_hint(path: Path) -> str:
+    """The way out of a damaged index, said the same way wherever the damage is found."""
+    return (
+        "`indexer-service rebuild` (with the same --db and store options) keeps it as "
+        f"{path.name}.damaged-<time> and indexes OpenCode's stores again"
+    )
+
+
 class SchemaVersionError(DatabaseError):
     """Raised when the database was written by a newer indexer_service than this one."""
 

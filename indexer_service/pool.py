@@ -29,14 +29,14 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from indexer_service.errors import WriteFailedError
+from indexer_service.errors import DatabaseDamagedError, WriteFailedError
 from indexer_service.events import Signal
 from indexer_service.model import Batch, BatchResult
 from indexer_service.settings import default_workers
 from indexer_service.source import BatchLoader
 from indexer_service.stats import CommitStats, LatencyStats, WorkerStats
 from indexer_service.store.database import Database
-from indexer_service.store.write_retry import WriteRetry
+from indexer_service.store.write_retry import WriteAbandoned, WriteRetry
 from indexer_service.threads import run_in_thread
 
 __all__ = ["WorkerPool"]
@@ -129,7 +129,10 @@ class WorkerPool:
         keys = batch.keys
         try:  # a full disk or a failed database: wait, then load the batch again
             result = await self.retry.run(partial(self._load, batch, requeue, tg), files=len(keys))
-        except WriteFailedError:  # logged by the retry, once for all workers
+        except WriteAbandoned:  # failed during the shutdown: the next start's scan has it
+            self._end_one()
+            return
+        except (WriteFailedError, DatabaseDamagedError):  # logged by the retry, once for all
             self._busy -= 1
             raise
         except Exception:

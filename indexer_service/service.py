@@ -24,7 +24,12 @@ import structlog
 from anyio.abc import TaskGroup
 
 from indexer_service.accumulator import AccumulatorConfig, FileBatchAccumulator
-from indexer_service.errors import ConfigError, DatabaseError, single_error
+from indexer_service.errors import (
+    ConfigError,
+    DatabaseError,
+    IndexerError,
+    single_error,
+)
 from indexer_service.events import Signal
 from indexer_service.http.metrics import Metrics
 from indexer_service.model import Batch, BatchResult, ScanReport
@@ -38,6 +43,7 @@ from indexer_service.sources.json_tree import JsonTreeSource
 from indexer_service.sources.sqlite import SqliteSource
 from indexer_service.stats import BackfillStats, ServiceState, ServiceStats
 from indexer_service.store.database import Database
+from indexer_service.store.integrity import damaged
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +88,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 self._acc.add_many,
                 interval_seconds=settings.reconcile_interval,
                 poll_rows=settings.db_poll_rows,
+                max_record_bytes=settings.max_file_bytes,
                 on_scan_done=self._scan_done,
             )
             for path in self.stores.databases
@@ -128,6 +135,10 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 yield svc
         except BaseExceptionGroup as group:
             error = single_error(group, anyio.get_cancelled_exc_class())
+            if not isinstance(error, IndexerError) and (
+                damage := damaged(self.settings.db_path, error)  # found by a scan's read
+            ):
+                raise damage from error
             raise error from error.__cause__  # its own cause kept; the group not shown
 
     @asynccontextmanager
@@ -202,8 +213,9 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 )
 
     async def _drain_for_shutdown(self, pool_done: anyio.Event) -> None:
-        """Write what is queued for at most ``shutdown_timeout``, shielded from the host's
-        cancellation; what is left is found by the next start's scan."""
+        """Write what is queued for at most ``shutdown_timeout`` (failing writes given up),
+        shielded from the host's cancellation; the next start's scan finds the rest."""
+        self._pool.retry.stop()
         with anyio.move_on_after(self.settings.shutdown_timeout, shield=True) as scope:
             await self._acc.stop()
             await pool_done.wait()

@@ -113,16 +113,17 @@ def _watch_error(exc: BaseException) -> WatchfilesRustInternalError | None:
 
 
 async def follow(
-    path: Path | str,
+    path: Path | str | tuple[Path, ...],
     handle: Callable[[Changes], Awaitable[bool]],
     *,
     on_armed: Callable[[], None] = lambda: None,
     on_restart: Callable[[], None] = lambda: None,
     **options: Any,
 ) -> None:
-    """Watch ``path`` (``options`` go to ``awatch``), awaiting ``handle(changes)`` for each
-    batch (an empty one on each ``rust_timeout`` with ``yield_on_timeout``), until ``handle``
-    returns False or the caller is cancelled; ``on_armed()`` each time the watch is in place.
+    """Watch ``path`` (or a tuple of paths; ``options`` go to ``awatch``), awaiting
+    ``handle(changes)`` for each batch (an empty one on each ``rust_timeout`` with
+    ``yield_on_timeout``), until ``handle`` returns False or the caller is cancelled;
+    ``on_armed()`` each time the watch is in place.
     A watch that watchfiles gives up after it was armed is armed again (``on_restart()``, see
     the module doc); one that fails before raises ``WatchfilesRustInternalError``, and any
     other error of the watch or of ``handle`` is raised as it is."""
@@ -144,7 +145,7 @@ async def follow(
             delay = RESTART.delay(failures)
             log.warning(
                 "watch_restarted",
-                path=str(path),
+                path=", ".join(map(str, path)) if isinstance(path, tuple) else str(path),
                 error=str(error),
                 retry_in_s=delay,
                 action="changes made meanwhile are found by the next reconciliation",
@@ -154,13 +155,14 @@ async def follow(
 
 
 async def _follow(
-    path: Path | str,
+    path: Path | str | tuple[Path, ...],
     handle: Callable[[Changes], Awaitable[bool]],
     is_armed: anyio.Event,
     on_armed: Callable[[], None],
     options: dict[str, Any],
 ) -> None:
     """One watch, as `follow` says; ``is_armed`` is set once it is in place."""
+    paths = path if isinstance(path, tuple) else (path,)
     stop = _Stop(is_armed.set)
     # awatch calls only `is_set()`, though its annotation names the event classes it expects
     stop_event = cast(anyio.Event, stop)
@@ -171,7 +173,7 @@ async def _follow(
             # awatch is closed here when the watch ends, not left to the garbage collector
             # (which trio reports as a ResourceWarning)
             try:
-                async with aclosing(awatch(path, stop_event=stop_event, **options)) as batches:
+                async with aclosing(awatch(*paths, stop_event=stop_event, **options)) as batches:
                     async for changes in batches:
                         if not await handle(changes):
                             break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import subprocess
@@ -342,3 +343,47 @@ def _no_blocking_calls() -> Iterator[None]:
         yield
     finally:
         buster.deactivate()
+
+
+# -- a small disk to fill (issue #10) ---------------------------------------------------------
+
+MiB = 2**20
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MB tmpfs (needs root: skipped otherwise; the injected test covers the logic)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command: cannot make a small disk to fill")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (root only): {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the disk has no space left; delete it to give the space back."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for chunk in (b"\0" * MiB, b"\0" * 4096):
+            try:
+                while True:
+                    os.write(fd, chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler

@@ -19,6 +19,7 @@ import indexer_service.cli.serve as serve
 from indexer_service._version import __version__
 from indexer_service.cli.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, log_options
 from indexer_service.cli.read import READ_COMMANDS, add_read_commands, run_read_command
+from indexer_service.cli.rebuild import rebuild
 from indexer_service.cli.serve import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from indexer_service.errors import IndexerError
 from indexer_service.limits import LIMITS, option
@@ -32,6 +33,8 @@ its SQLite database (~/.local/share/opencode/opencode.db) and its legacy JSON st
 commands:
   run     follow OpenCode's stores and keep the database in sync until stopped (Ctrl-C)
   index   one-shot: bring the database in line with the stores, print a summary, exit
+  rebuild set the database file aside (kept, renamed) and index the stores again, e.g. when
+          it is damaged
   status  counts by file type and status, latest errors, activity, whether a service runs
   query   run one read-only SELECT (through the running service, or on the file directly)
   report  daily/monthly usage, sessions, models, tools: tokens, cost, errors (read-only)
@@ -165,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up (exit 1) once database writes have kept failing this long, e.g. on a "
         f"full disk, {_range('write_failure_timeout')} (default: {INDEX_WRITE_FAILURE_TIMEOUT:g})",
     )
+    rebuild = sub.add_parser(
+        "rebuild",
+        help="set the database aside as <file>.damaged-<time> and index the stores again",
+    )
+    _common(rebuild)
+    rebuild.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_read_commands(sub)
     _add_demo(sub)
     return parser
@@ -247,6 +256,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 _COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
     "index": {"write_failure_timeout": INDEX_WRITE_FAILURE_TIMEOUT},  # a cron job ends
+    "rebuild": {"write_failure_timeout": INDEX_WRITE_FAILURE_TIMEOUT},
     # the service others find serves the API; `index` opens no port
     "run": {"http_enabled": True},
     "demo": {"http_enabled": True},
@@ -294,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args, settings)
         if settings.storage_path is not None:  # named: it must be there
             _check_storage(settings.storage_path)
-        if args.command == "index" and discover(settings).existing().empty:
+        if args.command in ("index", "rebuild") and discover(settings).existing().empty:
             raise IndexerError(
                 "no OpenCode data to index: no storage tree at "
                 f"{settings.storage_path or settings.opencode_dir / 'storage'} and no database "
@@ -302,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "run":
             return anyio.run(serve.run, settings)
+        if args.command == "rebuild":
+            return anyio.run(rebuild, settings, args.json)
         return anyio.run(serve.index, settings, args.json)
     except (IndexerError, BaseExceptionGroup) as exc:
         error = _indexer_error(exc)

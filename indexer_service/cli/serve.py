@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,40 +35,89 @@ log = structlog.get_logger(__name__)
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+CLOSE_GRACE_S = 10.0
+"""After a signal the process ends within ``shutdown_timeout`` (the writes) plus this (the
+checkpoint and close). Past it, something is stuck where nothing can interrupt it (a write
+the OS does not return from: a hung disk or network mount), and the process exits anyway."""
+
+
 async def _signals(
     service_scope: anyio.CancelScope,
     caught: list[signal.Signals],
+    deadline: _Deadline,
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
         async for signum in signals:
+            sig = signal.Signals(signum)
             if service_scope.cancel_called:
-                if signum == signal.SIGINT:
-                    # DuckDB's WAL makes every committed batch durable; what was in flight is
-                    # found again by the next start's reconciliation.
-                    print("indexer-service: interrupted again, exiting now", file=sys.stderr)
-                    os._exit(EXIT_INTERRUPTED)
-                continue
-            caught.append(signal.Signals(signum))
-            log.info("shutdown_requested", signal=caught[-1].name)
+                # DuckDB's WAL makes every committed batch durable; what was in flight is
+                # found again by the next start's reconciliation.
+                print(f"indexer-service: {sig.name} again, exiting now", file=sys.stderr)
+                os._exit(128 + sig.value)
+            caught.append(sig)
+            log.info("shutdown_requested", signal=sig.name)
+            deadline.start(sig)
             service_scope.cancel()
+
+
+class _Deadline:
+    """Ends the process ``seconds`` after `start` (a signal) unless `cancel` comes first: a
+    timer thread, so that nothing stuck on the event loop or in a worker thread can hold it."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self._timer: threading.Timer | None = None
+
+    def start(self, sig: signal.Signals) -> None:
+        if self.seconds is None or not math.isfinite(self.seconds) or self._timer is not None:
+            return
+        self._timer = threading.Timer(self.seconds, self._exit, (sig,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _exit(self, sig: signal.Signals) -> None:
+        log.error("shutdown_forced", signal=sig.name, seconds=self.seconds)
+        print(
+            f"indexer-service: the shutdown did not end within {self.seconds:g} s "
+            f"(shutdown_timeout + {CLOSE_GRACE_S:g} s to close): exiting now; every committed "
+            "batch is kept and the next start finds the rest",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(128 + sig.value)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 async def until_signal(
     body: Callable[[anyio.CancelScope], Awaitable[None]],
+    *,
+    exit_after_s: float | None = None,
 ) -> signal.Signals | None:
     """Run ``body(stop)``, where SIGINT or SIGTERM cancels ``stop`` (see `_signals`); the body
     chooses what the scope covers, and so what still runs after a signal. Returns the signal
-    that cancelled ``stop``, if one did."""
+    that cancelled ``stop``, if one did. A second signal ends the process at once, and so does
+    ``exit_after_s`` passing after the first one, with the exit code 128 + the signal."""
     caught: list[signal.Signals] = []
-    async with anyio.create_task_group() as tg:
-        stop = anyio.CancelScope()
-        await tg.start(_signals, stop, caught)  # handled from the body's first line on
-        await body(stop)
-        tg.cancel_scope.cancel()
+    deadline = _Deadline(exit_after_s)
+    try:
+        async with anyio.create_task_group() as tg:
+            stop = anyio.CancelScope()
+            await tg.start(_signals, stop, caught, deadline)  # handled from the body's first line
+            await body(stop)
+            tg.cancel_scope.cancel()
+    finally:
+        deadline.cancel()
     return caught[0] if caught else None
+
+
+def _exit_after(settings: Settings) -> float:
+    return settings.shutdown_timeout + CLOSE_GRACE_S
 
 
 async def run(settings: Settings) -> int:
@@ -82,7 +133,7 @@ async def run(settings: Settings) -> int:
                 log.info("backfill_done", **svc.stats()["backfill"])
                 await anyio.sleep_forever()
 
-    await until_signal(serve)
+    await until_signal(serve, exit_after_s=_exit_after(settings))
     return EXIT_OK
 
 
@@ -121,7 +172,7 @@ async def index(settings: Settings, as_json: bool) -> int:
                 counts = await svc.file_counts()
                 synced.update(counts=counts, stats=svc.stats())
 
-    caught = await until_signal(sync)
+    caught = await until_signal(sync, exit_after_s=_exit_after(settings))
     if caught is not None and not synced:  # a signal ended `sync` (an error would be raised)
         print(
             f"indexer-service: interrupted by {caught.name} before the sync finished; what was "

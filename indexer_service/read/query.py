@@ -34,9 +34,10 @@ import anyio
 import duckdb
 import structlog
 
-from indexer_service.errors import QueryFailed, QueryRefused, QueryTimeout
+from indexer_service.errors import QueryFailed, QueryRefused, QueryTimeout, rebuild_hint
 from indexer_service.read.guard import check_read_only, first_line
 from indexer_service.store.database import Database
+from indexer_service.store.integrity import damage_in
 from indexer_service.threads import run_in_thread
 
 __all__ = [
@@ -218,6 +219,10 @@ def run_query(
             raise QueryRefused(f"the query tried to write: {first_line(exc)}") from None
         if isinstance(exc, duckdb.PermissionException):
             raise QueryRefused(f"external access is disabled: {first_line(exc)}") from None
+        if damage_in(exc) is not None:  # a block found damaged as the query read it
+            raise QueryFailed(
+                f"{first_line(exc)}: the index {db.path} is damaged; {rebuild_hint(db.path)}"
+            ) from None
         raise QueryFailed(first_line(exc)) from None
     finally:
         cur.close()  # discards the unfinished result and rolls the transaction back

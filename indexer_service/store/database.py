@@ -15,8 +15,14 @@ from typing import Self
 import duckdb
 import structlog
 
-from indexer_service.errors import DatabaseError, DatabaseLockedError, SchemaVersionError
+from indexer_service.errors import (
+    DatabaseDamagedError,
+    DatabaseError,
+    DatabaseLockedError,
+    SchemaVersionError,
+)
 from indexer_service.store.cursors import CursorsClosed, ThreadCursors
+from indexer_service.store.integrity import damage_in, find_damage
 from indexer_service.store.migrate import migrate, read_version
 from indexer_service.store.schema import ALL_TABLES, Table
 
@@ -67,6 +73,7 @@ class Database:
                 ) from exc
         elif not self.path.exists():
             raise DatabaseError(self.path, "no such file")
+        self._refuse_damaged()
         try:
             self._con = self._connect()
         except duckdb.Error as exc:
@@ -77,8 +84,10 @@ class Database:
                 self.schema_version = read_version(self._con)
             else:
                 self.schema_version = migrate(self._con, self.path, self._tables)
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            if (damage := damage_in(exc)) is not None:
+                raise DatabaseDamagedError(self.path, damage) from exc
             raise
         return self
 
@@ -88,9 +97,7 @@ class Database:
         The writer attaches the file with row groups of `ROW_GROUP_ROWS` (DuckDB's own setting
         is per attach, not per connection)."""
         if self.read_only:
-            return duckdb.connect(
-                str(self.path), read_only=True, config={"enable_external_access": False}
-            )
+            return _connect_read_only(self.path)
         config: dict[str, str | bool | int | float | list[str]] = {
             **self._memory_config(),
             "temp_directory": f"{self.path}.tmp",
@@ -105,6 +112,29 @@ class Database:
             con.close()
             raise
         return con
+
+    def _refuse_damaged(self) -> None:
+        """Raise `DatabaseDamagedError` before DuckDB opens (and perhaps writes) a file that
+        does not hold every block its header uses (`integrity.find_damage`). A verdict of
+        damage is confirmed under DuckDB's shared lock: a process writing the file at that
+        moment is reported as the holder instead."""
+        damage = find_damage(self.path)
+        if damage is None:
+            return
+        try:
+            con = _connect_read_only(self.path)
+        except duckdb.Error as exc:
+            error = _open_error(self.path, exc)
+            if isinstance(error, DatabaseLockedError):
+                raise error from exc
+        else:  # no writer: what the file holds now is the verdict
+            try:
+                damage = find_damage(self.path)
+            finally:
+                con.close()
+            if damage is None:
+                return
+        raise DatabaseDamagedError(self.path, damage)
 
     def _memory_config(self) -> dict[str, str]:
         """DuckDB's memory limit, and the WAL size at which a commit checkpoints
@@ -192,6 +222,17 @@ class Database:
         self.cursor().execute("FORCE CHECKPOINT" if force else "CHECKPOINT")
 
 
+def refuse_if_held(path: Path) -> None:
+    """Raise `DatabaseLockedError` if another process holds the file at ``path`` (DuckDB's
+    shared lock is taken and released at once); any other state of the file is left as it is."""
+    try:
+        duckdb.connect(str(path), read_only=True).close()
+    except duckdb.Error as exc:
+        error = _open_error(path, exc)
+        if isinstance(error, DatabaseLockedError):
+            raise error from None
+
+
 CATALOG = "indexer"
 """The name the writer's connection gives the index (``indexer.main.sessions``)."""
 ROW_GROUP_ROWS = 16_384
@@ -202,6 +243,10 @@ CHECKPOINT_MB = 32
 stays in memory, and the commit that checkpoints waits for it: with small row groups a small
 threshold keeps both short (figures in docs/benchmarks.md)."""
 _USE = f"USE {CATALOG}"
+
+def _connect_read_only(path: Path) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(str(path), read_only=True, config={"enable_external_access": False})
+
 
 _WRITABLE = "the index needs a folder this user can write: choose another db_path (--db)"
 
@@ -215,6 +260,17 @@ def _open_error(path: Path, exc: duckdb.Error) -> DatabaseError:
         return DatabaseError(
             path, "not a DuckDB database file (corrupt, or another program's file)"
         )
+    if (damage := damage_in(exc)) is not None:
+        return DatabaseDamagedError(path, damage)
+    if "storage version" in msg:  # written by a DuckDB this one cannot read
+        first = msg.splitlines()[0].removeprefix("IO Error: ")
+        if "newer version" in msg:
+            return SchemaVersionError(
+                path,
+                f"{first} (a newer DuckDB wrote it): upgrade "
+                "indexer-service, or `indexer-service rebuild` to index again",
+            )
+        return DatabaseDamagedError(path, first)
     if "newer" in msg.lower() and "version" in msg.lower():
         return SchemaVersionError(path, msg)
     reason = msg.removeprefix("IO Error: ")

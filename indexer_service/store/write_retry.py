@@ -8,7 +8,10 @@ DuckDB invalidated it, and load the batch again, re-reading its files, until a w
 The other workers do the same with theirs, and the accumulator makes producers wait, so memory
 stays bounded while the disk is full. Any other exception still fails the pool. With
 ``give_up_after`` set (`Settings.write_failure_timeout`), writes that keep failing that long
-raise `WriteFailedError` instead, which stops the service.
+raise `WriteFailedError` instead, which stops the service. Once the shutdown has begun
+(`WriteRetry.stop`), a failed write is not retried: `WriteAbandoned` drops the batch, whose
+records the next start's scan finds. A write that meets a damaged block raises
+`DatabaseDamagedError` at once: no retry mends the file.
 
 What DuckDB 2.0.1 does when the disk fills (measured on a 5 MB tmpfs; `tests/test_faults.py`):
 
@@ -36,15 +39,22 @@ import duckdb
 import structlog
 
 from indexer_service.backoff import Backoff
-from indexer_service.errors import DatabaseError, WriteFailedError
+from indexer_service.errors import DatabaseDamagedError, DatabaseError, WriteFailedError
+from indexer_service.events import Signal
 from indexer_service.stats import WriteStats
 from indexer_service.store.database import Database
+from indexer_service.store.integrity import damaged
 
-__all__ = ["WriteRetry", "database_failure", "needs_reopen"]
+__all__ = ["WriteAbandoned", "WriteRetry", "database_failure", "needs_reopen"]
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+
+class WriteAbandoned(Exception):
+    """A batch whose write failed during the shutdown: not retried, its keys are found again
+    by the next start's scan (the pool drops it quietly)."""
 
 
 def database_failure(exc: BaseException) -> str | None:
@@ -97,6 +107,9 @@ class WriteRetry:
         self._error: str | None = None
         self._reopen_error: str | None = None
         self._counts = {"failed_writes": 0, "reopens": 0, "recoveries": 0}
+        self.stopping = False
+        """Set by `stop`: a failed write is no longer retried."""
+        self._stopped = Signal()
 
     @property
     def failing(self) -> bool:
@@ -114,21 +127,45 @@ class WriteRetry:
             try:
                 result = await load()
             except Exception as exc:
+                if (damage := damaged(self.db.path, exc)) is not None:  # no retry mends it
+                    raise damage from exc
                 reason = database_failure(exc)
                 if reason is None:
                     raise
                 if not self.db.is_open and self._reopen_error is not None:
                     reason = self._reopen_error  # more telling than "database is not open"
                 attempt += 1
+                if self.stopping:
+                    raise self._abandon(reason, files) from exc
                 delay = self._failed(reason, attempt, files)
                 if delay is None:
                     raise self._give_up(reason) from exc
-                await anyio.sleep(delay)
+                with anyio.move_on_after(delay):
+                    await self._stopped.event().wait()  # the shutdown ends the wait
+                if self.stopping:
+                    raise self._abandon(reason, files) from exc
                 if needs_reopen(exc) or not self.db.is_open:
                     await self._reopen(seen)
             else:
                 self._succeeded()
                 return result
+
+    def stop(self) -> None:
+        """The shutdown began: writes that fail from now on, and those waiting to be tried
+        again, are given up at once (`WriteAbandoned`) instead of holding the shutdown until
+        its timeout; what they held is found again by the next start's scan."""
+        self.stopping = True
+        self._stopped.set()
+
+    def _abandon(self, reason: str, files: int) -> WriteAbandoned:
+        log.warning(
+            "database_write_abandoned",
+            db=str(self.db.path),
+            error=reason,
+            files=files,
+            action="stopping: not retried; the next start's scan finds these records",
+        )
+        return WriteAbandoned(reason)
 
     def _failed(self, reason: str, attempt: int, files: int) -> float | None:
         """Record a failure; return the seconds to wait before the next try, or None once
@@ -184,6 +221,9 @@ class WriteRetry:
     async def _reopen(self, seen: int) -> None:
         try:
             reopened = await anyio.to_thread.run_sync(self._reopen_sync, seen, limiter=self.limiter)
+        except DatabaseDamagedError as exc:  # found when opening it again: the service stops
+            log.error("database_damaged", db=str(self.db.path), error=exc.damage)
+            raise
         except Exception as exc:  # e.g. the WAL replay cannot checkpoint yet: the next try
             reason = database_failure(exc)
             if reason is None:

@@ -18,15 +18,22 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import duckdb
-import orjson
 import pyarrow as pa
 
 from indexer_service.extract import SPECS, Extractor, diagnose, utf8_column
 from indexer_service.model import BatchResult
-from indexer_service.settings import BATCH_BYTES
+from indexer_service.settings import BATCH_BYTES, MAX_FILE_BYTES
 from indexer_service.sources.sqlite.batch import DbKeys, DbPrepared
 from indexer_service.sources.sqlite.progress import RowTracker
-from indexer_service.sources.sqlite.queries import KINDS, Kind, Row, fetch, versions
+from indexer_service.sources.sqlite.queries import (
+    KINDS,
+    Kind,
+    Row,
+    fetch,
+    rows_of,
+    unreadable,
+    versions,
+)
 from indexer_service.sources.sqlite.reader import Reader
 from indexer_service.store.database import Database
 from indexer_service.store.rows import RowWriter, delete_in
@@ -53,6 +60,7 @@ class DbLoader:
         chunk_bytes: int = BATCH_BYTES,
         tail_rows: int = 20_000,
         lookback_ms: int = 10_000,
+        max_record_bytes: int = MAX_FILE_BYTES,
     ) -> None:
         self.db = db
         self.reader = reader
@@ -67,6 +75,9 @@ class DbLoader:
         """Rows below the newest read again when their ``time_updated`` moved; an older row
         that changes is found by the reconciler."""
         self.lookback_ms = lookback_ms
+        self.max_record_bytes = max_record_bytes
+        """A ``data`` larger than this is not read: its record is an error (the limit files
+        have in `Settings.max_file_bytes`)."""
         """How far behind the newest ``time_updated`` a change may arrive (opencode stamps
         the time before a write that may wait up to 5 s on the lock)."""
         self._extractor: Extractor | None = None
@@ -204,7 +215,7 @@ class DbLoader:
         last = state.get(f"{kind.name}.rowid", 0)
         newest = con.execute(f"SELECT max(rowid) FROM {kind.table}").fetchone()[0] or 0
         last = min(last, newest)  # the newest rows were deleted: their rowids may come back
-        new = fetch(
+        new = self._read(
             con,
             kind,
             kind.where("rowid > ?", "rowid") + " LIMIT ?",
@@ -212,7 +223,7 @@ class DbLoader:
             max_bytes=self.chunk_bytes,
         )
         mark = state.get(f"{kind.name}.updated", 0)
-        moved = fetch(
+        moved = self._read(
             con,
             kind,
             kind.where("rowid > ? AND rowid <= ? AND time_updated >= ?"),
@@ -227,15 +238,20 @@ class DbLoader:
     def _recent(self, con: sqlite3.Connection, kind: Kind, state: dict[str, int]) -> list[Row]:
         """Rows of a small table whose ``time_updated`` is recent (all on the first poll)."""
         mark = state.get(f"{kind.name}.updated", 0)
-        rows = fetch(con, kind, kind.where("time_updated >= ?"), (mark - self.lookback_ms,))
+        rows = self._read(con, kind, kind.where("time_updated >= ?"), (mark - self.lookback_ms,))
         if rows:
             state[f"{kind.name}.updated"] = max(mark, max(r[3] for r in rows))
         return rows
 
-    @staticmethod
-    def _rows_of(con: sqlite3.Connection, kind: Kind, column: str, ids: list[str]) -> list[Row]:
-        sql = kind.where(f"{column} IN (SELECT value FROM json_each(?))")
-        return fetch(con, kind, sql, (orjson.dumps(ids).decode(),))
+    def _read(
+        self, con: sqlite3.Connection, kind: Kind, sql: str, params: Sequence[object], **kw: int
+    ) -> list[Row]:
+        return fetch(con, kind, sql, params, max_record_bytes=self.max_record_bytes, **kw)
+
+    def _rows_of(
+        self, con: sqlite3.Connection, kind: Kind, column: str, ids: list[str]
+    ) -> list[Row]:
+        return rows_of(con, kind, column, ids, max_record_bytes=self.max_record_bytes)
 
     def _fetch(
         self,
@@ -257,6 +273,9 @@ class DbLoader:
         rows = _unique(rows)
         texts = [r[4] for r in rows]
         failed: dict[int, str | None] = {}
+        for i, record in enumerate(rows):
+            if (unread := unreadable(record, self.max_record_bytes)) is not None:
+                failed[i], texts[i] = unread, b""
         content = utf8_column(list(texts), list(range(len(rows))), failed)
         batch = pa.table(
             {

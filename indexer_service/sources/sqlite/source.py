@@ -20,6 +20,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from indexer_service.model import SCAN_KINDS, BatchResult, Emit, ScanReport
+from indexer_service.settings import MAX_FILE_BYTES
 from indexer_service.source import every
 from indexer_service.sources.sqlite.batch import DbKeys, DbPrepared
 from indexer_service.sources.sqlite.loader import DbLoader
@@ -47,6 +48,7 @@ class SqliteSource:
         *,
         interval_seconds: float = 30.0,
         poll_rows: int = 10_000,
+        max_record_bytes: int = MAX_FILE_BYTES,
         on_scan_done: Callable[[ScanReport], None] | None = None,
         idle_close_s: float = 10.0,
         rearm_seconds: float = 0.5,
@@ -57,7 +59,14 @@ class SqliteSource:
         self.keys = DbKeys(self.name + "|")
         self.reader = Reader(self.path)
         self.tracker = RowTracker(self.name, clock=clock)
-        self.loader = DbLoader(db, self.reader, self.keys, self.tracker, chunk_rows=poll_rows)
+        self.loader = DbLoader(
+            db,
+            self.reader,
+            self.keys,
+            self.tracker,
+            chunk_rows=poll_rows,
+            max_record_bytes=max_record_bytes,
+        )
         self._lister = Reader(self.path)
         self._reconciler = DbReconciler(self.loader, db, self._lister)
         self._db = db
@@ -71,6 +80,9 @@ class SqliteSource:
         self._unavailable: str | None = None
         self._listed: tuple[object, ...] | None = None  # the files as of the last listing
         self._exists = False  # whether the database file was there at the last look
+        self._real = self.path  # the file behind the path (a symlink followed), at the last look
+        self._identity: tuple[int, int] | None = None  # its (device, inode)
+        self._replaced = False  # another file took the path: read anew, a full pass due
         self._stats: dict[str, Any] = {
             "signals": 0, "scans": 0, "listings": 0, "scans_failed": 0, "last_scan_at": None,
             "last_duration_s": 0.0, "last": dict.fromkeys(SCAN_KINDS, 0),
@@ -88,9 +100,11 @@ class SqliteSource:
 
     async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Emit a poll for every change of the database file or its WAL, until cancelled;
-        waits for the database's folder to exist, and closes the connection when idle."""
+        waits for the database's folder to exist, and closes the connection when idle. A
+        symlink is followed: the folder of the file behind it is watched too (SQLite writes
+        the WAL there), and the watch moves when the link does. A new file at the path (an
+        inode of its own) gets a full pass at once."""
         started = False
-        names = {self.path.name, self.path.name + "-wal"}
         while True:
             if not await anyio.to_thread.run_sync(self.path.parent.is_dir):
                 if not started:
@@ -98,6 +112,10 @@ class SqliteSource:
                     task_status.started()
                 await anyio.sleep(self._rearm_seconds)
                 continue
+            await anyio.to_thread.run_sync(self._look)
+            real = self._real
+            folders = tuple(dict.fromkeys((self.path.parent, real.parent)))
+            files = {f.with_name(f.name + end) for f in (self.path, real) for end in ("", "-wal")}
             existed = False  # (re)armed: whatever happened while unwatched is polled for
 
             def on_armed() -> None:
@@ -106,22 +124,24 @@ class SqliteSource:
                     started = True
                     task_status.started()
 
-            async def handle(changes: Changes) -> bool:
+            async def handle(changes: Changes, real: Path = real) -> bool:
                 nonlocal existed
                 folder, exists = await anyio.to_thread.run_sync(self._look)
-                if changes or (exists and not existed):
+                if self._replaced:
+                    await self.scan()  # lists the new file whole
+                elif changes or (exists and not existed):
                     self._stats["signals"] += 1
                     await self._emit([self.keys.poll])
                 existed = exists
                 if self.reader.is_open and self.reader.idle_for() > self._idle_close_s:
                     await anyio.to_thread.run_sync(self.reader.close)
-                return folder
+                return folder and self._real == real  # a link that moved: watched anew
 
             await follow(
-                self.path.parent,
+                folders if len(folders) > 1 else folders[0],
                 handle,
                 on_armed=on_armed,
-                watch_filter=lambda _change, p: Path(p).name in names,
+                watch_filter=lambda _change, p, files=files: Path(p) in files,
                 recursive=False,
                 debounce=50,
                 step=10,
@@ -141,9 +161,13 @@ class SqliteSource:
             counts = dict.fromkeys(SCAN_KINDS, 0)
             await self._emit([self.keys.poll])
             polled = await anyio.to_thread.run_sync(self.loader.claimed)
-            seen, (_, exists) = await anyio.to_thread.run_sync(
-                lambda: (_fingerprint(self.path), self._look())
+            (_, exists), seen = await anyio.to_thread.run_sync(
+                lambda: (self._look(), _fingerprint(self._real))
             )
+            if self._replaced:
+                self._replaced, full = False, True
+                log.warning("opencode_db_replaced", db=str(self.path),
+                            action="read anew; a full pass applies the differences")  # fmt: skip
             unchanged = full is None and seen == self._listed and self._unavailable is None
             if exists and polled and not unchanged:  # no poll yet: it is the backfill
                 self._stats["listings"] += 1
@@ -253,9 +277,24 @@ class SqliteSource:
 
     def _look(self) -> tuple[bool, bool]:
         """Whether the database's folder and the database file exist now (blocking: in a
-        worker thread); `get_stats` reports the latter."""
-        folder, self._exists = self.path.parent.is_dir(), self.path.exists()
-        return folder, self._exists
+        worker thread); `get_stats` reports the latter. Follows a symlink (`_real`), and
+        notices another file at the path by its inode: the connections to the old one are
+        closed, and the next scan lists the new one whole."""
+        self._real = self.path.resolve()
+        try:
+            st = self._real.stat()
+        except OSError:
+            identity = None
+        else:
+            identity = (st.st_dev, st.st_ino)
+        if identity is not None and self._identity not in (None, identity):
+            self._replaced = True
+            self.reader.close()
+            self._lister.close()
+        if identity is not None:
+            self._identity = identity
+        self._exists = identity is not None
+        return self.path.parent.is_dir(), self._exists
 
     def close(self) -> None:
         self.reader.close()
