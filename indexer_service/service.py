@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, Self
@@ -31,6 +31,7 @@ from indexer_service.errors import (
     single_error,
 )
 from indexer_service.events import Signal
+from indexer_service.http import load_server
 from indexer_service.http.metrics import Metrics
 from indexer_service.model import Batch, BatchResult, ScanReport
 from indexer_service.pool import WorkerPool
@@ -144,7 +145,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[Self]:
         if self.settings.http_enabled:
-            require_asyncio, serve_api = await anyio.to_thread.run_sync(_http_server)
+            require_asyncio, serve_api = await anyio.to_thread.run_sync(load_server)
             require_asyncio()  # a `ConfigError` under trio, before anything is opened
         self._state = "starting"
         await anyio.to_thread.run_sync(self._check_stores)
@@ -397,12 +398,3 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             tree = self._json.get_stats()
             stats["reconciler"], stats["watcher"] = tree["reconciler"], tree["watcher"]
         return stats
-
-
-def _http_server() -> tuple[Callable[[], None], Callable[..., Coroutine[Any, Any, None]]]:
-    """The HTTP API's start-up check and server, imported only when it is enabled (aiohttp
-    costs a quarter of a second to import; ``index``, ``status`` and hosts without the API
-    never pay it)."""
-    from indexer_service.http.server import require_asyncio, serve_api
-
-    return require_asyncio, serve_api

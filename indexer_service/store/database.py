@@ -244,6 +244,7 @@ stays in memory, and the commit that checkpoints waits for it: with small row gr
 threshold keeps both short (figures in docs/benchmarks.md)."""
 _USE = f"USE {CATALOG}"
 
+
 def _connect_read_only(path: Path) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(str(path), read_only=True, config={"enable_external_access": False})
 
