@@ -12,6 +12,7 @@ import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from indexer_service.errors import ConfigError
 
@@ -128,3 +129,24 @@ def option(name: str) -> Callable[[str], int | float]:
 
     convert.__name__ = name  # argparse names the type in some messages
     return convert
+
+
+def add_number(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    name: str,
+    *,
+    metavar: str,
+    what: str,
+    default_text: str,
+    **kwargs: Any,
+) -> None:
+    """Add option ``flag`` for number ``name`` to ``parser``: its type refuses a value out of
+    range (`option`), its help says ``what``, the range and ``default_text``."""
+    parser.add_argument(
+        flag,
+        type=option(name),
+        metavar=metavar,
+        help=f"{what}, {LIMITS[name].text} (default: {default_text})",
+        **kwargs,
+    )

@@ -22,7 +22,7 @@ from indexer_service.cli.read import READ_COMMANDS, add_read_commands, run_read_
 from indexer_service.cli.rebuild import rebuild
 from indexer_service.cli.serve import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from indexer_service.errors import IndexerError
-from indexer_service.limits import LIMITS, option
+from indexer_service.limits import LIMITS, add_number, option
 from indexer_service.settings import Settings, warn_unknown_variables
 from indexer_service.sources.discover import discover
 
@@ -79,12 +79,13 @@ def _common(p: argparse.ArgumentParser, paths: bool = True) -> None:
             metavar="FILE",
             help="DuckDB database file (default: ~/.local/share/indexer-service/index.duckdb)",
         )
-    p.add_argument(
+    add_number(
+        p,
         "--workers",
-        type=option("workers"),
+        "workers",
         metavar="N",
-        help="batches in flight; one is read and one written at a time, "
-        f"{_range('workers')} (default: CPU count, at least 4)",
+        what="batches in flight; one is read and one written at a time",
+        default_text="CPU count, at least 4",
     )
     p.add_argument(
         "--log-format",
@@ -106,36 +107,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the service in the foreground")
     _common(run)
-    run.add_argument(
+    add_number(
+        run,
         "--window-ms",
-        type=option("window_ms"),
+        "window_ms",
         metavar="MS",
-        help=f"batch window, {_range('window_ms')} (default: 200)",
+        what="batch window",
+        default_text="200",
     )
-    run.add_argument(
+    add_number(
+        run,
         "--max-files",
-        type=option("max_files"),
+        "max_files",
         metavar="N",
-        help=f"files per batch, {_range('max_files')} (default: 100)",
+        what="files per batch",
+        default_text="100",
     )
-    run.add_argument(
+    add_number(
+        run,
         "--max-file-bytes",
-        type=option("max_file_bytes"),
+        "max_file_bytes",
         metavar="N",
-        help="larger files get status 'error' without being read, "
-        f"{_range('max_file_bytes')} (default: 67108864, 64 MiB)",
+        what="larger files get status 'error' without being read",
+        default_text="67108864, 64 MiB",
     )
-    run.add_argument(
+    add_number(
+        run,
         "--reconcile-interval",
-        type=option("reconcile_interval"),
+        "reconcile_interval",
         metavar="S",
-        help=f"seconds between scans, {_range('reconcile_interval')} (default: 30)",
+        what="seconds between scans",
+        default_text="30",
     )
-    run.add_argument(
+    add_number(
+        run,
         "--shutdown-timeout",
-        type=option("shutdown_timeout"),
+        "shutdown_timeout",
         metavar="S",
-        help=f"clean shutdown budget, {_range('shutdown_timeout')} (default: 10)",
+        what="clean shutdown budget",
+        default_text="10",
     )
     run.add_argument("--no-watch", action="store_true", help="no file watcher: periodic scans only")
     run.add_argument(
@@ -161,12 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     index = sub.add_parser("index", help="one-shot: sync the database with the tree, then exit")
     _common(index)
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
-    index.add_argument(
+    add_number(
+        index,
         "--write-failure-timeout",
-        type=option("write_failure_timeout"),
+        "write_failure_timeout",
         metavar="S",
-        help="give up (exit 1) once database writes have kept failing this long, e.g. on a "
-        f"full disk, {_range('write_failure_timeout')} (default: {INDEX_WRITE_FAILURE_TIMEOUT:g})",
+        what="give up (exit 1) once database writes have kept failing this long, e.g. on a full disk",
+        default_text=f"{INDEX_WRITE_FAILURE_TIMEOUT:g}",
     )
     rebuild = sub.add_parser(
         "rebuild",
@@ -191,23 +202,29 @@ def _add_demo(sub: Any) -> None:
         "daily` and `status` for the demo database and removes the directory. Options may also "
         "be set as INDEXER_DEMO_<NAME> variables.",
     )
-    demo.add_argument(
+    add_number(
+        demo,
         "--sessions",
-        type=option("demo_sessions"),
+        "demo_sessions",
         metavar="N",
-        help=f"sessions generated, {_range('demo_sessions')} (default: 20, ~7k records)",
+        what="sessions generated",
+        default_text="20, ~7k records",
     )
-    demo.add_argument(
+    add_number(
+        demo,
         "--rate",
-        type=option("demo_rate"),
+        "demo_rate",
         metavar="PER_S",
-        help=f"records the agent writes/s, {_range('demo_rate')} (default: 100)",
+        what="records the agent writes/s",
+        default_text="100",
     )
-    demo.add_argument(
+    add_number(
+        demo,
         "--duration",
-        type=option("demo_duration"),
+        "demo_duration",
         metavar="S",
-        help=f"seconds of live writing, {_range('demo_duration')}; 0: until Ctrl-C (default: 60)",
+        what="seconds of live writing (0: until Ctrl-C)",
+        default_text="60",
     )
     demo.add_argument(
         "--legacy-tree",

@@ -17,7 +17,7 @@ from typing import Any
 from indexer_service.cli.logs import configure_logging
 from indexer_service.errors import ConfigError, DatabaseLockedError, IndexerError
 from indexer_service.http.client import ServiceClient, find_service
-from indexer_service.limits import LIMITS, option
+from indexer_service.limits import add_number
 from indexer_service.read.query import (
     DEFAULT_MAX_ROWS,
     Params,
@@ -51,12 +51,14 @@ def add_read_commands(sub: Any) -> None:
     )
     status.add_argument("--db", type=Path, metavar="FILE", help=_DB_HELP)
     status.add_argument("--json", action="store_true", help="print the report as JSON")
-    status.add_argument(
+    add_number(
+        status,
         "--errors",
-        type=option("status_errors"),
-        default=10,
+        "status_errors",
         metavar="N",
-        help=f"latest errors shown, {LIMITS['status_errors'].text} (default: 10)",
+        what="latest errors shown",
+        default_text="10",
+        default=10,
     )
 
     query = sub.add_parser("query", help="run one read-only SELECT on the index")
@@ -68,17 +70,21 @@ def add_read_commands(sub: Any) -> None:
         metavar="JSON",
         help="parameters as a JSON list (?) or object ($name): '[\"x\"]'",
     )
-    query.add_argument(
+    add_number(
+        query,
         "--max-rows",
-        type=option("query_max_rows"),
+        "query_max_rows",
         metavar="N",
-        help=f"row limit, {LIMITS['query_max_rows'].text} (default: 10000)",
+        what="row limit",
+        default_text="10000",
     )
-    query.add_argument(
+    add_number(
+        query,
         "--timeout",
-        type=option("query_timeout_s"),
+        "query_timeout_s",
         metavar="S",
-        help=f"time limit without a service, {LIMITS['query_timeout_s'].text} (default: 30)",
+        what="time limit without a service",
+        default_text="30",
     )
 
     report = sub.add_parser("report", help="usage, cost, sessions, models, tools (analytics views)")
