@@ -22,7 +22,7 @@ from indexer_service.cli.read import READ_COMMANDS, add_read_commands, run_read_
 from indexer_service.cli.rebuild import rebuild
 from indexer_service.cli.serve import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from indexer_service.errors import IndexerError
-from indexer_service.limits import LIMITS, add_number, option
+from indexer_service.limits import add_number, option
 from indexer_service.settings import Settings, warn_unknown_variables
 from indexer_service.sources.discover import discover
 
@@ -51,10 +51,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _range(name: str) -> str:
-    return LIMITS[name].text
 
 
 def _common(p: argparse.ArgumentParser, paths: bool = True) -> None:
