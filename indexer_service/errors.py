@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 
 class IndexerError(Exception):
@@ -102,23 +106,28 @@ class ApiError(IndexerError):
     """Raised when the service's HTTP API cannot be reached or answers with an error."""
 
 
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside ``exc``, depth first: ``exc`` itself unless it is a group."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaves(inner)
+    else:
+        yield exc
+
+
+def first_of(exc: BaseException, kind: type[E]) -> E | None:
+    """The first exception of ``kind`` in ``exc`` or, for a task group's, in its leaves."""
+    return next((e for e in leaves(exc) if isinstance(e, kind)), None)
+
+
 def single_error(
     group: BaseExceptionGroup[BaseException], cancelled: type[BaseException]
 ) -> BaseException:
     """The one exception a caller should see for a task-group ``group``: its only leaf other
     than ``cancelled`` (the first `IndexerError` if there are several, else the first leaf);
     a cancellation only when nothing else failed."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    failures = [e for e in leaves if not isinstance(e, cancelled)]
+    found = list(leaves(group))
+    failures = [e for e in found if not isinstance(e, cancelled)]
     if not failures:
-        return leaves[0] if leaves else group
+        return found[0] if found else group
     return next((e for e in failures if isinstance(e, IndexerError)), failures[0])

@@ -32,6 +32,7 @@ from watchfiles import Change, awatch
 from watchfiles._rust_notify import WatchfilesRustInternalError
 
 from indexer_service.backoff import Backoff
+from indexer_service.errors import first_of
 
 __all__ = ["RESTART", "Changes", "WatchfilesRustInternalError", "follow", "undecodable_path"]
 
@@ -101,17 +102,6 @@ def undecodable_path(error: WatchfilesRustInternalError) -> bytes | None:
     return bytes(out)
 
 
-def _watch_error(exc: BaseException) -> WatchfilesRustInternalError | None:
-    """The error of watchfiles' watch thread in ``exc`` (awatch raises it in a group)."""
-    if isinstance(exc, WatchfilesRustInternalError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            if (found := _watch_error(inner)) is not None:
-                return found
-    return None
-
-
 async def follow(
     path: Path | str | tuple[Path, ...],
     handle: Callable[[Changes], Awaitable[bool]],
@@ -134,7 +124,7 @@ async def follow(
             await _follow(path, handle, armed, on_armed, options)
             return
         except Exception as exc:
-            error = _watch_error(exc)
+            error = first_of(exc, WatchfilesRustInternalError)  # awatch raises it in a group
             if error is None:
                 raise
             if not armed.is_set():

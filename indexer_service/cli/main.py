@@ -21,7 +21,7 @@ from indexer_service.cli.logs import LOG_FORMATS, LOG_LEVELS, configure_logging,
 from indexer_service.cli.read import READ_COMMANDS, add_read_commands, run_read_command
 from indexer_service.cli.rebuild import rebuild
 from indexer_service.cli.serve import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from indexer_service.errors import IndexerError
+from indexer_service.errors import IndexerError, first_of
 from indexer_service.limits import add_number, option
 from indexer_service.settings import Settings, warn_unknown_variables
 from indexer_service.sources.discover import discover
@@ -329,24 +329,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(rebuild, settings, args.json)
         return anyio.run(serve.index, settings, args.json)
     except (IndexerError, BaseExceptionGroup) as exc:
-        error = _indexer_error(exc)
+        error = first_of(exc, IndexerError)  # looking inside task groups
         if error is None:
             raise
         print(f"indexer-service: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-
-
-def _indexer_error(exc: BaseException) -> IndexerError | None:
-    """The IndexerError behind ``exc``, looking inside task-group exception groups."""
-    if isinstance(exc, IndexerError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            if (found := _indexer_error(inner)) is not None:
-                return found
-    return None
 
 
 def _demo_instead(args: argparse.Namespace, settings: Settings) -> bool:
