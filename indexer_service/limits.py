@@ -16,7 +16,7 @@ from typing import Any
 
 from indexer_service.errors import ConfigError
 
-__all__ = ["LIMITS", "Limit", "check", "from_text", "option"]
+__all__ = ["LIMITS", "Limit", "add_number", "check", "from_text", "option"]
 
 MAX_FILE_BYTES_LIMIT = 2**31 - 1
 """The largest ``max_file_bytes``: ``file_index.size`` is a 32-bit INTEGER."""
@@ -39,6 +39,11 @@ class Limit:
     forever: bool = False
 
     @property
+    def kind(self) -> str:
+        """What sort of number, as the messages say it."""
+        return "a whole number" if self.integer else "a number"
+
+    @property
     def text(self) -> str:
         """The range as the messages and the docs say it, e.g. ``1 to 256``."""
         low, high = _number(self.low), _number(self.high)
@@ -50,8 +55,7 @@ class Limit:
         """None if ``value`` is in the range, else what is wrong with it (``must be ...``)."""
         kind = int if self.integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kind):
-            whole = "a whole number" if self.integer else "a number"
-            return f"must be {whole}, {self.text}, got {value!r}"
+            return f"must be {self.kind}, {self.text}, got {value!r}"
         if self.forever and value == math.inf:
             return None
         low_ok = value > self.low if self.above else value >= self.low
@@ -106,8 +110,7 @@ def from_text(name: str, variable: str, text: str) -> int | float:
     try:
         value = limit.parse(text)
     except ValueError:
-        whole = "a whole number" if limit.integer else "a number"
-        raise ConfigError(f"{variable}={text!r} is not {whole} ({limit.text})") from None
+        raise ConfigError(f"{variable}={text!r} is not {limit.kind} ({limit.text})") from None
     if limit.problem(value) is not None:
         raise ConfigError(f"{variable}={text!r} is out of range: {name} must be {limit.text}")
     return value
@@ -121,8 +124,8 @@ def option(name: str) -> Callable[[str], int | float]:
         try:
             value = limit.parse(text)
         except ValueError:
-            whole = "a whole number" if limit.integer else "a number"
-            raise argparse.ArgumentTypeError(f"must be {whole}, {limit.text}, got {text}") from None
+            msg = f"must be {limit.kind}, {limit.text}, got {text}"
+            raise argparse.ArgumentTypeError(msg) from None
         if limit.problem(value) is not None:
             raise argparse.ArgumentTypeError(f"must be {limit.text}, got {text}")
         return value

@@ -105,9 +105,9 @@ class Settings:
     db_path: Path = field(default_factory=default_db_path)
     """The DuckDB database file the service owns."""
     memory_limit_mb: int | None = 512
-    """DuckDB's memory limit for the index, in MB (None: DuckDB's own default, 80% of RAM); its
-    checkpoint threshold is half of it, at most 256 MB. A 1M-record backfill peaked at 0.9 GB with 512
-    instead of 1.9 GB, at the same speed (docs/benchmarks.md); at least 256."""
+    """DuckDB's memory limit for the index, in MB (None: DuckDB's own default, 80% of RAM); past
+    it DuckDB evicts and spills to ``<db>.tmp``. A 1M-record backfill peaked at 0.86 GB with 512
+    (docs/benchmarks.md); at least 256."""
     window_ms: float = 200.0
     """A batch is cut at most this long after its first file arrived."""
     max_files: int = 100

@@ -226,7 +226,7 @@ def refuse_if_held(path: Path) -> None:
     """Raise `DatabaseLockedError` if another process holds the file at ``path`` (DuckDB's
     shared lock is taken and released at once); any other state of the file is left as it is."""
     try:
-        duckdb.connect(str(path), read_only=True).close()
+        _connect_read_only(path).close()
     except duckdb.Error as exc:
         error = _open_error(path, exc)
         if isinstance(error, DatabaseLockedError):

@@ -21,8 +21,8 @@ What DuckDB 2.0.1 does when the disk fills (measured on a 5 MB tmpfs; `tests/tes
 * A checkpoint fails (at ``checkpoint_threshold``, or the one at shutdown): ``IOException:
   Checkpoint failed for database "indexer". The database has been invalidated. Original error:
   Could not write file ...: No space left on device`` (a ``FatalException`` when the file is
-  the connection's main database rather than attached). The instance is invalidated: every later statement on every cursor fails with
-  "database has been invalidated because of a previous fatal error. The database must be
+  the connection's main database rather than attached). The instance is invalidated: every
+  later statement on every cursor fails with "database has been invalidated because of a previous fatal error. The database must be
   restarted prior to being used again". Closing every connection and opening the file again
   replays the WAL: every committed batch is there, and the failed one is written again.
 """
