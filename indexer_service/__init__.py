@@ -20,6 +20,7 @@ from indexer_service.errors import (
     QueryRefused,
     QueryTimeout,
     SchemaVersionError,
+    ShipError,
     WriteFailedError,
 )
 from indexer_service.http.client import ServiceClient, find_service
@@ -46,6 +47,7 @@ __all__ = [
     "ServiceClient",
     "ServiceStats",
     "Settings",
+    "ShipError",
     "WriteFailedError",
     "__version__",
     "find_service",

@@ -102,6 +102,12 @@ class QueryTimeout(QueryError):
     what = "query timed out"
 
 
+class ShipError(IndexerError):
+    """Raised when the PostgreSQL sink cannot do its work: the server refused the connection or
+    the login, its schema is newer than this indexer-service, or a statement failed. The message
+    names the server without its password."""
+
+
 class ApiError(IndexerError):
     """Raised when the service's HTTP API cannot be reached or answers with an error."""
 

@@ -1,0 +1,53 @@
+"""PostgreSQL connection strings: which ones the sink takes, and how they are shown.
+
+A connection string may carry a password (``postgresql://user:pw@host/db`` or
+``password=pw`` in the key=value form); `redact` is the only way one is shown anywhere: logs,
+``status``, ``/status`` and error messages.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+from indexer_service.errors import ConfigError
+
+__all__ = ["is_postgres_url", "redact", "require_postgres_url"]
+
+_SCHEMES = ("postgresql://", "postgres://")
+_KEY_VALUE_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"(password=)[^&]*", re.IGNORECASE)
+
+
+def is_postgres_url(text: str) -> bool:
+    """Whether ``text`` is a ``postgresql://`` (or ``postgres://``) URL."""
+    return text.lower().startswith(_SCHEMES)
+
+
+def require_postgres_url(text: str, setting: str) -> str:
+    """``text`` if it is a PostgreSQL URL, else a `ConfigError` naming ``setting`` (and the
+    value with any password hidden)."""
+    if not is_postgres_url(text):
+        raise ConfigError(
+            f"{setting}: {redact(text)!r} is not a PostgreSQL URL "
+            "(postgresql://user@host:5432/database)"
+        )
+    return text
+
+
+def redact(text: str) -> str:
+    """``text`` with every password in it replaced by ``***`` (URL, its query, key=value)."""
+    if is_postgres_url(text):
+        try:
+            parts = urlsplit(text)
+            netloc = parts.netloc
+        except ValueError:
+            return "postgresql://***"
+        if "@" in netloc:
+            userinfo, _, host = netloc.rpartition("@")
+            if ":" in userinfo:
+                userinfo = userinfo.split(":", 1)[0] + ":***"
+            netloc = f"{userinfo}@{host}"
+        query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return _KEY_VALUE_PASSWORD.sub(r"\1***", text)
