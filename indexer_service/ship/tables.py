@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from indexer_service.store.schema import RECORD_TABLES, Table
+from indexer_service.store.schema import RECORD_TABLES, SEQ_COLUMN, Table
 
 __all__ = ["NOT_SHIPPED", "SHIPPED_TABLES", "ShippedTable", "pg_type"]
 
-NOT_SHIPPED = frozenset({"raw", "file_path"})
+NOT_SHIPPED = frozenset({"raw", "file_path", SEQ_COLUMN})
 """Columns that never leave the machine."""
 
 _PG_TYPES = {

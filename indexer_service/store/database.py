@@ -21,6 +21,7 @@ from indexer_service.errors import (
     DatabaseLockedError,
     SchemaVersionError,
 )
+from indexer_service.store.changes import ChangeSequence, last_seq
 from indexer_service.store.cursors import CursorsClosed, ThreadCursors
 from indexer_service.store.integrity import damage_in, find_damage
 from indexer_service.store.migrate import migrate, read_version
@@ -57,6 +58,9 @@ class Database:
         self._cursors: ThreadCursors | None = None
         self._local = threading.local()  # transaction depth per thread
         self.schema_version = 0
+        self.changes = ChangeSequence(0)
+        """Numbers the transactions that write record rows (`store.changes`); set from the
+        file's highest number on open."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -84,6 +88,7 @@ class Database:
                 self.schema_version = read_version(self._con)
             else:
                 self.schema_version = migrate(self._con, self.path, self._tables)
+                self.changes = ChangeSequence(last_seq(self._con))
         except BaseException as exc:
             self.close()
             if (damage := damage_in(exc)) is not None:

@@ -64,7 +64,7 @@ def _migrate_columns(con: duckdb.DuckDBPyConnection, tables: Sequence[Table]) ->
     con.execute("CREATE TABLE IF NOT EXISTS schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
     for table in tables:
         con.execute(table.create_sql())
-        for col in table.columns:
+        for col in table.stored_columns:
             if col.name in table.primary_key:
                 continue
             # DuckDB cannot add a NOT NULL column to an existing table; the constraint holds

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """Version 1: the original `file_index` without status. Version 2: status, retries, record tables.
 3: analytics views (`views.py`). 4: no index on `file_index.status`. 5: `row_index` and
-`source_state` (the SQLite source's progress)."""
+`source_state` (the SQLite source's progress). 6: `change_seq` on the record tables and
+`removed_rows` (the change feed, `changes.py`)."""
+
+SEQ_COLUMN = "change_seq"
+"""The column of every record table holding the number of the transaction that wrote the row
+(`changes.ChangeSequence`; 0 on rows written before version 6)."""
 
 DROPPED_INDEXES = ("idx_file_index_status",)
 """Indexes of earlier versions that start-up migration drops. An ART index on a column of two
@@ -33,9 +38,19 @@ class Table:
     primary_key: tuple[str, ...]
     indexes: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """(index name, columns) pairs: non-unique indexes created if missing."""
+    numbered: bool = False
+    """Whether the table has the change number column (`SEQ_COLUMN`) after its columns; it is
+    not among `columns`, which are what a record's extraction fills."""
+
+    @property
+    def stored_columns(self) -> tuple[Column, ...]:
+        """The columns in the database file: `columns`, then the change number if numbered."""
+        if self.numbered:
+            return (*self.columns, Column(SEQ_COLUMN, "BIGINT DEFAULT 0"))
+        return self.columns
 
     def create_sql(self) -> str:
-        cols = ",\n  ".join(f"{c.name} {c.type}" for c in self.columns)
+        cols = ",\n  ".join(f"{c.name} {c.type}" for c in self.stored_columns)
         pk = ", ".join(self.primary_key)
         return f"CREATE TABLE IF NOT EXISTS {self.name} (\n  {cols},\n  PRIMARY KEY ({pk})\n)"
 
@@ -84,6 +99,7 @@ RECORD_TABLES: tuple[Table, ...] = (
             ("raw", "JSON"),
         ),
         primary_key=("id",),
+        numbered=True,
     ),
     Table(
         name="sessions",
@@ -107,6 +123,7 @@ RECORD_TABLES: tuple[Table, ...] = (
             ("raw", "JSON"),
         ),
         primary_key=("id",),
+        numbered=True,
     ),
     Table(
         name="messages",
@@ -139,6 +156,7 @@ RECORD_TABLES: tuple[Table, ...] = (
             ("raw", "JSON"),
         ),
         primary_key=("id",),
+        numbered=True,
     ),
     Table(
         name="parts",
@@ -177,6 +195,7 @@ RECORD_TABLES: tuple[Table, ...] = (
             ("raw", "JSON"),
         ),
         primary_key=("id",),
+        numbered=True,
     ),
     Table(
         name="todos",
@@ -191,6 +210,7 @@ RECORD_TABLES: tuple[Table, ...] = (
             ("raw", "JSON"),
         ),
         primary_key=("session_id", "position"),
+        numbered=True,
     ),
     Table(
         name="session_diffs",
@@ -205,6 +225,7 @@ RECORD_TABLES: tuple[Table, ...] = (
             ("raw", "JSON"),
         ),
         primary_key=("session_id", "file"),
+        numbered=True,
     ),
 )
 """Tables holding the OpenCode records, filled by the sources with rows from `extract`."""
@@ -238,4 +259,22 @@ SOURCE_STATE = Table(
 )
 """A source's cursors, written in the same transaction as the rows they cover."""
 
-ALL_TABLES: tuple[Table, ...] = (FILE_INDEX, *RECORD_TABLES, ROW_INDEX, SOURCE_STATE)
+REMOVED_ROWS = Table(
+    name="removed_rows",
+    columns=_cols(
+        ("table_name", "VARCHAR NOT NULL"),  # a record table
+        ("change_seq", "BIGINT NOT NULL"),  # the transaction that removed them
+        ("group_key", "VARCHAR NOT NULL"),  # the id, or the session_id of a list's rows
+    ),
+    primary_key=("table_name", "group_key"),
+)
+"""Groups of record rows removed for good, with the number of the transaction that removed
+them: what the change feed (`changes.py`) cannot read off the rows, since they are gone."""
+
+ALL_TABLES: tuple[Table, ...] = (
+    FILE_INDEX,
+    *RECORD_TABLES,
+    ROW_INDEX,
+    SOURCE_STATE,
+    REMOVED_ROWS,
+)

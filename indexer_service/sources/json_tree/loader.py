@@ -39,6 +39,7 @@ from indexer_service.sources.json_tree.files import (
 from indexer_service.sources.json_tree.layout import Location, classify, escape
 from indexer_service.sources.json_tree.pagecache import read_ahead
 from indexer_service.sources.json_tree.write_log import WriteLog
+from indexer_service.store.changes import note_removed
 from indexer_service.store.database import Database
 from indexer_service.store.rows import RowWriter, database_keys, delete_in, one_of
 
@@ -330,8 +331,8 @@ class Loader:
     def _transaction(self, p: Prepared, *, replace: bool) -> None:
         for attempt in range(1, _CONFLICT_RETRIES + 1):
             try:
-                with self.db.transaction() as cur:
-                    self._apply(cur, p, replace)
+                with self.db.changes.claim() as seq, self.db.transaction() as cur:
+                    self._apply(cur, p, replace, seq)
                 return
             except duckdb.TransactionException as exc:
                 # another thread's transaction changed the same file_index rows: retry
@@ -339,11 +340,12 @@ class Loader:
                     raise
                 log.debug("write_conflict_retry", attempt=attempt, error=str(exc))
 
-    def _apply(self, cur: duckdb.DuckDBPyConnection, p: Prepared, replace: bool) -> None:
+    def _apply(self, cur: duckdb.DuckDBPyConnection, p: Prepared, replace: bool, seq: int) -> None:
         for spec in SPECS.values():
             table, ftype = spec.table.name, spec.file_type
             rows = p.rows.get(ftype)
             key = "session_id" if spec.array else spec.table.primary_key[0]
+            removed: list[object] = []  # groups whose rows may be gone (`store.changes`)
             owned: set[object] = set()
             if self.defer_to_databases and rows is not None:
                 owned = database_keys(cur, table, key, rows.column(key).to_pylist())
@@ -358,10 +360,11 @@ class Loader:
                 ]
                 if sessions:
                     delete_in(cur, table, "session_id", sessions)
-            elif replace and rows is not None:
+                    removed += sessions
+            elif replace and rows is not None:  # written again below
                 delete_in(cur, table, key, rows.column(key).to_pylist())
             if rows is not None:
-                self._rows.insert(cur, table, rows)
+                self._rows.insert(cur, table, rows, seq)
             gone = [(path, key) for path, t, key in p.deleted if t == ftype]
             if gone:
                 # The key (from the file name) finds the rows in the index; the path spares
@@ -370,6 +373,10 @@ class Loader:
                 by_key, keys = one_of(spec.table.primary_key[0], [g[1] for g in gone])
                 by_path, paths = one_of("file_path", [g[0] for g in gone])
                 cur.execute(f"DELETE FROM {table} WHERE {by_key} AND {by_path}", keys + paths)
+                removed += [g[1] for g in gone]
+            if removed:
+                kept = rows.column(key).to_pylist() if rows is not None else []
+                note_removed(cur, table, seq, removed, kept)
         self.tracker.mark_indexed_batch(p.indexed, replace=replace)
         self.tracker.mark_error_batch(p.failed)
         self.tracker.remove([path for path, _, _ in p.deleted])

@@ -35,6 +35,7 @@ from indexer_service.sources.sqlite.queries import (
     versions,
 )
 from indexer_service.sources.sqlite.reader import Reader
+from indexer_service.store.changes import note_removed
 from indexer_service.store.database import Database
 from indexer_service.store.rows import RowWriter, delete_in
 
@@ -326,9 +327,9 @@ class DbLoader:
             self._give_back(p.claimed_from)
             return BatchResult(0, 0, 0, 0, [self.keys.poll], 0.0, 0.0, 0.0, {})
         try:
-            with self.db.transaction() as cur:
+            with self.db.changes.claim() as seq, self.db.transaction() as cur:
                 for name in KINDS:
-                    self._apply(cur, name, p)
+                    self._apply(cur, name, p, seq)
                 self.tracker.save_state(cur, p.state)
         except BaseException:
             if p.claimed_from is not None:
@@ -359,7 +360,7 @@ class DbLoader:
                     seen.clear()
                 self._generation += 1
 
-    def _apply(self, cur: duckdb.DuckDBPyConnection, name: str, p: DbPrepared) -> None:
+    def _apply(self, cur: duckdb.DuckDBPyConnection, name: str, p: DbPrepared, seq: int) -> None:
         spec = SPECS[name]
         table, key = spec.table.name, spec.table.primary_key[0]
         indexed = [i for i, _ in p.indexed.get(name, ())]
@@ -367,13 +368,16 @@ class DbLoader:
             delete_in(cur, table, key, indexed)
         rows = p.rows.get(name)
         if rows is not None:
-            self._rows.insert(cur, table, rows)
+            self._rows.insert(cur, table, rows, seq)
         gone = p.deleted.get(name, [])
         if gone:  # only rows that came from a database (a legacy file's row has a path)
             cur.execute(
                 f"DELETE FROM {table} WHERE file_path IS NULL AND {key} IN (SELECT unnest(?))",
                 [gone],
             ).fetchall()
+        if indexed or gone:  # an id read again may have no row now (an empty todo list)
+            kept = rows.column(key).to_pylist() if rows is not None else []
+            note_removed(cur, table, seq, [*indexed, *gone], kept)
         self.tracker.mark_indexed(cur, name, p.indexed.get(name, []))
         self.tracker.mark_failed(cur, name, p.failed.get(name, []))
         self.tracker.remove(cur, name, gone)
