@@ -5,7 +5,8 @@ every ``SELECT`` a first column ``machine_id``, makes every join match on it and
 keep it, so rows of two machines with the same OpenCode ids never mix; `pg_dialect.to_postgres`
 then rewrites what PostgreSQL spells differently. `per_machine` knows the shapes the views use
 (a table or view with joins, CTEs, ``GROUP BY``, ``x IN (SELECT ...)``) and raises `ValueError`
-on any other, so a new shape fails the tests instead of mixing machines.
+on any other (subqueries elsewhere, set operations, windows, ``USING``...), so a new shape
+fails the tests instead of mixing machines.
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ class _Select:
             if toks[k].word in _SET_OPS:
                 raise _unsupported("a set operation", toks[k])
         self.from_end = next((k for k in rest if toks[k].word in _CLAUSES), end)
-        self.end = end
         self.machine = ""  # the machine expression, set by `edits`
 
     def _check_place(self) -> None:
@@ -98,7 +98,9 @@ class _Select:
         """Parse ``FROM table [alias] {[LEFT|FULL|INNER] JOIN table [alias] ON cond}``; each
         condition also matches the machine of what was joined before it."""
         toks = self.toks
-        seq = [toks[k] for k in self.level if self.from_k < k < self.from_end]
+        seq = [
+            toks[k] for k in self.level if self.from_k < k < self.from_end and toks[k].word != "AS"
+        ]
         if not seq or not _is_name(seq[0]):
             raise _unsupported("a FROM that is not a table", seq[0] if seq else toks[self.at])
         n = 2 if len(seq) > 1 and _is_name(seq[1]) else 1
@@ -156,6 +158,9 @@ def per_machine(sql: str) -> str:
     starts with ``machine_id``, every join and grouping includes it. Raises `ValueError` for a
     shape it does not know."""
     toks = tokens(sql)
+    for t in toks:
+        if t.word == "OVER":  # a window would need the machine in its PARTITION BY
+            raise _unsupported("a window function", t)
     edits = [e for k, t in enumerate(toks) if t.word == "SELECT" for e in _Select(toks, k).edits()]
     for edit in sorted(edits, key=lambda e: e.start, reverse=True):
         sql = sql[: edit.start] + edit.text + sql[edit.end :]

@@ -66,6 +66,13 @@ def test_per_machine_on_a_join_and_a_group() -> None:
     )
 
 
+def test_aliases_with_as() -> None:
+    assert per_machine("SELECT y.k FROM t AS y JOIN u AS z ON z.k = y.k") == (
+        "SELECT y.machine_id AS machine_id, y.k FROM t AS y "
+        "JOIN u AS z ON z.machine_id = y.machine_id AND (z.k = y.k)"
+    )
+
+
 def test_group_by_all_becomes_the_positions_of_the_keys() -> None:
     sql = "SELECT d, date_trunc('month', d) AS m, sum(x) AS s, k FROM v GROUP BY ALL"
     assert per_machine(sql).endswith("GROUP BY 1, 2, 3, 5")
@@ -82,6 +89,7 @@ def test_group_by_all_becomes_the_positions_of_the_keys() -> None:
         "SELECT x FROM t UNION SELECT x FROM u",
         "SELECT k, count(*) FROM t GROUP BY ROLLUP (k)",
         "SELECT 1",
+        "SELECT x, row_number() OVER (PARTITION BY k ORDER BY x) FROM t",
     ],
 )
 def test_shapes_per_machine_does_not_know_are_refused(sql: str) -> None:
