@@ -153,8 +153,12 @@ def test_only_the_http_server_is_tied_to_asyncio() -> None:
 
 
 def test_the_cli_and_the_package_load_without_the_http_server() -> None:
-    """aiohttp (a quarter of a second to import) is loaded only when the HTTP API is enabled:
-    ``index``, ``status`` and ``query`` start without it."""
-    code = "import sys, indexer_service, indexer_service.cli.main; print('aiohttp' in sys.modules)"
+    """aiohttp (a quarter of a second to import) is loaded only when the HTTP API is enabled,
+    psycopg only when a team database is named: ``index``, ``status`` and ``query`` start
+    without either."""
+    code = (
+        "import sys, indexer_service, indexer_service.cli.main; "
+        "print([m for m in ('aiohttp', 'psycopg') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"

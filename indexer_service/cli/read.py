@@ -2,7 +2,8 @@
 
 All ask the running service over its HTTP API when one holds the database (found through
 ``<db>.api.json``), and otherwise open the database file read-only. A process that holds the
-file without serving the API leaves no way in; that is reported as an error.
+file without serving the API leaves no way in; that is reported as an error. ``report --from
+postgresql://...`` reads a team database instead (psycopg is imported only then).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from indexer_service.cli.logs import configure_logging
-from indexer_service.errors import ConfigError, DatabaseLockedError, IndexerError
+from indexer_service.errors import (
+    ConfigError,
+    DatabaseLockedError,
+    IndexerError,
+    QueryError,
+    ShipError,
+)
 from indexer_service.http.client import ServiceClient, find_service
 from indexer_service.limits import add_number
 from indexer_service.read.query import (
@@ -30,6 +37,7 @@ from indexer_service.reports.status import collect_status, format_status
 from indexer_service.reports.usage import (
     REPORTS,
     ReportFilters,
+    check_report,
     collect_report,
     format_report,
     parse_date,
@@ -88,14 +96,26 @@ def add_read_commands(sub: Any) -> None:
     )
 
     report = sub.add_parser("report", help="usage, cost, sessions, models, tools (analytics views)")
-    report.add_argument("kind", choices=REPORTS, help="which report")
+    report.add_argument(
+        "kind", choices=REPORTS, help="which report (machines: per machine, with --from only)"
+    )
     report.add_argument("--since", type=_date, metavar="DATE", help="from this UTC day on")
     report.add_argument("--until", type=_date, metavar="DATE", help="up to this UTC day")
     report.add_argument(
         "--project", metavar="DIR", help="sessions in DIR or under it (or a project id)"
     )
     report.add_argument("--json", action="store_true", help="print the report as JSON")
-    report.add_argument("--db", type=Path, metavar="FILE", help=_DB_HELP)
+    source = report.add_mutually_exclusive_group()
+    source.add_argument("--db", type=Path, metavar="FILE", help=_DB_HELP)
+    source.add_argument(
+        "--from",
+        dest="from_url",
+        metavar="URL",
+        help="a team database (postgresql://user@host/db) the machines ship to: the team report",
+    )
+    report.add_argument(
+        "--machine", metavar="ID", help="with --from: the records of this machine only"
+    )
 
 
 def _date(text: str) -> date:
@@ -111,13 +131,17 @@ def run_read_command(args: argparse.Namespace, *, warn_unknown: bool = True) -> 
     configure_logging("auto", "warning")
     settings = Settings.from_env(db_path=args.db, warn_unknown=warn_unknown)
     db_path = settings.db_path
+    if args.command == "report":
+        filters = ReportFilters(args.since, args.until, args.project, args.machine)
+        check_report(args.kind, filters, team=args.from_url is not None)
+        if args.from_url is not None:
+            return _team_report(args.from_url, args, filters, settings.query_timeout_s)
+        return _report(find_service(db_path), db_path, args, filters)
     client = find_service(db_path)
     if args.command == "status":
         report = _status(client, db_path, args.errors)
         _out(json.dumps(report, indent=2) if args.json else format_status(report))
         return 0
-    if args.command == "report":
-        return _report(client, db_path, args)
     params = _params(args.params)
     max_rows = settings.query_max_rows if args.max_rows is None else args.max_rows
     timeout_s = settings.query_timeout_s if args.timeout is None else args.timeout
@@ -158,8 +182,9 @@ def _open_direct(db_path: Path) -> Database:
         ) from None
 
 
-def _report(client: ServiceClient | None, db_path: Path, args: argparse.Namespace) -> int:
-    filters = ReportFilters(args.since, args.until, args.project)
+def _report(
+    client: ServiceClient | None, db_path: Path, args: argparse.Namespace, filters: ReportFilters
+) -> int:
     if client is not None:
         result = collect_report(client.query, args.kind, filters)
     else:
@@ -169,6 +194,29 @@ def _report(client: ServiceClient | None, db_path: Path, args: argparse.Namespac
                 return run_query(db, sql, params, max_rows=DEFAULT_MAX_ROWS)
 
             result = collect_report(direct, args.kind, filters)
+    _out(json.dumps(result.to_json(), indent=2) if args.json else format_report(result))
+    return 0
+
+
+_TEAM_CONNECT_TIMEOUT_S = 10.0
+
+
+def _team_report(
+    url: str, args: argparse.Namespace, filters: ReportFilters, timeout_s: float
+) -> int:
+    """``report --from URL``: the report over the team database (a `ShipError` if it cannot
+    be read, saying which without the password)."""
+    from indexer_service.ship.connect import connect
+    from indexer_service.ship.dsn import redact, require_postgres_url
+    from indexer_service.ship.pg_query import pg_query_fn
+
+    require_postgres_url(url, "--from")
+    with connect(url, timeout=_TEAM_CONNECT_TIMEOUT_S, autocommit=True) as con:
+        query = pg_query_fn(con, timeout_s=timeout_s)
+        try:
+            result = collect_report(query, args.kind, filters, team=True)
+        except QueryError as exc:
+            raise ShipError(f"team database {redact(url)}: {exc.reason}") from None
     _out(json.dumps(result.to_json(), indent=2) if args.json else format_report(result))
     return 0
 

@@ -4,6 +4,11 @@ Each report is parameterised read-only SQL over the views of `views` (filters ``
 ``until``, ``project``), run through a `read.query.QueryFn`: the running service's query API, or
 `query.run_query` on the database file opened read-only. Totals come from SQL too (a
 ``GROUPING SETS`` row, or a second query for sessions), so medians and distinct counts are exact.
+
+A *team* report (``team=True``) reads the team database's views, which have a ``machine_id``
+column (`ship.pg_views`), through a query function that speaks PostgreSQL: the same reports over
+every machine (a session counts once per machine), a ``machine`` filter, a ``machine`` column in
+``sessions``, and the ``machines`` report, one row per machine.
 """
 
 from __future__ import annotations
@@ -19,9 +24,20 @@ from indexer_service.read.query import QueryFn, jsonable
 from indexer_service.reports.table import table_lines
 from indexer_service.store.views import TOOL_AGGREGATES, USAGE_AGGREGATES
 
-__all__ = ["REPORTS", "Report", "ReportFilters", "collect_report", "format_report", "parse_date"]
+__all__ = [
+    "REPORTS",
+    "TEAM_REPORTS",
+    "Report",
+    "ReportFilters",
+    "check_report",
+    "collect_report",
+    "format_report",
+    "parse_date",
+]
 
-REPORTS = ("daily", "monthly", "sessions", "models", "tools")
+REPORTS = ("daily", "monthly", "sessions", "models", "tools", "machines")
+TEAM_REPORTS = frozenset({"machines"})
+"""Reports only a team database has."""
 
 
 def parse_date(text: str) -> date:
@@ -36,97 +52,149 @@ def parse_date(text: str) -> date:
 class ReportFilters:
     """Which records a report covers: UTC days ``since``..``until`` (both inclusive), and the
     sessions of ``project`` (a directory: worktree or working directory at or under it; or a
-    project id)."""
+    project id); in a team report, the records of machine ``machine`` only."""
 
     since: date | None = None
     until: date | None = None
     project: str | None = None
+    machine: str | None = None
 
     def __post_init__(self) -> None:
         if self.since and self.until and self.since > self.until:
             raise ConfigError(f"--since {self.since} is after --until {self.until}")
 
-    def params(self) -> dict[str, object]:
-        """Named SQL parameters (strings: they may travel as JSON to the service)."""
+    def params(self, *, team: bool = False) -> dict[str, object]:
+        """Named SQL parameters (strings: they may travel as JSON to the service); a team
+        report's have ``machine`` too."""
         project_dir = None
         if self.project is not None:
             path = os.path.abspath(os.path.expanduser(self.project))
             project_dir = path.rstrip("/")  # "/" -> "": every absolute path is under it
-        return {
+        params: dict[str, object] = {
             "since": self.since.isoformat() if self.since else None,
             "until": self.until.isoformat() if self.until else None,
             "project": self.project,
             "project_dir": project_dir,
         }
+        if team:
+            params["machine"] = self.machine
+        return params
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, *, team: bool = False) -> dict[str, Any]:
+        out = {
             "since": jsonable(self.since),
             "until": jsonable(self.until),
             "project": self.project,
         }
+        return {**out, "machine": self.machine} if team else out
 
 
-def _where(day: str) -> str:
+def _where(day: str, team: bool) -> str:
+    machine = " AND ($machine IS NULL OR machine_id = $machine)" if team else ""
     return (
         f"(CAST($since AS DATE) IS NULL OR {day} >= CAST($since AS DATE)) "
         f"AND (CAST($until AS DATE) IS NULL OR {day} <= CAST($until AS DATE)) "
         "AND ($project IS NULL OR project_id = $project "
         "OR starts_with(directory || '/', $project_dir || '/') "
-        "OR starts_with(worktree || '/', $project_dir || '/'))"
+        f"OR starts_with(worktree || '/', $project_dir || '/')){machine}"
     )
 
 
-def _grouped(select: str, source: str, keys: str, aggregates: str, order: str) -> str:
+def _grouped(select: str, source: str, keys: str, aggregates: str, order: str, team: bool) -> str:
     last = keys.split(",")[-1].strip()  # 1 only in the () grouping set: the totals row
     return (
         f"SELECT GROUPING({last}) = 1 AS _total, {select},\n  {aggregates}\nFROM {source}\n"
-        f"WHERE {_where('day')}\nGROUP BY GROUPING SETS (({keys}), ())\n"
+        f"WHERE {_where('day', team)}\nGROUP BY GROUPING SETS (({keys}), ())\n"
         f"ORDER BY _total DESC, {order}"
     )
 
 
+def _usage(team: bool) -> str:
+    """`USAGE_AGGREGATES`; over many machines, a session is a machine's session."""
+    if not team:
+        return USAGE_AGGREGATES
+    return USAGE_AGGREGATES.replace(
+        "count(DISTINCT session_id)", "count(DISTINCT (machine_id, session_id))"
+    )
+
+
 _USAGE_KEYS = "provider_id, model_id, agent"
+_MACHINE_KEYS = "machine_id, hostname, shipped_at"
 _KEYS = {
     "daily": ("_total", "day", "provider_id", "model_id", "agent"),
     "monthly": ("_total", "month", "provider_id", "model_id", "agent"),
     "models": ("_total", "provider_id", "model_id"),
     "tools": ("_total", "tool"),
+    "machines": ("_total", *_MACHINE_KEYS.split(", ")),
 }
 """The columns a report groups by (absent from its totals)."""
-_SQL: dict[str, str] = {
-    "daily": _grouped(
-        f"day, {_USAGE_KEYS}", "v_message_usage", f"day, {_USAGE_KEYS}", USAGE_AGGREGATES,
-        f"day NULLS FIRST, cost DESC, {_USAGE_KEYS}",
-    ),
-    "monthly": _grouped(
-        f"date_trunc('month', day)::DATE AS month, {_USAGE_KEYS}", "v_message_usage",
-        f"month, {_USAGE_KEYS}", USAGE_AGGREGATES, f"month NULLS FIRST, cost DESC, {_USAGE_KEYS}",
-    ),
-    "models": _grouped(
-        "provider_id, model_id", "v_message_usage", "provider_id, model_id", USAGE_AGGREGATES,
-        "cost DESC, messages DESC, provider_id, model_id",
-    ),
-    "tools": _grouped(
-        "tool", "v_tool_calls", "tool", TOOL_AGGREGATES, "calls DESC, tool"
-    ),
-    "sessions": (
-        "SELECT * FROM v_session_summary WHERE " + _where("started_at::DATE")
-        + " ORDER BY started_at NULLS FIRST, session_id"
-    ),
-}  # fmt: skip
+
+
+def _build(team: bool) -> dict[str, str]:
+    usage = _usage(team)
+    sql = {
+        "daily": _grouped(
+            f"day, {_USAGE_KEYS}",
+            "v_message_usage",
+            f"day, {_USAGE_KEYS}",
+            usage,
+            f"day NULLS FIRST, cost DESC, {_USAGE_KEYS}",
+            team,
+        ),
+        "monthly": _grouped(
+            f"date_trunc('month', day)::DATE AS month, {_USAGE_KEYS}",
+            "v_message_usage",
+            f"month, {_USAGE_KEYS}",
+            usage,
+            f"month NULLS FIRST, cost DESC, {_USAGE_KEYS}",
+            team,
+        ),
+        "models": _grouped(
+            "provider_id, model_id",
+            "v_message_usage",
+            "provider_id, model_id",
+            usage,
+            "cost DESC, messages DESC, provider_id, model_id",
+            team,
+        ),
+        "tools": _grouped(
+            "tool", "v_tool_calls", "tool", TOOL_AGGREGATES, "calls DESC, tool", team
+        ),
+        "sessions": (
+            "SELECT * FROM v_session_summary WHERE "
+            + _where("started_at::DATE", team)
+            + " ORDER BY started_at NULLS FIRST, "
+            + ("machine_id, " if team else "")
+            + "session_id"
+        ),
+    }
+    if team:  # indexer_machines: the sink's record of each machine (`ship.pg_schema`)
+        sql["machines"] = _grouped(
+            "machine_id, hostname, shipped_at AT TIME ZONE 'UTC' AS shipped_at",
+            "v_message_usage LEFT JOIN indexer_machines USING (machine_id)",
+            _MACHINE_KEYS,
+            usage,
+            "cost DESC, machine_id",
+            team,
+        )
+    return sql
+
+
+_SQL = {team: _build(team) for team in (False, True)}
+"""The reports' SQL: local (False) and team (True)."""
 _SUMS = (
     "duration_s", "messages", "user_messages", "assistant_messages", "incomplete_messages",
     "error_messages", "parts", "tool_calls", "tool_errors", "tokens_input", "tokens_output",
     "tokens_reasoning", "tokens_cache_read", "tokens_cache_write", "tokens_total", "subagent_sessions",
     "additions", "deletions", "files_changed",
 )  # fmt: skip
-_SESSION_TOTALS = (
-    "SELECT count(*) AS sessions, "
+_SESSION_TOTALS = {
+    team: "SELECT count(*) AS sessions, "
     + ", ".join(f"coalesce(sum({c}), 0)::{'DOUBLE' if c == 'duration_s' else 'BIGINT'} AS {c}" for c in _SUMS)
     + ", coalesce(sum(cost), 0)::DOUBLE AS cost FROM v_session_summary WHERE "
-    + _where("started_at::DATE")
-)  # fmt: skip
+    + _where("started_at::DATE", team)
+    for team in (False, True)
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -138,11 +206,13 @@ class Report:
     rows: list[dict[str, Any]]
     totals: dict[str, Any]
     truncated: bool = False
+    team: bool = False
+    """Read from a team database: rows of many machines."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "report": self.kind,
-            "filters": self.filters.to_json(),
+            "filters": self.filters.to_json(team=self.team),
             "rows": self.rows,
             "totals": self.totals,
             "truncated": self.truncated,
@@ -153,17 +223,35 @@ def _dicts(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict[s
     return [{c: jsonable(v) for c, v in zip(columns, row, strict=True)} for row in rows]
 
 
-def collect_report(query: QueryFn, kind: str, filters: ReportFilters | None = None) -> Report:
-    """Run report ``kind`` (one of `REPORTS`) through ``query``."""
-    if kind not in _SQL:
+def check_report(kind: str, filters: ReportFilters, *, team: bool) -> None:
+    """Raise `ConfigError` unless report ``kind`` under ``filters`` can be run (on a team
+    database when ``team``)."""
+    if kind in TEAM_REPORTS and not team:
+        raise ConfigError(f"the {kind} report reads a team database: add --from postgresql://...")
+    if kind not in _SQL[team]:
         raise ConfigError(f"unknown report {kind!r}: choose from {', '.join(REPORTS)}")
+    if filters.machine is not None and not team:
+        raise ConfigError("--machine filters a team database: add --from postgresql://...")
+
+
+def collect_report(
+    query: QueryFn, kind: str, filters: ReportFilters | None = None, *, team: bool = False
+) -> Report:
+    """Run report ``kind`` (one of `REPORTS`) through ``query``: on a team database's views
+    (PostgreSQL, through a query function that speaks it) when ``team``."""
     filters = filters or ReportFilters()
-    params = filters.params()
+    check_report(kind, filters, team=team)
+    params = filters.params(team=team)
     try:
-        result = query(_SQL[kind], params)
-        extra = query(_SESSION_TOTALS, params) if kind == "sessions" else None
+        result = query(_SQL[team][kind], params)
+        extra = query(_SESSION_TOTALS[team], params) if kind == "sessions" else None
     except QueryFailed as exc:
         if "v_" in exc.reason and "does not exist" in exc.reason:
+            if team:
+                raise IndexerError(
+                    "the team database has no indexer-service views: no machine has shipped "
+                    "to it yet (`indexer-service run --ship-to postgresql://...`)"
+                ) from None
             raise IndexerError(
                 "the database has no analytics views (written by an older indexer-service); "
                 "open it once read-write with this version (`indexer-service index`) to add them"
@@ -177,7 +265,7 @@ def collect_report(query: QueryFn, kind: str, filters: ReportFilters | None = No
         totals = {k: v for k, v in totals.items() if k not in _KEYS[kind]}
         for row in rows:
             del row["_total"]
-    return Report(kind, filters, rows, totals, result.truncated)
+    return Report(kind, filters, rows, totals, result.truncated, team)
 
 
 # -- text ---------------------------------------------------------------------------------------
@@ -202,7 +290,12 @@ _COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
                  ("messages", "messages", "int"), ("tool_calls", "tools", "int"),
                  ("tool_errors", "tool errors", "int"), ("tokens_total", "tokens", "int"),
                  ("cost", "cost USD", "usd"), ("models_used", "models", "list")),
+    "machines": (("machine_id", "machine", "text"), ("hostname", "host", "text"),
+                 ("sessions", "sessions", "int"), ("messages", "messages", "int"),
+                 ("errors", "errors", "int"), *_TOKENS,
+                 ("shipped_at", "last shipped (UTC)", "time")),
 }  # fmt: skip
+_MACHINE_COLUMN = ("machine_id", "machine", "text")
 _NUMERIC = frozenset(("int", "usd", "pct", "dur"))
 
 
@@ -243,6 +336,8 @@ def _cell(value: Any, fmt: str, row: Mapping[str, Any]) -> str:
 def format_report(report: Report) -> str:
     """The report as an aligned table with a totals row (numbers right-aligned)."""
     cols = _COLUMNS[report.kind]
+    if report.team and report.kind == "sessions":  # which machine's session
+        cols = (cols[0], _MACHINE_COLUMN, *cols[1:])
     table = [[header for _, header, _ in cols]]
     table += [[_cell(row.get(key), fmt, row) for key, _, fmt in cols] for row in report.rows]
     total = [

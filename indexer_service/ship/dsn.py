@@ -17,6 +17,7 @@ __all__ = ["is_postgres_url", "redact", "require_postgres_url"]
 _SCHEMES = ("postgresql://", "postgres://")
 _KEY_VALUE_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"(password=)[^&]*", re.IGNORECASE)
+_ANY_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def is_postgres_url(text: str) -> bool:
@@ -36,13 +37,14 @@ def require_postgres_url(text: str, setting: str) -> str:
 
 
 def redact(text: str) -> str:
-    """``text`` with every password in it replaced by ``***`` (URL, its query, key=value)."""
-    if is_postgres_url(text):
+    """``text`` with every password in it replaced by ``***`` (URL, its query, key=value);
+    a URL of another scheme too, as one given by mistake is shown in the error."""
+    if _ANY_URL.match(text):
         try:
             parts = urlsplit(text)
             netloc = parts.netloc
         except ValueError:
-            return "postgresql://***"
+            return text.split("://", 1)[0] + "://***"
         if "@" in netloc:
             userinfo, _, host = netloc.rpartition("@")
             if ":" in userinfo:
