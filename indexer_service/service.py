@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import duckdb
@@ -24,12 +24,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from indexer_service.accumulator import AccumulatorConfig, FileBatchAccumulator
-from indexer_service.errors import (
-    ConfigError,
-    DatabaseError,
-    IndexerError,
-    single_error,
-)
+from indexer_service.errors import DatabaseError, IndexerError, single_error
 from indexer_service.events import Signal
 from indexer_service.http import load_server
 from indexer_service.http.metrics import Metrics
@@ -38,6 +33,7 @@ from indexer_service.pool import WorkerPool
 from indexer_service.read.query import Params, QueryResult, ReadOnlyQueries
 from indexer_service.routing import SourceRouter
 from indexer_service.settings import Settings
+from indexer_service.ship import load_sink
 from indexer_service.source import Source
 from indexer_service.sources.discover import discover
 from indexer_service.sources.json_tree import JsonTreeSource
@@ -45,6 +41,9 @@ from indexer_service.sources.sqlite import SqliteSource
 from indexer_service.stats import BackfillStats, ServiceState, ServiceStats
 from indexer_service.store.database import Database
 from indexer_service.store.integrity import damaged
+
+if TYPE_CHECKING:
+    from indexer_service.ship.sink import Sink
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +113,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             write_failure_timeout=settings.write_failure_timeout,
         )
         self._progress = Signal()  # a batch was written
+        self._sink: Sink | None = None  # created at start: psycopg loads off the event loop
         self._initial_done = anyio.Event()
         self._started_at: float | None = None
         self._state: ServiceState = "stopped"
@@ -148,7 +148,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             require_asyncio, serve_api = await anyio.to_thread.run_sync(load_server)
             require_asyncio()  # a `ConfigError` under trio, before anything is opened
         self._state = "starting"
-        await anyio.to_thread.run_sync(self._check_stores)
+        await anyio.to_thread.run_sync(self.stores.check)
         await anyio.to_thread.run_sync(self._db.open)
         log.info(
             "service_starting",
@@ -167,6 +167,12 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 consumers.start_soon(self._consume, drain, pool_done)
                 consumers.start_soon(self._refresh_counts_loop)
                 consumers.start_soon(self._after_backfill)
+                if (url := self.settings.ship_to) is not None:
+                    sink = await anyio.to_thread.run_sync(load_sink)
+                    self._sink = sink(
+                        self._db, url, machine_id=self.settings.machine_id, wake=self._progress
+                    )
+                    consumers.start_soon(self._sink.run)
                 if self.settings.http_enabled:
                     await consumers.start(
                         partial(
@@ -197,21 +203,6 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 await anyio.to_thread.run_sync(self._close_db)
             self._state = "stopped"
             log.info("service_stopped")
-
-    def _check_stores(self) -> None:
-        """Refuse stores that exist as the wrong kind of file (a missing one is waited for)."""
-        tree = self.stores.storage
-        if tree is not None and tree.exists() and not tree.is_dir():
-            raise ConfigError(
-                f"storage_path {tree} is not a folder: name OpenCode's storage folder "
-                "(.../opencode/storage), or leave it unset to look for OpenCode's stores"
-            )
-        for db in self.stores.databases:
-            if db.is_dir():
-                raise ConfigError(
-                    f"opencode_db {db} is a folder: name OpenCode's database file "
-                    "(.../opencode/opencode.db), or leave it unset to look for it"
-                )
 
     async def _drain_for_shutdown(self, pool_done: anyio.Event) -> None:
         """Write what is queued for at most ``shutdown_timeout`` (failing writes given up),
@@ -366,7 +357,8 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         for source in self._sources:
             if (reason := source.health()) is not None:
                 return False, reason
-        return True, "running"
+        behind = None if self._sink is None else self._sink.behind()
+        return True, "running" if behind is None else f"running; {behind}"
 
     async def query(
         self, sql: str, params: Params = None, *, max_rows: int | None = None
@@ -397,4 +389,6 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         if self._json is not None:
             tree = self._json.get_stats()
             stats["reconciler"], stats["watcher"] = tree["reconciler"], tree["watcher"]
+        if self._sink is not None:
+            stats["sink"] = self._sink.get_stats()
         return stats

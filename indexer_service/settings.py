@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ holds a batch's rows in memory until its commit, so this keeps a batch well insi
 ``memory_limit_mb``."""
 
 LISTING_PROCESS_MODES = ("off", "auto", "always")
+
+_PG_SCHEMES = ("postgresql://", "postgres://")
+_MACHINE_ID = re.compile(r"[A-Za-z0-9._@-]{1,100}")
 
 LISTING_PROCESS_MIN_FILES = 50_000
 """With ``listing_process="auto"``, trees whose full listing holds this many files or more are
@@ -156,6 +160,13 @@ class Settings:
     """Rows a read-only query returns at most (the result says ``truncated``)."""
     query_timeout_s: float = 30.0
     """Seconds a read-only query may run before it is interrupted."""
+    ship_to: str | None = field(default=None, repr=False)
+    """A PostgreSQL URL (``postgresql://user:password@host:5432/db?sslmode=...``) to ship the
+    record tables to (`ship.sink`), tagged with ``machine_id``; None: nothing leaves the
+    machine. Never shown with its password (not in ``repr`` either)."""
+    machine_id: str | None = None
+    """This machine's id on the team database (None: one generated once and kept in the
+    index, ``<hostname>-<8 hex digits>``)."""
 
     def __post_init__(self) -> None:
         # absolute (not resolved: a symlinked storage keeps the paths the watcher reports)
@@ -173,6 +184,12 @@ class Settings:
             f"max_batch_files ({self.max_batch_files})",
         )  # fmt: skip
         one_of("listing_process", self.listing_process, LISTING_PROCESS_MODES)
+        if self.ship_to is not None and not self.ship_to.lower().startswith(_PG_SCHEMES):
+            raise ConfigError("ship_to: not a PostgreSQL URL (postgresql://user@host:5432/db)")
+        if self.machine_id is not None and not _MACHINE_ID.fullmatch(self.machine_id):
+            raise ConfigError(
+                f"machine_id {self.machine_id!r}: 1 to 100 letters, digits, '.', '_', '-' or '@'"
+            )
 
     @classmethod
     def from_env(

@@ -228,6 +228,33 @@ class DatabaseSourceStats(TypedDict):
     last: ScanCounts
 
 
+class SinkStats(TypedDict):
+    """The PostgreSQL sink (`ship.sink.Sink`): where it ships and how far behind it is."""
+
+    target: str
+    """The server's URL, its password hidden."""
+    machine_id: str | None
+    state: Literal["starting", "shipping", "caught_up", "unreachable", "failing"]
+    shipped_seq: int | None
+    """The last change number on the server (None until the server was reached)."""
+    committed_seq: int
+    """The last change number written to the index."""
+    behind_changes: int
+    """Transactions written to the index and not yet shipped."""
+    behind_seconds: float
+    """Age of the oldest unshipped change written by this run (0 when caught up)."""
+    rows_shipped: int
+    groups_replaced: int
+    windows: int
+    """PostgreSQL transactions that shipped changes."""
+    restarts: int
+    """Times the machine was shipped from the start (first shipment, another index)."""
+    last_shipped_at: float | None
+    """Epoch seconds of the last window shipped."""
+    error: str | None
+    """Why the sink is unreachable or failing (one line, no password)."""
+
+
 ServiceState = Literal["starting", "running", "stopping", "stopped"]
 
 
@@ -250,6 +277,8 @@ class ServiceStats(TypedDict):
     """With a legacy tree only."""
     databases: dict[str, DatabaseSourceStats]
     """OpenCode databases followed, by path."""
+    sink: NotRequired[SinkStats]
+    """With ``ship_to`` set only."""
     files: dict[str, dict[str, int]]
     """``{record type: {status: count}}`` in the index, refreshed after writes (at most once a
     second) and by `wait_until_synced`."""

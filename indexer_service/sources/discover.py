@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from indexer_service.errors import ConfigError
 from indexer_service.settings import Settings
 
 __all__ = ["Stores", "discover", "find_databases"]
@@ -49,6 +50,22 @@ class Stores:
             tuple(d for d in self.databases if d.is_file()),
             self.discovered,
         )
+
+    def check(self) -> None:
+        """Raise `ConfigError` for a store that exists as the wrong kind of file (a missing
+        one is waited for)."""
+        tree = self.storage
+        if tree is not None and tree.exists() and not tree.is_dir():
+            raise ConfigError(
+                f"storage_path {tree} is not a folder: name OpenCode's storage folder "
+                "(.../opencode/storage), or leave it unset to look for OpenCode's stores"
+            )
+        for db in self.databases:
+            if db.is_dir():
+                raise ConfigError(
+                    f"opencode_db {db} is a folder: name OpenCode's database file "
+                    "(.../opencode/opencode.db), or leave it unset to look for it"
+                )
 
     @property
     def empty(self) -> bool:

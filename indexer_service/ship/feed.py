@@ -1,0 +1,129 @@
+"""Reading the index's change feed (`store.changes`) in windows, for the sink.
+
+A window is a range of change numbers ``(after, upto]``. What it changed in a table is the rows
+stamped with a number in the range, plus the groups `removed_rows` names in the range (their
+rows, if any came back, are read whatever their number). Shipping a window replaces, on the
+team database, every group it touched by the rows the index holds now, so a group's newest
+state always wins and windows shipped again change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from indexer_service.ship.tables import SHIPPED_TABLES, ShippedTable
+from indexer_service.store.rows import one_of
+from indexer_service.store.schema import RECORD_TABLES, SEQ_COLUMN
+
+__all__ = ["BATCH_ROWS", "Changes", "Window", "plan", "read_changes"]
+
+BATCH_ROWS = 20_000
+"""Rows per Arrow batch read from the index and written to COPY: a bounded buffer."""
+
+_JSON_COLUMNS = {c.name for t in RECORD_TABLES for c in t.columns if c.type.startswith("JSON")}
+
+
+@dataclass(frozen=True)
+class Window:
+    """Change numbers ``(after, upto]`` and how many rows and removals they hold."""
+
+    after: int
+    upto: int
+    rows: int
+
+
+def plan(cur: duckdb.DuckDBPyConnection, after: int, upto: int, max_rows: int) -> Window:
+    """The next window after ``after``: as many numbers up to ``upto`` as hold at most
+    ``max_rows`` changes in all, and one number at least (a transaction is never split).
+    Numbers with no record rows (a batch of error rows, say) are passed over in it."""
+    counts = " UNION ALL ".join(
+        [
+            *(
+                f"SELECT {SEQ_COLUMN} AS s, count(*) AS n FROM {t.name} "
+                f"WHERE {SEQ_COLUMN} > $after AND {SEQ_COLUMN} <= $upto GROUP BY ALL"
+                for t in SHIPPED_TABLES
+            ),
+            f"SELECT {SEQ_COLUMN} AS s, count(*) AS n FROM removed_rows "
+            f"WHERE {SEQ_COLUMN} > $after AND {SEQ_COLUMN} <= $upto GROUP BY ALL",
+        ]
+    )
+    sql = f"SELECT s, sum(n)::BIGINT FROM ({counts}) GROUP BY s ORDER BY s"
+    per_seq = cur.execute(sql, {"after": after, "upto": upto}).fetchall()
+    total, end = 0, upto
+    for seq, n in per_seq:
+        if total and total + n > max_rows:
+            end = seq - 1
+            break
+        total += n
+    return Window(after, end, total)
+
+
+@dataclass
+class Changes:
+    """What one window changed in one table: the groups to replace on the team database and
+    the rows that replace them."""
+
+    table: ShippedTable
+    groups: list[str]
+    """Every group the window touched (its rows are deleted on the team database first)."""
+    batches: Iterator[pa.RecordBatch]
+    """The rows the index holds now for those groups, streamed."""
+
+
+def read_changes(cur: duckdb.DuckDBPyConnection, window: Window) -> Iterator[Changes]:
+    """Each shipped table's `Changes` in ``window``, read through ``cur`` (which holds one
+    transaction over the whole window, so every table is read at the same moment). A table's
+    batches must be consumed before the next table is asked for."""
+    bounds = {"after": window.after, "upto": window.upto}
+    in_window = f"{SEQ_COLUMN} > $after AND {SEQ_COLUMN} <= $upto"
+    for table in SHIPPED_TABLES:
+        changed = cur.execute(
+            f"SELECT DISTINCT {table.group}::VARCHAR FROM {table.name} WHERE {in_window}", bounds
+        ).fetchall()
+        removed = cur.execute(
+            f"SELECT group_key FROM removed_rows WHERE table_name = $table AND {in_window}",
+            {**bounds, "table": table.name},
+        ).fetchall()
+        if not changed and not removed:
+            continue
+        groups = sorted({g for (g,) in changed} | {g for (g,) in removed})
+        yield Changes(table, groups, _rows(cur, table, window, [g for (g,) in removed]))
+
+
+def _rows(
+    cur: duckdb.DuckDBPyConnection, table: ShippedTable, window: Window, removed: list[str]
+) -> Iterator[pa.RecordBatch]:
+    """The window's rows of ``table``, then those of ``removed`` groups stamped outside it."""
+    columns = ", ".join(f"{c}::VARCHAR AS {c}" if c in _JSON_COLUMNS else c for c in table.columns)
+    select = f"SELECT {columns} FROM {table.name}"
+    in_window = f"{SEQ_COLUMN} > ? AND {SEQ_COLUMN} <= ?"
+    yield from _stream(cur, f"{select} WHERE {in_window}", [window.after, window.upto])
+    if removed:
+        where, params = one_of(table.group, removed)
+        sql = f"{select} WHERE {where} AND NOT ({in_window})"
+        yield from _stream(cur, sql, [*params, window.after, window.upto])
+
+
+def _stream(
+    cur: duckdb.DuckDBPyConnection, sql: str, params: list[object]
+) -> Iterator[pa.RecordBatch]:
+    reader = cur.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)
+    for batch in reader or ():
+        if batch.num_rows:
+            yield _without_nul(batch)
+
+
+def _without_nul(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with NUL characters taken out of its strings: PostgreSQL's text cannot hold
+    them (OpenCode may store one in a tool's output), and one would fail the whole COPY."""
+    columns = []
+    for column in batch.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            column = pc.replace_substring(column, "\x00", "")
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
