@@ -24,7 +24,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from indexer_service.accumulator import AccumulatorConfig, FileBatchAccumulator
-from indexer_service.errors import DatabaseError, IndexerError, single_error
+from indexer_service.errors import ConfigError, DatabaseError, IndexerError, single_error
 from indexer_service.events import Signal
 from indexer_service.http import load_server
 from indexer_service.http.metrics import Metrics
@@ -332,6 +332,12 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         await self.drain()
         self._backfill["finished"] = True
         await self.file_counts()  # `stats()["files"]` says so at once
+
+    async def wait_until_shipped(self) -> None:
+        """Return once every change in the index now is on the team database (`ship_to`)."""
+        if self._sink is None:
+            raise ConfigError("wait_until_shipped: no ship_to is set, nothing is shipped")
+        await self._sink.wait_shipped(self._db.changes.committed())
 
     async def file_counts(self) -> dict[str, dict[str, int]]:
         """``{file_type: {status: count}}`` read from `file_index` now."""

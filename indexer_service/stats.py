@@ -251,6 +251,9 @@ class SinkStats(TypedDict):
     """Times the machine was shipped from the start (first shipment, another index)."""
     last_shipped_at: float | None
     """Epoch seconds of the last window shipped."""
+    lag_ms: LatencyStats
+    """Milliseconds from a change's commit in the index to its commit on the server, over the
+    last 4,096 changes shipped by this run (empty before the first)."""
     error: str | None
     """Why the sink is unreachable or failing (one line, no password)."""
 

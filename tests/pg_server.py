@@ -58,7 +58,9 @@ class PgServer:
     """One PostgreSQL cluster in a temporary folder, on 127.0.0.1 and a free port; password
     authentication over TCP (scram-sha-256) for the superuser ``postgres``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable
+        """Whether commits wait for the disk (benchmarks); the tests' server does not."""
         self.root = Path(tempfile.mkdtemp(prefix="indexer-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -102,9 +104,10 @@ class PgServer:
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c full_page_writes=off -c max_connections=50"
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=50"
         )
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off"
         self._run(
             "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w",
             "start",

@@ -75,24 +75,30 @@ class Changes:
     """The rows the index holds now for those groups, streamed."""
 
 
-def read_changes(cur: duckdb.DuckDBPyConnection, window: Window) -> Iterator[Changes]:
+def read_changes(
+    cur: duckdb.DuckDBPyConnection, window: Window, *, groups: bool = True
+) -> Iterator[Changes]:
     """Each shipped table's `Changes` in ``window``, read through ``cur`` (which holds one
     transaction over the whole window, so every table is read at the same moment). A table's
-    batches must be consumed before the next table is asked for."""
+    batches must be consumed before the next table is asked for. ``groups=False`` leaves the
+    groups of changed rows out (the first window after a restart replaces nothing)."""
     bounds = {"after": window.after, "upto": window.upto}
     in_window = f"{SEQ_COLUMN} > $after AND {SEQ_COLUMN} <= $upto"
     for table in SHIPPED_TABLES:
-        changed = cur.execute(
-            f"SELECT DISTINCT {table.group}::VARCHAR FROM {table.name} WHERE {in_window}", bounds
-        ).fetchall()
+        sql = (
+            f"SELECT DISTINCT {table.group}::VARCHAR FROM {table.name} WHERE {in_window}"
+            if groups
+            else f"SELECT NULL FROM {table.name} WHERE {in_window} LIMIT 1"
+        )
+        found = cur.execute(sql, bounds).fetchall()
         removed = cur.execute(
             f"SELECT group_key FROM removed_rows WHERE table_name = $table AND {in_window}",
             {**bounds, "table": table.name},
         ).fetchall()
-        if not changed and not removed:
+        if not found and not removed:
             continue
-        groups = sorted({g for (g,) in changed} | {g for (g,) in removed})
-        yield Changes(table, groups, _rows(cur, table, window, [g for (g,) in removed]))
+        touched = sorted({g for (g,) in found if g is not None} | {g for (g,) in removed})
+        yield Changes(table, touched, _rows(cur, table, window, [g for (g,) in removed]))
 
 
 def _rows(

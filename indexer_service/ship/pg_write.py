@@ -93,13 +93,15 @@ def ship_window(
     of ``window``, in one transaction. Raises `PositionLost` (and writes nothing) if the
     position is no longer ``position``."""
     rows = groups = 0
+    first = position.shipped < 0  # `restart` left no row of the machine: nothing to replace
     with pg.transaction():
         for change in changes:
             table = change.table
-            pg.execute(
-                f"DELETE FROM {table.name} WHERE machine_id = %s AND {table.group} = ANY(%s)",
-                [machine_id, change.groups],
-            )
+            if not first:
+                pg.execute(
+                    f"DELETE FROM {table.name} WHERE machine_id = %s AND {table.group} = ANY(%s)",
+                    [machine_id, change.groups],
+                )
             groups += len(change.groups)
             columns = ", ".join(("machine_id", *table.columns))
             with pg.cursor().copy(f"COPY {table.name} ({columns}) FROM STDIN (FORMAT csv)") as cp:

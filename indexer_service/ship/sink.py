@@ -14,9 +14,11 @@ behind the sink is. Nothing here blocks the event loop: DuckDB and PostgreSQL ru
 from __future__ import annotations
 
 import socket
+import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -39,7 +41,7 @@ from indexer_service.ship.pg_write import (
     restart,
     ship_window,
 )
-from indexer_service.stats import SinkStats
+from indexer_service.stats import LatencyStats, SinkStats
 from indexer_service.store.cursors import CursorsClosed
 from indexer_service.store.database import Database
 
@@ -96,6 +98,9 @@ class Sink:
         self._failures = 0
         self._counts = {"rows": 0, "groups": 0, "windows": 0, "restarts": 0}
         self._last_shipped_at: float | None = None
+        self._lag_ms: deque[float] = deque(maxlen=4096)
+        self.progress = Signal()
+        """Set after each window shipped and each failure: for waiting on the sink."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -135,7 +140,10 @@ class Sink:
             shipped = await self._call(self._ship, pg, position, window)
             position = Position(position.epoch, window.upto)
             self._shipped = window.upto
-            self._last_shipped_at = self._clock()
+            self._last_shipped_at = now = self._clock()
+            ended = self._db.changes.ended_between(window.after, window.upto)
+            self._lag_ms.extend((now - at) * 1000 for at in ended)
+            self.progress.set()
             self._counts["windows"] += 1
             self._counts["rows"] += shipped.rows
             self._counts["groups"] += shipped.groups
@@ -210,6 +218,7 @@ class Sink:
                 action="local indexing goes on; the sink resumes from the server's position",
             )
         self._state, self._error = state, reason
+        self.progress.set()
 
     # -- in the sink's thread ----------------------------------------------------------------
 
@@ -247,9 +256,18 @@ class Sink:
     def _ship(self, pg: psycopg.Connection[Any], position: Position, window: Window) -> Shipped:
         assert self.machine_id is not None
         with self._db.transaction() as cur:  # one snapshot of the index for the window
-            return ship_window(pg, self.machine_id, position, window, read_changes(cur, window))
+            changes = read_changes(cur, window, groups=position.shipped >= 0)
+            return ship_window(pg, self.machine_id, position, window, changes)
 
     # -- state ---------------------------------------------------------------------------------
+
+    async def wait_shipped(self, seq: int) -> None:
+        """Return once every change numbered up to ``seq`` is on the server."""
+        while True:
+            shipped = self.progress.event()
+            if self._shipped is not None and self._shipped >= seq:
+                return
+            await shipped.wait()
 
     def behind(self) -> str | None:
         """Why ``/healthz`` should mention the sink (unreachable, failing, or its oldest
@@ -281,8 +299,21 @@ class Sink:
             windows=self._counts["windows"],
             restarts=self._counts["restarts"],
             last_shipped_at=self._last_shipped_at,
+            lag_ms=_percentiles(self._lag_ms),
             error=self._error,
         )
+
+
+def _percentiles(values: Iterable[float]) -> LatencyStats:
+    ordered = sorted(values)
+    if not ordered:
+        return LatencyStats()
+    return LatencyStats(
+        mean=round(statistics.fmean(ordered), 1),
+        p50=round(ordered[len(ordered) // 2], 1),
+        p95=round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))], 1),
+        max=round(ordered[-1], 1),
+    )
 
 
 def _meta(cur: duckdb.DuckDBPyConnection, key: str, default: str) -> str:

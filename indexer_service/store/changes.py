@@ -70,6 +70,11 @@ class ChangeSequence:
         with self._lock:
             return min(self._open) - 1 if self._open else self._next - 1
 
+    def ended_between(self, after: int, upto: int) -> list[float]:
+        """When the kept transactions numbered in ``(after, upto]`` ended (epoch seconds)."""
+        with self._lock:
+            return [at for number, at in self._times if after < number <= upto]
+
     def committed_at(self, seq: int) -> float | None:
         """When the first transaction numbered above ``seq`` ended (epoch seconds), if it is
         among the last ones kept; None if every kept one is at or below ``seq``."""

@@ -52,11 +52,4 @@ async def shipped_everything(svc: IndexerService, timeout: float = 30) -> None:
     """Wait until the service's sink has shipped every change the index holds now."""
     with anyio.fail_after(timeout):
         await svc.drain()
-        target = svc.db.changes.committed()
-        while True:
-            sink = svc.stats().get("sink")
-            assert sink is not None
-            shipped = sink["shipped_seq"]
-            if shipped is not None and shipped >= target:
-                return
-            await anyio.sleep(0.02)
+        await svc.wait_until_shipped()
