@@ -1,6 +1,6 @@
 """The PostgreSQL sink: first shipment of a large index, live lag, catch-up after an outage.
 
-    python -m benchmarks.bench_ship [--parts 1000000] [--only first|live|catchup] [--runs 3]
+    python -m benchmarks.bench_ship [--parts 1000000] [--only first|live] [--runs 3] [--rate 1000]
 
 The index is built once per size by the real service from the lean generated opencode.db
 (``bench_sqlite``'s, cached under /tmp/indexer-bench) and copied for each run. PostgreSQL is the
@@ -12,13 +12,15 @@ on this machine. Each measurement runs in a child process (its peak RSS is its o
 * live: the service following a copy of the opencode.db while a writer commits like opencode
   at ``--rate`` commits/s, shipping as it goes: lag from a change's commit in the index to its
   commit on the server (p50/p95/max over the last 4,096 changes), and rows equal at the end;
-* catchup: the server stopped while ``--changes`` parts are rewritten in the index, then
-  started: seconds and rows/s to catch up, and the team database equal to the index.
+* catchup (with live): the server stopped while the writer commits at full speed for
+  ``--outage`` seconds, then started: changes behind, seconds and rows/s to catch up, and the
+  team database equal to the index.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import shutil
 import statistics
 import sys
@@ -30,8 +32,9 @@ from typing import Any
 import anyio
 import psycopg
 
-from benchmarks.bench_sqlite import backfill
-from benchmarks.sqlite_data import in_child, lean_database
+from benchmarks.bench_sqlite import _writer, backfill
+from benchmarks.sqlite_data import copy_db, in_child, lean_database
+from indexer_service import IndexerService, Settings
 from indexer_service.ship.sink import Sink
 from indexer_service.store.database import Database
 
@@ -133,14 +136,90 @@ def first(index: Path, url: str) -> dict[str, Any]:
     return anyio.run(run)
 
 
+def live_and_catchup(
+    opencode: Path, server: PgServer, url: str, rate: float, seconds: float, outage_s: float
+) -> dict[str, Any]:
+    """The service following a copy of ``opencode`` and shipping: live lag while a writer
+    commits at ``rate``; then the server stopped while the writer goes on for ``outage_s``
+    at full speed, started again, and the catch-up timed (in this child process)."""
+    copy, out = opencode.with_name("ship-live.db"), opencode.with_name("ship-commits.json")
+    index = opencode.with_name("ship-live.duckdb")
+    for f in (index, index.with_name(index.name + ".wal")):
+        f.unlink(missing_ok=True)
+    copy_db(opencode, copy)
+    ctx = multiprocessing.get_context("spawn")
+    settings = Settings.from_env(
+        opencode_db=copy, db_path=index, http_enabled=False, ship_to=url, machine_id="bench"
+    )
+
+    def write(rate: float, seconds: float) -> None:
+        proc = ctx.Process(target=_writer, args=(str(copy), rate, seconds, str(out)))
+        proc.start()
+        proc.join()
+
+    async def run() -> dict[str, Any]:
+        async with IndexerService(settings) as svc:
+            await svc.wait_until_synced()
+            await svc.wait_until_shipped()
+            await anyio.to_thread.run_sync(write, rate, seconds)
+            await svc.wait_until_synced()
+            await svc.wait_until_shipped()
+            sink = svc.stats()["sink"]
+            live = {"rate": rate, "seconds": seconds, "lag_ms": dict(sink["lag_ms"])}
+            live["equal"] = team_summary(url, "bench") == await _summary(svc)
+            server.stop()
+            before = sink["rows_shipped"]
+            await anyio.to_thread.run_sync(write, 100_000.0, outage_s)
+            await svc.wait_until_synced()
+            behind = svc.stats()["sink"]
+            server.start()
+            started = time.perf_counter()
+            await svc.wait_until_shipped()
+            took = time.perf_counter() - started
+            rows = svc.stats()["sink"]["rows_shipped"] - before
+            catchup = {
+                "behind_changes": behind["behind_changes"],
+                "behind_state": behind["state"],
+                "rows": rows,
+                "seconds": round(took, 2),  # from the start, the backoff's wait (<= 10 s) too
+                "rows_per_s": round(rows / took),
+                "equal": team_summary(url, "bench") == await _summary(svc),
+            }
+        return {"live": live, "catchup": catchup}
+
+    try:
+        return anyio.run(run)
+    finally:
+        for f in (copy, out, index, index.with_name(index.name + ".wal")):
+            f.unlink(missing_ok=True)
+
+
+async def _summary(svc: IndexerService) -> dict[str, tuple[int, ...]]:
+    def read() -> dict[str, tuple[int, ...]]:
+        cur = svc.db.own_cursor()
+        try:
+            return {
+                t: tuple(int(v) for v in cur.execute(f"SELECT {sql} FROM {t}").fetchall()[0])
+                for t, sql in _SUMMARY.items()
+            }
+        finally:
+            cur.close()
+
+    return await anyio.to_thread.run_sync(read)
+
+
 def main() -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--parts", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3, help="first-shipment runs (best and median)")
-    ap.add_argument("--only", choices=["first", "live", "catchup"], action="append")
+    ap.add_argument("--only", choices=["first", "live"], action="append")
+    ap.add_argument("--live-parts", type=int, default=100_000, help="database of the live run")
+    ap.add_argument("--rate", type=float, default=1_000.0, help="commits/s of the live writer")
+    ap.add_argument("--seconds", type=float, default=20.0, help="live writing time")
+    ap.add_argument("--outage", type=float, default=30.0, help="writing time, server stopped")
     args = ap.parse_args()
     index = built_index(args.parts)
-    wanted = args.only or ["first", "live", "catchup"]
+    wanted = args.only or ["first", "live"]
     results: dict[str, Any] = {}
     server = PgServer(durable=True)
     server.start()
@@ -162,6 +241,14 @@ def main() -> dict[str, Any]:
                 "rss_added_mb": max(r["rss_added_mb"] for r in runs),
                 "equal": all(r["equal"] for r in runs),
             }
+        if "live" in wanted:
+            url = _new_database(server)
+            opencode = lean_database(args.live_parts)
+            results.update(
+                in_child(
+                    live_and_catchup, opencode, server, url, args.rate, args.seconds, args.outage
+                )
+            )
     finally:
         server.remove()
     for name, value in results.items():

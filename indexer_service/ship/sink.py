@@ -70,8 +70,9 @@ class Sink:
     live transactions on the server.
     """
 
-    backoff = Backoff(base_seconds=1.0, cap_seconds=30.0)
-    """1 s after the first failure, doubling, at most 30 s: a server back is used within 30 s."""
+    backoff = Backoff(base_seconds=1.0, cap_seconds=10.0)
+    """1 s after the first failure, doubling, at most 10 s: a server back is used within 10 s
+    (an attempt costs one connection)."""
 
     def __init__(
         self,
