@@ -137,6 +137,7 @@ class Sink:
                     await woken.wait()
                 continue
             self._state = "shipping"
+            began = anyio.current_time()
             window = await self._call(self._plan, position.shipped, committed)
             shipped = await self._call(self._ship, pg, position, window)
             position = Position(position.epoch, window.upto)
@@ -156,7 +157,7 @@ class Sink:
                     behind=committed - window.upto,
                 )
             if window.upto >= committed:  # caught up: the next transaction waits its turn
-                await anyio.sleep(self.interval)
+                await anyio.sleep_until(began + self.interval)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn`` in the sink's thread; a cancellation interrupts a statement running on the
