@@ -11,6 +11,7 @@ BENCHMARKS = (
     "bench_loader",
     "bench_reconciler",
     "bench_service",
+    "bench_ship",
     "bench_sqlite",
     "bench_watch",
 )
