@@ -35,6 +35,10 @@ class Window:
     after: int
     upto: int
     rows: int
+    last: int | None
+    """The highest number in the window that stamped something (None: nothing did). Only such
+    a number is written as a machine's position: a number that stamped nothing leaves no trace
+    in the index, and the index may number a transaction with it again after a restart."""
 
 
 def plan(cur: duckdb.DuckDBPyConnection, after: int, upto: int, max_rows: int) -> Window:
@@ -54,13 +58,13 @@ def plan(cur: duckdb.DuckDBPyConnection, after: int, upto: int, max_rows: int) -
     )
     sql = f"SELECT s, sum(n)::BIGINT FROM ({counts}) GROUP BY s ORDER BY s"
     per_seq = cur.execute(sql, {"after": after, "upto": upto}).fetchall()
-    total, end = 0, upto
+    total, end, last = 0, upto, None
     for seq, n in per_seq:
         if total and total + n > max_rows:
             end = seq - 1
             break
-        total += n
-    return Window(after, end, total)
+        total, last = total + n, seq
+    return Window(after, end, total, last)
 
 
 @dataclass

@@ -89,9 +89,10 @@ def ship_window(
     window: Window,
     changes: Iterable[Changes],
 ) -> Shipped:
-    """Replace every group ``changes`` touched by its rows, and move the position to the end
-    of ``window``, in one transaction. Raises `PositionLost` (and writes nothing) if the
-    position is no longer ``position``."""
+    """Replace every group ``changes`` touched by its rows, and move the position to the last
+    number of ``window`` that stamped something, in one transaction. Raises `PositionLost`
+    (and writes nothing) if the position is no longer ``position``."""
+    assert window.last is not None, "a window that changed nothing is not shipped"
     rows = groups = 0
     first = position.shipped < 0  # `restart` left no row of the machine: nothing to replace
     with pg.transaction():
@@ -113,7 +114,7 @@ def ship_window(
             UPDATE indexer_machines SET shipped_seq = %s, shipped_at = now()
             WHERE machine_id = %s AND epoch = %s AND shipped_seq = %s
             """,
-            [window.upto, machine_id, position.epoch, position.shipped],
+            [window.last, machine_id, position.epoch, position.shipped],
         )
         if moved.rowcount != 1:
             raise PositionLost(machine_id)

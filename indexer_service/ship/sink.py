@@ -128,25 +128,28 @@ class Sink:
         if self._state in ("unreachable", "failing"):
             log.info("sink_reconnected", target=redact(self._url), shipped_seq=position.shipped)
         self._failures, self._error = 0, None
+        scanned = position.shipped  # every change up to here is on the server
         while True:
             woken = self._wake.event()  # before reading `committed`: no batch slips between
             committed = self._db.changes.committed()
-            if committed <= position.shipped:
+            if committed <= scanned:
                 self._state = "caught_up"
-                with anyio.move_on_after(30.0):  # the position is written every 30 s at worst
+                with anyio.move_on_after(30.0):
                     await woken.wait()
                 continue
             self._state = "shipping"
             began = anyio.current_time()
-            window = await self._call(self._plan, position.shipped, committed)
-            shipped = await self._call(self._ship, pg, position, window)
-            position = Position(position.epoch, window.upto)
-            self._shipped = window.upto
+            window = await self._call(self._plan, scanned, committed)
+            shipped = Shipped(0, 0)
+            if window.last is not None:  # else numbers that stamped nothing: no transaction
+                shipped = await self._call(self._ship, pg, position, window)
+                position = Position(position.epoch, window.last)
+            self._shipped = scanned = window.upto
             self._last_shipped_at = now = self._clock()
             ended = self._db.changes.ended_between(window.after, window.upto)
             self._lag_ms.extend((now - at) * 1000 for at in ended)
             self.progress.set()
-            self._counts["windows"] += 1
+            self._counts["windows"] += window.last is not None
             self._counts["rows"] += shipped.rows
             self._counts["groups"] += shipped.groups
             if shipped.rows > 10_000:
@@ -238,14 +241,16 @@ class Sink:
         """The server's position for this machine, started over if it is of another index."""
         assert self.machine_id is not None and self._epoch is not None
         found = read_position(pg, self.machine_id)
-        if found is not None and found.epoch == self._epoch:
+        if found is None:
+            reason = "first shipment"
+        elif found.epoch != self._epoch:
+            reason = "the server holds another index's rows for this machine id"
+        elif found.shipped > self._db.changes.committed():
+            reason = "the server holds changes this index does not (an older copy of the file?)"
+        else:
             self._shipped = found.shipped
             return found
-        log.info(
-            "sink_restarting",
-            machine_id=self.machine_id,
-            reason="first shipment" if found is None else "the server holds another index's rows",
-        )
+        log.info("sink_restarting", machine_id=self.machine_id, reason=reason)
         self._counts["restarts"] += 1
         position = restart(pg, self.machine_id, self._epoch)
         self._shipped = position.shipped
