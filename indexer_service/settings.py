@@ -63,6 +63,17 @@ def at_least(name: str, value: float, minimum: float, what: str = "") -> None:
         raise ConfigError(f"{name} must be >= {what or minimum}, got {value!r}")
 
 
+def is_pg_url(text: str) -> bool:
+    """Whether ``text`` is a ``postgresql://`` (or ``postgres://``) URL, as ``ship_to`` must be."""
+    return text.lower().startswith(_PG_SCHEMES)
+
+
+def check_machine_id(name: str, value: str) -> None:
+    """Raise `ConfigError` naming ``name`` unless ``value`` is a valid ``machine_id``."""
+    if not _MACHINE_ID.fullmatch(value):
+        raise ConfigError(f"{name} {value!r}: 1 to 100 letters, digits, '.', '_', '-' or '@'")
+
+
 def data_home(env: Mapping[str, str] | None = None) -> Path:
     """The XDG data directory: ``$XDG_DATA_HOME`` in ``env`` if given and set, else
     ``~/.local/share``."""
@@ -184,12 +195,10 @@ class Settings:
             f"max_batch_files ({self.max_batch_files})",
         )  # fmt: skip
         one_of("listing_process", self.listing_process, LISTING_PROCESS_MODES)
-        if self.ship_to is not None and not self.ship_to.lower().startswith(_PG_SCHEMES):
+        if self.ship_to is not None and not is_pg_url(self.ship_to):
             raise ConfigError("ship_to: not a PostgreSQL URL (postgresql://user@host:5432/db)")
-        if self.machine_id is not None and not _MACHINE_ID.fullmatch(self.machine_id):
-            raise ConfigError(
-                f"machine_id {self.machine_id!r}: 1 to 100 letters, digits, '.', '_', '-' or '@'"
-            )
+        if self.machine_id is not None:
+            check_machine_id("machine_id", self.machine_id)
 
     @classmethod
     def from_env(
@@ -214,7 +223,13 @@ class Settings:
             "db_path": default_db_path(env),
             **(defaults or {}),
         }
-        values.update(env_values(cls, "INDEXER_", env))
+        from_vars = env_values(cls, "INDEXER_", env)
+        url = from_vars.get("ship_to")
+        if url is not None and overrides.get("ship_to") is None and not is_pg_url(url):
+            raise ConfigError(  # the value is not shown: it may hold a password
+                "INDEXER_SHIP_TO is not a PostgreSQL URL (postgresql://user@host:5432/db)"
+            )
+        values.update(from_vars)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

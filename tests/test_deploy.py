@@ -14,12 +14,15 @@ DEPLOY = Path(__file__).parent.parent / "docs" / "deploy"
 
 
 def test_systemd_unit_parses() -> None:
-    """The systemd user unit has its sections and runs `indexer-service run`."""
+    """The systemd user unit has its sections, runs `indexer-service run`, and reads its
+    settings (the team database's URL) from an optional file, not its command line."""
     unit = configparser.ConfigParser(strict=True, interpolation=None)
     unit.optionxform = str  # type: ignore[assignment,method-assign]
     unit.read(DEPLOY / "indexer-service.service")
     assert set(unit.sections()) == {"Unit", "Service", "Install"}
     assert unit["Service"]["ExecStart"].split()[1] == "run"
+    assert "ship-to" not in unit["Service"]["ExecStart"]  # a password there shows in ps
+    assert unit["Service"]["EnvironmentFile"] == "-%h/.config/indexer-service/env"
     assert int(unit["Service"]["TimeoutStopSec"]) > 10  # longer than the shutdown budget
 
 

@@ -21,9 +21,11 @@ from indexer_service.cli.logs import LOG_FORMATS, LOG_LEVELS, configure_logging,
 from indexer_service.cli.read import READ_COMMANDS, add_read_commands, run_read_command
 from indexer_service.cli.rebuild import rebuild
 from indexer_service.cli.serve import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from indexer_service.cli.ship import add_ship_options
 from indexer_service.errors import IndexerError, first_of
 from indexer_service.limits import add_number, option
 from indexer_service.settings import Settings, warn_unknown_variables
+from indexer_service.ship.dsn import redact_all
 from indexer_service.sources.discover import discover
 
 DESCRIPTION = """\
@@ -47,9 +49,11 @@ space for ever (the service itself retries until it is stopped)."""
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse's parser, with a usage error on one line (exit 2) instead of the usage first."""
+    """argparse's parser, with a usage error on one line (exit 2) instead of the usage first,
+    and without the password of a connection string it quotes (a mistyped option's URL)."""
 
     def error(self, message: str) -> NoReturn:
+        message = redact_all(message)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -157,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a non-loopback --http-host (plain HTTP: the token travels in clear)",
     )
     run.add_argument("--no-http", action="store_true", help="serve no HTTP API")
+    add_ship_options(run)
     run.add_argument(
         "--demo-if-missing",
         action="store_true",
@@ -243,6 +248,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         "opencode_db": getattr(args, "opencode_db", None),
         "db_path": getattr(args, "db", None),
         "workers": args.workers,
+        "ship_to": getattr(args, "ship_to", None),
+        "machine_id": getattr(args, "machine_id", None),
     }
     for name in (
         "window_ms",

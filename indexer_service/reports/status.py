@@ -118,6 +118,13 @@ def _databases(query: QueryFn) -> dict[str, dict[str, Any]]:
     return out
 
 
+_SINK_KEYS = (
+    "target", "machine_id", "state", "shipped_seq", "committed_seq", "behind_changes",
+    "behind_seconds", "rows_shipped", "windows", "last_shipped_at", "error",
+)  # fmt: skip
+"""What ``status`` shows of the sink's stats (`stats.SinkStats`)."""
+
+
 def _add_service(report: dict[str, Any], stats: Mapping[str, Any]) -> None:
     report["service"] = {
         "running": True,
@@ -130,6 +137,8 @@ def _add_service(report: dict[str, Any], stats: Mapping[str, Any]) -> None:
             for k in ("exists", "unavailable", "polls", "polls_skipped", "last_poll_at",
                       "longest_read_s", "connection_open")
         }  # fmt: skip
+    if sink := stats.get("sink"):
+        report["sink"] = {k: sink.get(k) for k in _SINK_KEYS}
     rec = stats.get("reconciler") or {}
     if rec:
         report["legacy_tree"] = {
@@ -217,6 +226,9 @@ def format_status(report: Mapping[str, Any]) -> str:
     for source, db in report.get("databases", {}).items():
         out.append("")
         out.extend(_database_lines(source, db))
+    if sink := report.get("sink"):
+        out.append("")
+        out.extend(_sink_lines(sink))
     errors = report["recent_errors"]
     out.append("")
     out.append(f"latest errors ({len(errors)}):" if errors else "latest errors: none")
@@ -257,6 +269,23 @@ def _database_lines(source: str, db: Mapping[str, Any]) -> list[str]:
             f"no commit), last {_ago(_iso(svc.get('last_poll_at')))}; longest read "
             f"{svc.get('longest_read_s', 0)} s"
         )
+    return out
+
+
+def _sink_lines(sink: Mapping[str, Any]) -> list[str]:
+    """The team database: where, as which machine, its state, how far behind, the error."""
+    shipped = sink.get("shipped_seq")
+    done = "not reached yet" if shipped is None else f"change {shipped:,}"
+    out = [
+        f"sink {sink.get('target')} as machine {sink.get('machine_id') or '(not read yet)'}: "
+        f"{str(sink.get('state')).replace('_', ' ')}",
+        f"  shipped {done} of {sink.get('committed_seq', 0):,}; behind "
+        f"{sink.get('behind_changes', 0):,} changes, {sink.get('behind_seconds', 0):g} s; "
+        f"{sink.get('rows_shipped', 0):,} rows in {sink.get('windows', 0):,} transactions "
+        f"this run, last {_ago(_iso(sink.get('last_shipped_at')))}",
+    ]
+    if sink.get("error"):
+        out.append(f"  error: {sink['error']}")
     return out
 
 

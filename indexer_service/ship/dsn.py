@@ -12,12 +12,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from indexer_service.errors import ConfigError
 
-__all__ = ["is_postgres_url", "redact", "require_postgres_url"]
+__all__ = ["is_postgres_url", "redact", "redact_all", "require_postgres_url"]
 
 _SCHEMES = ("postgresql://", "postgres://")
 _KEY_VALUE_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"(password=)[^&]*", re.IGNORECASE)
 _ANY_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+_USERINFO_IN_TEXT = re.compile(r"(?<![\w/:])([\w.%+-]+):[^\s'\"@/:]+@")
+_PASSWORD_IN_TEXT = re.compile(r"(password\s*=\s*)(?!\*\*\*)[^\s'\"&]+", re.IGNORECASE)
 
 
 def is_postgres_url(text: str) -> bool:
@@ -53,3 +56,12 @@ def redact(text: str) -> str:
         query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     return _KEY_VALUE_PASSWORD.sub(r"\1***", text)
+
+
+def redact_all(text: str) -> str:
+    """``text`` (a message that may quote what a person typed) with the password of every
+    connection string in it replaced by ``***``: URLs anywhere in it, ``password=...``, and a
+    ``user:password@host`` written without its scheme."""
+    text = _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), text)
+    text = _USERINFO_IN_TEXT.sub(r"\1:***@", text)
+    return _PASSWORD_IN_TEXT.sub(r"\1***", text)

@@ -7,6 +7,11 @@ deleted, a list file that is now empty) are kept in ``removed_rows`` with the nu
 changed after number ``n`` is then: rows with ``change_seq > n`` and removals with
 ``change_seq > n``; `ChangeSequence.committed` says up to which number every transaction has
 ended, so a reader never passes a number still being written.
+
+A number is never handed out twice, not even after a restart: a transaction may end without
+stamping any row (a batch of error rows, a rollback) while a reader has already passed its
+number, so the numbers are reserved in the index in blocks (``change_seq_reserved`` in
+``schema_meta``) before they are used, and an index opens after the last reserved one.
 """
 
 from __future__ import annotations
@@ -22,29 +27,55 @@ import pyarrow as pa
 
 from indexer_service.store.schema import RECORD_TABLES, SEQ_COLUMN
 
-__all__ = ["ChangeSequence", "last_seq", "note_removed", "stamped"]
+__all__ = ["RESERVE_BLOCK", "ChangeSequence", "last_seq", "note_removed", "stamped"]
 
 _TIMES_KEPT = 65_536
 """Commit times kept for `ChangeSequence.committed_at` (about two hours of live writes)."""
 
+RESERVE_BLOCK = 1_000
+"""Numbers reserved in the index at once: one small commit per this many transactions, and a
+gap of at most this many numbers after a restart."""
+
+_RESERVED_KEY = "change_seq_reserved"
+
 
 def last_seq(cur: duckdb.DuckDBPyConnection) -> int:
-    """The highest change number in the index (0 for an index written before numbering)."""
+    """The highest change number the index holds or reserved (0 for an index written before
+    numbering): the next one opened starts after it."""
     parts = [f"SELECT max({SEQ_COLUMN}) AS s FROM {t.name}" for t in RECORD_TABLES]
     parts.append(f"SELECT max({SEQ_COLUMN}) AS s FROM removed_rows")
+    parts.append(f"SELECT max(value::BIGINT) FROM schema_meta WHERE key = '{_RESERVED_KEY}'")
     sql = f"SELECT coalesce(max(s), 0) FROM ({' UNION ALL '.join(parts)})"
     return int(cur.execute(sql).fetchall()[0][0])  # fetchall: an open result holds a transaction
+
+
+def reserve(cur: duckdb.DuckDBPyConnection, upto: int) -> None:
+    """Record in the index that numbers up to ``upto`` may be in use (`ChangeSequence`)."""
+    cur.execute(
+        "INSERT OR REPLACE INTO schema_meta VALUES (?, ?)", [_RESERVED_KEY, str(upto)]
+    ).fetchall()
 
 
 class ChangeSequence:
     """Numbers the transactions that write record rows; says which numbers have ended.
 
-    Thread-safe: the writer threads claim numbers, the sink reads `committed`.
+    ``reserve(upto)`` makes numbers up to ``upto`` durable as reserved (committed in the
+    index) before the first of them is handed out; None: nothing is kept (an index of its
+    own that is never reopened). Thread-safe: the writer threads claim numbers, the sink reads
+    `committed`.
     """
 
-    def __init__(self, last: int, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        last: int,
+        *,
+        clock: Callable[[], float] = time.time,
+        reserve: Callable[[int], None] | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._next = last + 1
+        self._reserve = reserve
+        self._reserved = last
         self._open: set[int] = set()
         self._clock = clock
         self._times: deque[tuple[int, float]] = deque(maxlen=_TIMES_KEPT)
@@ -55,6 +86,9 @@ class ChangeSequence:
         the number counts as ended only once it committed or rolled back."""
         with self._lock:
             seq = self._next
+            if self._reserve is not None and seq > self._reserved:
+                self._reserve(seq + RESERVE_BLOCK - 1)  # raises: no number is handed out
+                self._reserved = seq + RESERVE_BLOCK - 1
             self._next += 1
             self._open.add(seq)
         try:

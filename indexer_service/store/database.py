@@ -21,7 +21,7 @@ from indexer_service.errors import (
     DatabaseLockedError,
     SchemaVersionError,
 )
-from indexer_service.store.changes import ChangeSequence, last_seq
+from indexer_service.store.changes import ChangeSequence, last_seq, reserve
 from indexer_service.store.cursors import CursorsClosed, ThreadCursors
 from indexer_service.store.integrity import damage_in, find_damage
 from indexer_service.store.migrate import migrate, read_version
@@ -88,13 +88,19 @@ class Database:
                 self.schema_version = read_version(self._con)
             else:
                 self.schema_version = migrate(self._con, self.path, self._tables)
-                self.changes = ChangeSequence(last_seq(self._con))
+                self.changes = ChangeSequence(last_seq(self._con), reserve=self._reserve)
         except BaseException as exc:
             self.close()
             if (damage := damage_in(exc)) is not None:
                 raise DatabaseDamagedError(self.path, damage) from exc
             raise
         return self
+
+    def _reserve(self, upto: int) -> None:
+        """Commit a reservation of change numbers up to ``upto`` (`store.changes`): called
+        before a write transaction begins, so it is a transaction of its own."""
+        with self.transaction() as cur:
+            reserve(cur, upto)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         """A connection to the file. The service reads only its own file: no file, network or
