@@ -59,6 +59,9 @@ BEHIND_SECONDS = 10.0
 """How long the oldest unshipped change may wait before ``/healthz`` mentions the sink."""
 
 _CONNECT_TIMEOUT = 10.0
+_REFUSALS = ("password authentication failed", "pg_hba.conf", "does not exist", "permission")
+"""Words of a server that answered and said no (a login, a database, a right): `failing`,
+not `unreachable`."""
 _SinkState = Literal["starting", "shipping", "caught_up", "unreachable", "failing"]
 
 
@@ -210,9 +213,10 @@ class Sink:
             reason = f"reading the index failed: {' '.join(str(exc).split())}"
         else:
             reason = f"{redact(self._url)}: {failure_reason(exc, self._url)}"
-        unreachable = isinstance(exc, psycopg.OperationalError) or (
-            isinstance(exc, ShipError) and "cannot connect" in reason
-        )
+        unreachable = (
+            isinstance(exc, psycopg.OperationalError)
+            or (isinstance(exc, ShipError) and "cannot connect" in reason)
+        ) and not any(refusal in reason for refusal in _REFUSALS)
         state: _SinkState = "unreachable" if unreachable else "failing"
         if reason != self._error or state != self._state:
             log.warning(

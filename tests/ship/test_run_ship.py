@@ -210,7 +210,7 @@ def test_a_wrong_password_leaves_indexing_going_and_says_why(
 
     assert_index_matches_tree(tree.root, db)
     refused = 'password authentication failed for user "postgres"'
-    assert ok and reason.startswith("running; sink ") and refused in reason
+    assert ok and reason.startswith("running; sink failing ") and refused in reason
     assert refused in failed["error"] and "postgresql://postgres:***@127.0.0.1" in failed["error"]
     assert status["sink"]["machine_id"] == "ada" and refused in status["sink"]["error"]
     assert status["sink"]["target"] == wrong.replace(f"not-{PASSWORD}", "***")
