@@ -12,9 +12,10 @@ on this machine. Each measurement runs in a child process (its peak RSS is its o
 * live: the service following a copy of the opencode.db while a writer commits like opencode
   at ``--rate`` commits/s, shipping as it goes: lag from a change's commit in the index to its
   commit on the server (p50/p95/max over the last 4,096 changes), and rows equal at the end;
-* catchup (with live): the server stopped while the writer commits at full speed for
-  ``--outage`` seconds, then started: changes behind, seconds and rows/s to catch up, and the
-  team database equal to the index.
+* catchup (with live): the server stopped while ``--changes`` parts are rewritten in the
+  opencode.db and indexed, then started: changes behind, seconds and rows/s to catch up
+  (from the server's start, the sink's reconnect backoff included), and the team database
+  equal to the index.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import shutil
+import sqlite3
 import statistics
 import sys
 import time
@@ -136,12 +138,24 @@ def first(index: Path, url: str) -> dict[str, Any]:
     return anyio.run(run)
 
 
+def _rewrite_parts(opencode: Path, changes: int) -> None:
+    """Rewrite ``changes`` parts of ``opencode`` in one transaction (a new field, a new
+    ``time_updated``), as many changes as opencode would make in hours."""
+    now_ms = int(time.time() * 1000)
+    with sqlite3.connect(opencode) as con:
+        con.execute(
+            "UPDATE part SET data = json_set(data, '$.benchRewrite', ?), time_updated = ? "
+            "WHERE rowid IN (SELECT rowid FROM part ORDER BY rowid LIMIT ?)",
+            [now_ms, now_ms, changes],
+        )
+
+
 def live_and_catchup(
-    opencode: Path, server: PgServer, url: str, rate: float, seconds: float, outage_s: float
+    opencode: Path, server: PgServer, url: str, rate: float, seconds: float, changes: int
 ) -> dict[str, Any]:
     """The service following a copy of ``opencode`` and shipping: live lag while a writer
-    commits at ``rate``; then the server stopped while the writer goes on for ``outage_s``
-    at full speed, started again, and the catch-up timed (in this child process)."""
+    commits at ``rate``; then the server stopped while ``changes`` parts are rewritten and
+    indexed, started again, and the catch-up timed (in this child process)."""
     copy, out = opencode.with_name("ship-live.db"), opencode.with_name("ship-commits.json")
     index = opencode.with_name("ship-live.duckdb")
     for f in (index, index.with_name(index.name + ".wal")):
@@ -169,7 +183,7 @@ def live_and_catchup(
             live["equal"] = team_summary(url, "bench") == await _summary(svc)
             server.stop()
             before = sink["rows_shipped"]
-            await anyio.to_thread.run_sync(write, 100_000.0, outage_s)
+            await anyio.to_thread.run_sync(_rewrite_parts, copy, changes)
             await svc.wait_until_synced()
             behind = svc.stats()["sink"]
             server.start()
@@ -216,7 +230,9 @@ def main() -> dict[str, Any]:
     ap.add_argument("--live-parts", type=int, default=100_000, help="database of the live run")
     ap.add_argument("--rate", type=float, default=1_000.0, help="commits/s of the live writer")
     ap.add_argument("--seconds", type=float, default=20.0, help="live writing time")
-    ap.add_argument("--outage", type=float, default=30.0, help="writing time, server stopped")
+    ap.add_argument(
+        "--changes", type=int, default=100_000, help="parts rewritten while the server is down"
+    )
     args = ap.parse_args()
     index = built_index(args.parts)
     wanted = args.only or ["first", "live"]
@@ -246,7 +262,7 @@ def main() -> dict[str, Any]:
             opencode = lean_database(args.live_parts)
             results.update(
                 in_child(
-                    live_and_catchup, opencode, server, url, args.rate, args.seconds, args.outage
+                    live_and_catchup, opencode, server, url, args.rate, args.seconds, args.changes
                 )
             )
     finally:
