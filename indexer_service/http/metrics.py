@@ -123,6 +123,8 @@ class Metrics:
         self.uptime_seconds = Gauge(
             "uptime_seconds", "Seconds since the pipeline started", namespace=ns, registry=r
         )
+        self._namespace = ns
+        self._sink: dict[str, Gauge] = {}  # created with the first stats that have a sink
         for kind in _FINDINGS:  # export zeros so rate() works from the first scrape
             self.reconcile_findings.labels(kind=kind)
 
@@ -194,6 +196,24 @@ class Metrics:
             self.workers_busy.set(workers["busy"])
         if "uptime_s" in stats:
             self.uptime_seconds.set(stats["uptime_s"])
+        sink = stats.get("sink")
+        if isinstance(sink, Mapping):
+            self._update_sink(sink)
+
+    def _update_sink(self, sink: Mapping[str, Any]) -> None:
+        """The sink's gauges (a service without ``ship_to`` exports none): whether it ships,
+        and how far behind the index it is."""
+        if not self._sink:
+            ns, r = self._namespace, self.registry
+            for name, doc in (
+                ("sink_up", "1 while the PostgreSQL sink ships or is caught up, else 0"),
+                ("sink_behind_changes", "Transactions in the index not yet on the server"),
+                ("sink_behind_seconds", "Age of the oldest unshipped change (0: caught up)"),
+            ):
+                self._sink[name] = Gauge(name, doc, namespace=ns, registry=r)
+        self._sink["sink_up"].set(1 if sink.get("state") in ("shipping", "caught_up") else 0)
+        self._sink["sink_behind_changes"].set(sink.get("behind_changes", 0))
+        self._sink["sink_behind_seconds"].set(sink.get("behind_seconds", 0.0))
 
     def render(self, stats: Mapping[str, Any] | None = None) -> bytes:
         """The Prometheus text exposition, after updating the gauges from ``stats``."""

@@ -178,6 +178,8 @@ async def test_an_unreachable_server_leaves_local_indexing_going(
         assert ok and "sink unreachable" in reason and "changes" in reason
         assert PASSWORD not in reason
         assert svc.stats()["sink"]["behind_changes"] > 0
+        metrics = svc.metrics.render(svc.stats()).decode()
+        assert "indexer_sink_up 0.0" in metrics and "indexer_sink_behind_changes 0.0" not in metrics
         failed = [e for e in log_events.entries if e["event"] == "sink_failed"]
         assert failed and PASSWORD not in repr(failed)
         writer = LiveWriter(tree.root, seed=5)
@@ -187,3 +189,17 @@ async def test_an_unreachable_server_leaves_local_indexing_going(
         await shipped_everything(svc, timeout=60)
         assert team_rows(url, "m") == await anyio.to_thread.run_sync(_local, svc)
         assert svc.health() == (True, "running")
+        metrics = svc.metrics.render(svc.stats()).decode()
+        assert "indexer_sink_up 1.0" in metrics and "indexer_sink_behind_changes 0.0" in metrics
+
+
+async def test_without_a_sink_nothing_of_it_shows(
+    storage_tree: TreeFactory, make_settings: SettingsFactory
+) -> None:
+    """No ship_to: no sink in stats, health or metrics."""
+    storage_tree(sessions=1)
+    async with IndexerService(make_settings()) as svc:
+        await svc.wait_until_synced()
+        assert "sink" not in svc.stats()
+        assert svc.health() == (True, "running")
+        assert b"sink" not in svc.metrics.render(svc.stats())
