@@ -158,11 +158,13 @@ async def _progress(svc: Any) -> None:
 async def index(settings: Settings, as_json: bool) -> int:
     """Bring the database in line with the stores once, print a summary, return the exit code.
     SIGINT or SIGTERM stops it through the service's bounded shutdown, as for `run`; the exit
-    code then says so (128 + the signal's number) and the next ``index`` resumes."""
+    code then says so (128 + the signal's number) and the next ``index`` resumes. It ships
+    nothing, even with ``ship_to`` set: the next ``run`` ships what it indexed."""
     from indexer_service.service import IndexerService
 
     started = time.monotonic()
-    svc_settings = dataclasses.replace(settings, watch=False)
+    # one pass and out: the team database is `run`'s (a sink cut off at exit would ship part)
+    svc_settings = dataclasses.replace(settings, watch=False, ship_to=None)
     synced: dict[str, Any] = {}
 
     async def sync(stop: anyio.CancelScope) -> None:

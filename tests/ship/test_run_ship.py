@@ -219,3 +219,30 @@ def test_a_wrong_password_leaves_indexing_going_and_says_why(
     assert refused in status_text
     for text in (reason, json.dumps(status), status_text, service.text):
         assert PASSWORD not in text
+
+
+def test_index_ships_nothing_and_the_next_run_ships_it(
+    storage_tree: TreeFactory, tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`index` ignores INDEXER_SHIP_TO (a sink cut off at its exit would ship part); `run`
+    then ships everything it indexed."""
+    tree = storage_tree(sessions=1)
+    db = tmp_path / "index.duckdb"
+    monkeypatch.setenv("INDEXER_SHIP_TO", pg_url)
+    monkeypatch.setenv("INDEXER_MACHINE_ID", "m")
+    assert main(["index", "--storage", str(tree.root), "--db", str(db)]) == 0
+    with psycopg.connect(pg_url) as pg:
+        tables = pg.execute("SELECT to_regclass('indexer_machines')").fetchall()
+    assert tables == [(None,)]  # not even the schema: nothing connected
+    env = {"INDEXER_SHIP_TO": pg_url, "INDEXER_MACHINE_ID": "m"}
+    with ServiceProcess("--storage", str(tree.root), "--db", str(db), env=env) as service:
+        service.wait_for("backfill_done")
+        client = service.client(db)
+
+        def shipped() -> bool:
+            sink = client.status()["sink"]
+            return bool(sink["state"] == "caught_up" and sink["behind_changes"] == 0)
+
+        until(shipped, what="the sink to catch up")
+        assert service.stop() == 0
+    assert team_rows(pg_url, "m") == index_rows(db)
