@@ -48,6 +48,19 @@ def index_rows(db_path: Path) -> Rows:
         return local_rows(con)
 
 
+async def service_rows(svc: IndexerService) -> Rows:
+    """`local_rows` of a running service's index, read off the event loop."""
+
+    def read() -> Rows:
+        cur = svc.db.own_cursor()
+        try:
+            return local_rows(cur)
+        finally:
+            cur.close()
+
+    return await anyio.to_thread.run_sync(read)
+
+
 async def shipped_everything(svc: IndexerService, timeout: float = 30) -> None:
     """Wait until the service's sink has shipped every change the index holds now."""
     with anyio.fail_after(timeout):

@@ -16,7 +16,7 @@ from indexer_service.backoff import Backoff
 from indexer_service.demo.synthetic import LiveWriter
 from indexer_service.ship.sink import Sink
 from indexer_service.stats import SinkStats
-from ship.shipped import local_rows, shipped_everything, team_rows
+from ship.shipped import service_rows, shipped_everything, team_rows
 
 pytestmark = pytest.mark.asyncio_only  # the sink's own code is backend-neutral; one is enough
 
@@ -41,14 +41,6 @@ async def _until(cond: Callable[[], bool]) -> None:
     with anyio.fail_after(60):
         while not cond():
             await anyio.sleep(0.02)
-
-
-def _local(svc: IndexerService) -> dict[str, list[tuple[object, ...]]]:
-    cur = svc.db.own_cursor()
-    try:
-        return local_rows(cur)
-    finally:
-        cur.close()
 
 
 async def test_the_server_stopped_then_killed_during_live_writes_converges(
@@ -88,7 +80,7 @@ async def test_the_server_stopped_then_killed_during_live_writes_converges(
             stop.set()
         await svc.wait_until_synced()
         await shipped_everything(svc, timeout=60)
-        assert team_rows(url, "m") == await anyio.to_thread.run_sync(_local, svc)
+        assert team_rows(url, "m") == await service_rows(svc)
         assert svc.health() == (True, "running")
     reconnected = [e for e in log_events.entries if e["event"] == "sink_reconnected"]
     assert len(reconnected) == 2

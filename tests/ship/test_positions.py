@@ -1,4 +1,5 @@
-"""The machine's position across restarts: numbers that stamped nothing, an older index copy."""
+"""The machine's position across restarts: an older copy of the index put back (numbers that
+stamped nothing before a restart: test_numbering.py)."""
 
 from __future__ import annotations
 
@@ -15,28 +16,6 @@ from ship.shipped import index_rows, shipped_everything, team_rows
 SettingsFactory = Callable[..., Settings]
 
 pytestmark = pytest.mark.asyncio_only
-
-
-async def test_a_last_batch_of_error_rows_does_not_hide_the_next_runs_changes(
-    storage_tree: TreeFactory, make_settings: SettingsFactory, pg_url: str
-) -> None:
-    """A batch that indexes only a broken file takes a change number and stamps nothing;
-    after a restart the index may give that number again, to rows that must be shipped."""
-    tree = storage_tree(sessions=1)
-    settings = make_settings(ship_to=pg_url, machine_id="m")
-    async with IndexerService(settings) as svc:
-        await svc.wait_until_synced()
-        await shipped_everything(svc)
-        folder = next(tree.root.glob("part/*"))
-        (folder / "prt_broken.json").write_text("{ not json")
-        await svc.wait_until_synced()
-        await shipped_everything(svc)
-    writer = LiveWriter(tree.root, seed=11)
-    writer.write_step(writer.new_session())
-    async with IndexerService(settings) as svc:
-        await svc.wait_until_synced()
-        await shipped_everything(svc)
-    assert team_rows(pg_url, "m") == index_rows(settings.db_path)
 
 
 async def test_an_older_copy_of_the_index_ships_itself_again(

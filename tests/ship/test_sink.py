@@ -15,19 +15,11 @@ from pg_server import PASSWORD, PgServer
 from indexer_service import IndexerService, Settings
 from indexer_service.demo.synthetic import LiveWriter
 from indexer_service.ship.tables import SHIPPED_TABLES
-from ship.shipped import index_rows, local_rows, shipped_everything, team_rows
+from ship.shipped import index_rows, service_rows, shipped_everything, team_rows
 
 SettingsFactory = Callable[..., Settings]
 
 pytestmark = pytest.mark.asyncio_only  # the sink's own code is backend-neutral; one is enough
-
-
-def _local(svc: IndexerService) -> dict[str, list[tuple[object, ...]]]:
-    cur = svc.db.own_cursor()
-    try:
-        return local_rows(cur)
-    finally:
-        cur.close()
 
 
 async def test_the_index_is_shipped_then_changes_and_deletes_follow(
@@ -42,7 +34,7 @@ async def test_the_index_is_shipped_then_changes_and_deletes_follow(
         await shipped_everything(svc)
         first = team_rows(pg_url, "ada-laptop")
         assert len(first["parts"]) == tree.counts["part"] > 0
-        assert first == await anyio.to_thread.run_sync(_local, svc)
+        assert first == await service_rows(svc)
 
         writer = LiveWriter(tree.root, seed=3)
         session = writer.new_session()
@@ -53,7 +45,7 @@ async def test_the_index_is_shipped_then_changes_and_deletes_follow(
         await eventually(svc, lambda: not victim.exists(), log_events)
         await svc.wait_until_synced()
         await shipped_everything(svc)
-        assert team_rows(pg_url, "ada-laptop") == await anyio.to_thread.run_sync(_local, svc)
+        assert team_rows(pg_url, "ada-laptop") == await service_rows(svc)
         stats = svc.stats()["sink"]
         assert stats["state"] in ("caught_up", "shipping")
         assert stats["behind_changes"] == 0
@@ -82,7 +74,7 @@ async def test_an_emptied_todo_list_and_a_shrunk_one_are_shipped(
         lists[1].write_text('[{"id": "1", "content": "only", "status": "pending"}]')
         await svc.wait_until_synced()
         await shipped_everything(svc)
-        local = await anyio.to_thread.run_sync(_local, svc)
+        local = await service_rows(svc)
         assert team_rows(pg_url, "m")["todos"] == local["todos"]
     empty = lists[0].stem
     assert not [r for r in local["todos"] if r[0] == empty]
@@ -187,7 +179,7 @@ async def test_an_unreachable_server_leaves_local_indexing_going(
         await svc.wait_until_synced()
         own_pg_server.start()
         await shipped_everything(svc, timeout=60)
-        assert team_rows(url, "m") == await anyio.to_thread.run_sync(_local, svc)
+        assert team_rows(url, "m") == await service_rows(svc)
         assert svc.health() == (True, "running")
         metrics = svc.metrics.render(svc.stats()).decode()
         assert "indexer_sink_up 1.0" in metrics and "indexer_sink_behind_changes 0.0" in metrics
