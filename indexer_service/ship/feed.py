@@ -80,20 +80,25 @@ class Changes:
 
 
 def read_changes(
-    cur: duckdb.DuckDBPyConnection, window: Window, *, groups: bool = True
+    cur: duckdb.DuckDBPyConnection, window: Window, *, replace: bool = True
 ) -> Iterator[Changes]:
     """Each shipped table's `Changes` in ``window``, read through ``cur`` (which holds one
     transaction over the whole window, so every table is read at the same moment). A table's
-    batches must be consumed before the next table is asked for. ``groups=False`` leaves the
-    groups of changed rows out (the first window after a restart replaces nothing)."""
+    batches must be consumed before the next table is asked for.
+
+    ``replace=False`` is for a server that holds none of the window's groups (a machine
+    shipped from the start, up to the number it had reached then): only the window's rows
+    are read, with no group list and no removals, whose rows (if any came back) carry a later
+    number and come in a later window."""
     bounds = {"after": window.after, "upto": window.upto}
     in_window = f"{SEQ_COLUMN} > $after AND {SEQ_COLUMN} <= $upto"
     for table in SHIPPED_TABLES:
-        sql = (
-            f"SELECT DISTINCT {table.group}::VARCHAR FROM {table.name} WHERE {in_window}"
-            if groups
-            else f"SELECT NULL FROM {table.name} WHERE {in_window} LIMIT 1"
-        )
+        if not replace:
+            sql = f"SELECT 1 FROM {table.name} WHERE {in_window} LIMIT 1"
+            if cur.execute(sql, bounds).fetchall():
+                yield Changes(table, [], _rows(cur, table, window, []))
+            continue
+        sql = f"SELECT DISTINCT {table.group}::VARCHAR FROM {table.name} WHERE {in_window}"
         found = cur.execute(sql, bounds).fetchall()
         removed = cur.execute(
             f"SELECT group_key FROM removed_rows WHERE table_name = $table AND {in_window}",
@@ -101,7 +106,7 @@ def read_changes(
         ).fetchall()
         if not found and not removed:
             continue
-        touched = sorted({g for (g,) in found if g is not None} | {g for (g,) in removed})
+        touched = sorted({g for (g,) in found} | {g for (g,) in removed})
         yield Changes(table, touched, _rows(cur, table, window, [g for (g,) in removed]))
 
 

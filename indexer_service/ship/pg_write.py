@@ -89,16 +89,16 @@ def ship_window(
     window: Window,
     changes: Iterable[Changes],
 ) -> Shipped:
-    """Replace every group ``changes`` touched by its rows, and move the position to the last
-    number of ``window`` that stamped something, in one transaction. Raises `PositionLost`
-    (and writes nothing) if the position is no longer ``position``."""
+    """Replace every group ``changes`` touched by its rows (a change that names no groups is
+    COPY alone), and move the position to the last number of ``window`` that stamped
+    something, in one transaction. Raises `PositionLost` (and writes nothing) if the position
+    is no longer ``position``."""
     assert window.last is not None, "a window that changed nothing is not shipped"
     rows = groups = 0
-    first = position.shipped < 0  # `restart` left no row of the machine: nothing to replace
     with pg.transaction():
         for change in changes:
             table = change.table
-            if not first:
+            if change.groups:
                 pg.execute(
                     f"DELETE FROM {table.name} WHERE machine_id = %s AND {table.group} = ANY(%s)",
                     [machine_id, change.groups],

@@ -97,6 +97,9 @@ class Sink:
         self.machine_id = machine_id
         self._epoch: str | None = None
         self._shipped: int | None = None
+        self._fresh_upto: int | None = None
+        """After a restart, the last number then: windows up to it replace nothing (the
+        server holds none of their groups), so they are COPY alone."""
         self._state: _SinkState = "starting"
         self._error: str | None = None
         self._failures = 0
@@ -252,22 +255,27 @@ class Sink:
         elif found.shipped > self._db.changes.committed():
             reason = "the server holds changes this index does not (an older copy of the file?)"
         else:
-            self._shipped = found.shipped
+            self._shipped, self._fresh_upto = found.shipped, None
             return found
         log.info("sink_restarting", machine_id=self.machine_id, reason=reason)
         self._counts["restarts"] += 1
         position = restart(pg, self.machine_id, self._epoch)
+        self._fresh_upto = self._db.changes.committed()
         self._shipped = position.shipped
         return position
 
     def _plan(self, after: int, upto: int) -> Window:
+        fresh = self._fresh_upto
+        if fresh is not None and after < fresh < upto:  # no window across it: see `_ship`
+            upto = fresh
         with self._db.transaction() as cur:
             return plan(cur, after, upto, WINDOW_ROWS)
 
     def _ship(self, pg: psycopg.Connection[Any], position: Position, window: Window) -> Shipped:
         assert self.machine_id is not None
         with self._db.transaction() as cur:  # one snapshot of the index for the window
-            changes = read_changes(cur, window, groups=position.shipped >= 0)
+            fresh = self._fresh_upto is not None and window.upto <= self._fresh_upto
+            changes = read_changes(cur, window, replace=not fresh)
             return ship_window(pg, self.machine_id, position, window, changes)
 
     # -- state ---------------------------------------------------------------------------------
