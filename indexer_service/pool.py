@@ -16,7 +16,6 @@ seconds, if set: then `WriteFailedError` fails the pool); any other error fails 
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable
@@ -34,7 +33,7 @@ from indexer_service.events import Signal
 from indexer_service.model import Batch, BatchResult
 from indexer_service.settings import default_workers
 from indexer_service.source import BatchLoader
-from indexer_service.stats import CommitStats, LatencyStats, WorkerStats
+from indexer_service.stats import CommitStats, WorkerStats, latency_stats
 from indexer_service.store.database import Database
 from indexer_service.store.write_retry import WriteAbandoned, WriteRetry
 from indexer_service.threads import run_in_thread
@@ -223,15 +222,6 @@ class WorkerPool:
     def get_stats(self) -> WorkerStats:
         """Counters since start, busy workers, and the latency and commit time of the last
         1,024 batches (ms)."""
-        lat = sorted(self._latency_ms)
-        latency = LatencyStats()
-        if lat:
-            latency = LatencyStats(
-                mean=round(statistics.fmean(lat), 1),
-                p50=round(lat[len(lat) // 2], 1),
-                p95=round(lat[min(len(lat) - 1, int(len(lat) * 0.95))], 1),
-                max=round(lat[-1], 1),
-            )
         writes = sorted(self._write_ms)
         commits = CommitStats()
         if writes:
@@ -257,6 +247,6 @@ class WorkerPool:
             read_seconds=round(s["read"], 3),
             parse_seconds=round(s["parse"], 3),
             write_seconds=round(s["write"], 3),
-            batch_ms=latency,
+            batch_ms=latency_stats(self._latency_ms),
             write_ms=commits,
         )

@@ -6,7 +6,8 @@ counter counts since the service started; ``last_*`` values describe the latest 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import statistics
+from collections.abc import Iterable, Mapping
 from typing import Literal, NotRequired, TypedDict
 
 __all__ = [
@@ -75,6 +76,19 @@ class LatencyStats(TypedDict, total=False):
     p50: float
     p95: float
     max: float
+
+
+def latency_stats(ms: Iterable[float]) -> LatencyStats:
+    """Mean, p50, p95 and max of ``ms`` (milliseconds), rounded to 0.1; empty for none."""
+    ordered = sorted(ms)
+    if not ordered:
+        return LatencyStats()
+    return LatencyStats(
+        mean=round(statistics.fmean(ordered), 1),
+        p50=round(ordered[len(ordered) // 2], 1),
+        p95=round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))], 1),
+        max=round(ordered[-1], 1),
+    )
 
 
 class CommitStats(TypedDict, total=False):

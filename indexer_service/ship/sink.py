@@ -14,11 +14,10 @@ behind the sink is. Nothing here blocks the event loop: DuckDB and PostgreSQL ru
 from __future__ import annotations
 
 import socket
-import statistics
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -41,7 +40,7 @@ from indexer_service.ship.pg_write import (
     restart,
     ship_window,
 )
-from indexer_service.stats import LatencyStats, SinkStats
+from indexer_service.stats import SinkStats, latency_stats
 from indexer_service.store.cursors import CursorsClosed
 from indexer_service.store.database import Database
 
@@ -318,21 +317,9 @@ class Sink:
             windows=self._counts["windows"],
             restarts=self._counts["restarts"],
             last_shipped_at=self._last_shipped_at,
-            lag_ms=_percentiles(self._lag_ms),
+            lag_ms=latency_stats(self._lag_ms),
             error=self._error,
         )
-
-
-def _percentiles(values: Iterable[float]) -> LatencyStats:
-    ordered = sorted(values)
-    if not ordered:
-        return LatencyStats()
-    return LatencyStats(
-        mean=round(statistics.fmean(ordered), 1),
-        p50=round(ordered[len(ordered) // 2], 1),
-        p95=round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))], 1),
-        max=round(ordered[-1], 1),
-    )
 
 
 def _meta(cur: duckdb.DuckDBPyConnection, key: str, default: str) -> str:
