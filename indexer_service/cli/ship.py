@@ -5,14 +5,12 @@ password."""
 from __future__ import annotations
 
 import argparse
-import re
 
 from indexer_service.errors import ConfigError
 from indexer_service.settings import check_machine_id, is_pg_url
+from indexer_service.ship.dsn import scheme_of
 
 __all__ = ["add_ship_options"]
-
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def add_ship_options(run: argparse.ArgumentParser) -> None:
@@ -36,8 +34,8 @@ def add_ship_options(run: argparse.ArgumentParser) -> None:
 def _ship_url(text: str) -> str:
     if is_pg_url(text):
         return text
-    scheme = _SCHEME.match(text)
-    given = f"a {scheme.group(1)}:// URL" if scheme else "the value"
+    scheme = scheme_of(text)
+    given = f"a {scheme}:// URL" if scheme else "the value"
     raise argparse.ArgumentTypeError(
         f"{given} is not a PostgreSQL URL: give postgresql://user@host:5432/database "
         "(the value is not shown: it may hold a password)"

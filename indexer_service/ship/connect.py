@@ -18,7 +18,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from indexer_service.errors import ShipError
-from indexer_service.ship.dsn import is_postgres_url, redact
+from indexer_service.settings import is_pg_url
+from indexer_service.ship.dsn import redact
 
 __all__ = ["APPLICATION_NAME", "connect", "failure_reason"]
 
@@ -76,7 +77,7 @@ def _passwords(url: str) -> list[str]:
             found.add(str(password))
     except psycopg.Error:
         pass  # an invalid string: its password is read from the URL below, as written
-    if is_postgres_url(url):
+    if is_pg_url(url):
         try:
             userinfo = urlsplit(url).netloc.rpartition("@")[0]
         except ValueError:

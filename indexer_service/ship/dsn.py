@@ -11,27 +11,28 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 from indexer_service.errors import ConfigError
+from indexer_service.settings import is_pg_url
 
-__all__ = ["is_postgres_url", "redact", "redact_all", "require_postgres_url"]
+__all__ = ["redact", "redact_all", "require_postgres_url", "scheme_of"]
 
-_SCHEMES = ("postgresql://", "postgres://")
 _KEY_VALUE_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"(password=)[^&]*", re.IGNORECASE)
-_ANY_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_ANY_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
 _USERINFO_IN_TEXT = re.compile(r"(?<![\w/:])([\w.%+-]+):[^\s'\"@/:]+@")
 _PASSWORD_IN_TEXT = re.compile(r"(password\s*=\s*)(?!\*\*\*)[^\s'\"&]+", re.IGNORECASE)
 
 
-def is_postgres_url(text: str) -> bool:
-    """Whether ``text`` is a ``postgresql://`` (or ``postgres://``) URL."""
-    return text.lower().startswith(_SCHEMES)
+def scheme_of(text: str) -> str | None:
+    """The scheme of ``text`` if it is a URL (``mysql`` for ``mysql://...``), else None."""
+    found = _ANY_URL.match(text)
+    return found.group(1) if found else None
 
 
 def require_postgres_url(text: str, setting: str) -> str:
     """``text`` if it is a PostgreSQL URL, else a `ConfigError` naming ``setting`` (and the
     value with any password hidden)."""
-    if not is_postgres_url(text):
+    if not is_pg_url(text):
         raise ConfigError(
             f"{setting}: {redact(text)!r} is not a PostgreSQL URL "
             "(postgresql://user@host:5432/database)"
@@ -42,7 +43,7 @@ def require_postgres_url(text: str, setting: str) -> str:
 def redact(text: str) -> str:
     """``text`` with every password in it replaced by ``***`` (URL, its query, key=value);
     a URL of another scheme too, as one given by mistake is shown in the error."""
-    if _ANY_URL.match(text):
+    if scheme_of(text) is not None:
         try:
             parts = urlsplit(text)
             netloc = parts.netloc
