@@ -25,6 +25,9 @@ __all__ = ["BATCH_ROWS", "Changes", "Window", "plan", "read_changes"]
 BATCH_ROWS = 20_000
 """Rows per Arrow batch read from the index and written to COPY: a bounded buffer."""
 
+_IN_WINDOW = f"{SEQ_COLUMN} > $after AND {SEQ_COLUMN} <= $upto"
+"""A row (or removal) of the window ``(after, upto]``, with named parameters."""
+
 _JSON_COLUMNS = {c.name for t in RECORD_TABLES for c in t.columns if c.type.startswith("JSON")}
 
 
@@ -49,11 +52,11 @@ def plan(cur: duckdb.DuckDBPyConnection, after: int, upto: int, max_rows: int) -
         [
             *(
                 f"SELECT {SEQ_COLUMN} AS s, count(*) AS n FROM {t.name} "
-                f"WHERE {SEQ_COLUMN} > $after AND {SEQ_COLUMN} <= $upto GROUP BY ALL"
+                f"WHERE {_IN_WINDOW} GROUP BY ALL"
                 for t in SHIPPED_TABLES
             ),
             f"SELECT {SEQ_COLUMN} AS s, count(*) AS n FROM removed_rows "
-            f"WHERE {SEQ_COLUMN} > $after AND {SEQ_COLUMN} <= $upto GROUP BY ALL",
+            f"WHERE {_IN_WINDOW} GROUP BY ALL",
         ]
     )
     sql = f"SELECT s, sum(n)::BIGINT FROM ({counts}) GROUP BY s ORDER BY s"
@@ -91,17 +94,16 @@ def read_changes(
     are read, with no group list and no removals, whose rows (if any came back) carry a later
     number and come in a later window."""
     bounds = {"after": window.after, "upto": window.upto}
-    in_window = f"{SEQ_COLUMN} > $after AND {SEQ_COLUMN} <= $upto"
     for table in SHIPPED_TABLES:
         if not replace:
-            sql = f"SELECT 1 FROM {table.name} WHERE {in_window} LIMIT 1"
+            sql = f"SELECT 1 FROM {table.name} WHERE {_IN_WINDOW} LIMIT 1"
             if cur.execute(sql, bounds).fetchall():
                 yield Changes(table, [], _rows(cur, table, window, []))
             continue
-        sql = f"SELECT DISTINCT {table.group}::VARCHAR FROM {table.name} WHERE {in_window}"
+        sql = f"SELECT DISTINCT {table.group}::VARCHAR FROM {table.name} WHERE {_IN_WINDOW}"
         found = cur.execute(sql, bounds).fetchall()
         removed = cur.execute(
-            f"SELECT group_key FROM removed_rows WHERE table_name = $table AND {in_window}",
+            f"SELECT group_key FROM removed_rows WHERE table_name = $table AND {_IN_WINDOW}",
             {**bounds, "table": table.name},
         ).fetchall()
         if not found and not removed:
