@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import duckdb
 import psycopg
+from conftest import LogEvents
 
 from indexer_service import IndexerService
 from indexer_service.ship.tables import SHIPPED_TABLES
@@ -59,6 +61,15 @@ async def service_rows(svc: IndexerService) -> Rows:
             cur.close()
 
     return await anyio.to_thread.run_sync(read)
+
+
+async def until_logged(
+    events: LogEvents, name: str, cond: Callable[[], bool], timeout: float = 60
+) -> None:
+    """Return once ``cond()`` holds, checked now and after each ``name`` event logged."""
+    with anyio.fail_after(timeout):
+        while not cond():
+            await events.wait_for(name, events.counts[name] + 1)
 
 
 async def shipped_everything(svc: IndexerService, timeout: float = 30) -> None:

@@ -16,7 +16,7 @@ from indexer_service.backoff import Backoff
 from indexer_service.demo.synthetic import LiveWriter
 from indexer_service.ship.sink import Sink
 from indexer_service.stats import SinkStats
-from ship.shipped import service_rows, shipped_everything, team_rows
+from ship.shipped import service_rows, shipped_everything, team_rows, until_logged
 
 pytestmark = pytest.mark.asyncio_only  # the sink's own code is backend-neutral; one is enough
 
@@ -35,12 +35,6 @@ async def _keep_writing(
 def _more_windows(sink: Callable[[], SinkStats], before: int) -> bool:
     """Whether the sink shipped since it had shipped ``before`` windows."""
     return sink()["windows"] > before
-
-
-async def _until(cond: Callable[[], bool]) -> None:
-    with anyio.fail_after(60):
-        while not cond():
-            await anyio.sleep(0.02)
 
 
 async def test_the_server_stopped_then_killed_during_live_writes_converges(
@@ -71,12 +65,16 @@ async def test_the_server_stopped_then_killed_during_live_writes_converges(
             tg.start_soon(_keep_writing, svc, writer, log_events, stop)
             for outage in (own_pg_server.stop, own_pg_server.kill):
                 await anyio.to_thread.run_sync(outage)
-                await _until(lambda: sink()["state"] == "unreachable")
+                await until_logged(
+                    log_events, "sink_failed", lambda: sink()["state"] == "unreachable"
+                )
                 indexed = log_events.counts["batch_indexed"]
                 await log_events.wait_for("batch_indexed", indexed + 2)  # indexing goes on
                 assert sink()["behind_changes"] > 0
                 await anyio.to_thread.run_sync(own_pg_server.start)
-                await _until(partial(_more_windows, sink, sink()["windows"]))
+                # the writer goes on: each batch written is a chance to ship
+                more = partial(_more_windows, sink, sink()["windows"])
+                await until_logged(log_events, "batch_indexed", more)
             stop.set()
         await svc.wait_until_synced()
         await shipped_everything(svc, timeout=60)

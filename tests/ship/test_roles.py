@@ -11,12 +11,12 @@ from pathlib import Path
 import anyio
 import psycopg
 import pytest
-from conftest import TreeFactory
+from conftest import LogEvents, TreeFactory
 from pg_server import PgServer
 
 from indexer_service import IndexerService, Settings
 from indexer_service.cli.main import main
-from ship.shipped import index_rows, shipped_everything, team_rows
+from ship.shipped import index_rows, shipped_everything, team_rows, until_logged
 
 pytestmark = pytest.mark.asyncio_only  # the sink's own code is backend-neutral; one is enough
 
@@ -34,10 +34,8 @@ def _url(server: PgServer, role: str) -> str:
     return f"postgresql://{role}:pw-{role}@127.0.0.1:{server.port}/opencode_team"
 
 
-async def _until_failing(svc: IndexerService) -> str:
-    with anyio.fail_after(30):
-        while svc.stats()["sink"]["state"] != "failing":
-            await anyio.sleep(0.02)
+async def _until_failing(svc: IndexerService, events: LogEvents) -> str:
+    await until_logged(events, "sink_failed", lambda: svc.stats()["sink"]["state"] == "failing")
     return str(svc.stats()["sink"]["error"])
 
 
@@ -47,6 +45,7 @@ async def test_the_documented_roles_ship_and_report(
     make_settings: Callable[..., Settings],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    log_events: LogEvents,
 ) -> None:
     """The sink's role cannot create the schema (its service says so and keeps indexing);
     once the owner's first start did, it ships; it cannot drop or create a table; the
@@ -73,7 +72,7 @@ async def test_the_documented_roles_ship_and_report(
     }
     async with IndexerService(settings["ada"]) as svc:  # before the schema exists
         await svc.wait_until_synced()
-        error = await _until_failing(svc)
+        error = await _until_failing(svc, log_events)
     assert "refused the schema: permission denied for schema public" in error
 
     for machine in machines:

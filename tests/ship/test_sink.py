@@ -6,7 +6,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import anyio
 import psycopg
 import pytest
 from conftest import LogEvents, TreeFactory, eventually
@@ -15,7 +14,13 @@ from pg_server import PASSWORD, PgServer
 from indexer_service import IndexerService, Settings
 from indexer_service.demo.synthetic import LiveWriter
 from indexer_service.ship.tables import SHIPPED_TABLES
-from ship.shipped import index_rows, service_rows, shipped_everything, team_rows
+from ship.shipped import (
+    index_rows,
+    service_rows,
+    shipped_everything,
+    team_rows,
+    until_logged,
+)
 
 SettingsFactory = Callable[..., Settings]
 
@@ -163,9 +168,11 @@ async def test_an_unreachable_server_leaves_local_indexing_going(
     own_pg_server.stop()
     async with IndexerService(make_settings(ship_to=url, machine_id="m")) as svc:
         await svc.wait_until_synced()
-        with anyio.fail_after(20):
-            while svc.stats()["sink"]["state"] != "unreachable":
-                await anyio.sleep(0.02)
+
+        def unreachable() -> bool:
+            return svc.stats()["sink"]["state"] == "unreachable"
+
+        await until_logged(log_events, "sink_failed", unreachable, timeout=20)
         ok, reason = svc.health()
         assert ok and "sink unreachable" in reason and "changes" in reason
         assert PASSWORD not in reason
