@@ -275,13 +275,15 @@ def _database_lines(source: str, db: Mapping[str, Any]) -> list[str]:
 def _sink_lines(sink: Mapping[str, Any]) -> list[str]:
     """The team database: where, as which machine, its state, how far behind, the error."""
     shipped = sink.get("shipped_seq")
+    windows = sink.get("windows", 0)
     done = "not reached yet" if shipped is None else f"change {shipped:,}"
     out = [
         f"sink {sink.get('target')} as machine {sink.get('machine_id') or '(not read yet)'}: "
         f"{str(sink.get('state')).replace('_', ' ')}",
         f"  shipped {done} of {sink.get('committed_seq', 0):,}; behind "
         f"{sink.get('behind_changes', 0):,} changes, {sink.get('behind_seconds', 0):g} s; "
-        f"{sink.get('rows_shipped', 0):,} rows in {sink.get('windows', 0):,} transactions "
+        f"{sink.get('rows_shipped', 0):,} rows in {windows:,} "
+        f"transaction{'s' if windows != 1 else ''} "
         f"this run, last {_ago(_iso(sink.get('last_shipped_at')))}",
     ]
     if sink.get("error"):
