@@ -9,7 +9,11 @@ readers slow each other and the writer more than they add. Four workers keep bot
 busy: one batch is written, one is read, two wait between them (docs/benchmarks.md).
 
 At most ``workers`` batches are in flight (the hand-off stream has no buffer), so memory stays
-flat however far the database falls behind: the producer simply waits. A write that fails for
+flat however far the database falls behind: the producer simply waits. Batches that follow each
+other share one transaction (`store.group.WriteGroup`, for those the loader calls groupable):
+a batch whose rows are in the open group frees its worker and is reported (counted, handed on)
+once the group commits, which is when the group is full or old, or when nothing else is in
+flight. A write that fails for
 a database-level reason is retried by `WriteRetry` (for at most ``write_failure_timeout``
 seconds, if set: then `WriteFailedError` fails the pool); any other error fails the pool.
 """
@@ -26,7 +30,7 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from indexer_service.errors import DatabaseDamagedError, WriteFailedError
 from indexer_service.events import Signal
@@ -35,6 +39,7 @@ from indexer_service.settings import default_workers
 from indexer_service.source import BatchLoader
 from indexer_service.stats import CommitStats, WorkerStats, latency_stats
 from indexer_service.store.database import Database
+from indexer_service.store.group import GROUP_SECONDS, WriteGroup
 from indexer_service.store.write_retry import WriteAbandoned, WriteRetry
 from indexer_service.threads import run_in_thread
 
@@ -47,6 +52,16 @@ _COUNTERS = (
     "batches files_indexed files_errors files_deleted files_skipped files_requeued "
     "files_prefetched follow_ups"
 ).split()
+
+
+class _Open:
+    """The write group open now, and how its batches learn that it ended."""
+
+    def __init__(self, group: WriteGroup) -> None:
+        self.group = group
+        self.ended = False
+        self.error: BaseException | None = None
+        self.wake = anyio.Event()  # the group ended, or it may be time to commit it
 
 
 class WorkerPool:
@@ -83,6 +98,7 @@ class WorkerPool:
         self._ended = Signal()  # a batch or a re-queue ended
         self._following: set[str] = set()  # follow-up keys not yet prepared
         self._ending = False
+        self._open: _Open | None = None  # the write group batches join (`store.group`)
 
     async def run(
         self,
@@ -101,6 +117,21 @@ class WorkerPool:
         """
         self._ending = False
         send, receive = anyio.create_memory_object_stream[tuple[Batch, float]](0)
+        try:
+            await self._run(batches, requeue, send, receive, task_status)
+        finally:  # cancelled with batches in the open group: the next start's scan has them
+            if self._open is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._end_group(anyio.get_cancelled_exc_class()())
+
+    async def _run(
+        self,
+        batches: AsyncIterable[Batch],
+        requeue: Requeue,
+        send: MemoryObjectSendStream[tuple[Batch, float]],
+        receive: MemoryObjectReceiveStream[tuple[Batch, float]],
+        task_status: TaskStatus[None],
+    ) -> None:
         async with anyio.create_task_group() as tg:
             with receive:
                 for _ in range(self.workers):
@@ -123,11 +154,15 @@ class WorkerPool:
             async for batch, taken in receive:
                 await self._run_batch(batch, taken, requeue, tg)
 
-    async def _run_batch(self, batch: Batch, taken: float, requeue: Requeue, tg: TaskGroup) -> None:
-        """Load one batch (counted in ``_busy`` by the caller) and hand on what it asks for."""
+    async def _run_batch(
+        self, batch: Batch, taken: float, requeue: Requeue, tg: TaskGroup, *, alone: bool = False
+    ) -> None:
+        """Load one batch (counted in ``_busy`` by the caller) and hand on what it asks for;
+        a batch left in the open write group is handed on by `_after_group`."""
         keys = batch.keys
+        load = partial(self._load, batch, requeue, tg, alone=alone)
         try:  # a full disk or a failed database: wait, then load the batch again
-            result = await self.retry.run(partial(self._load, batch, requeue, tg), files=len(keys))
+            result, pending = await self.retry.run(load, files=len(keys))
         except WriteAbandoned:  # failed during the shutdown: the next start's scan has it
             self._end_one()
             return
@@ -138,6 +173,41 @@ class WorkerPool:
             self._end_one()
             log.exception("batch_failed", files=len(keys))
             raise
+        if pending is not None:  # this worker goes on: the batch is reported once committed
+            tg.start_soon(self._after_group, pending, result, batch, taken, requeue, tg)
+            return
+        self._done(result, batch, taken, requeue, tg)
+
+    async def _after_group(
+        self,
+        pending: _Open,
+        result: BatchResult,
+        batch: Batch,
+        taken: float,
+        requeue: Requeue,
+        tg: TaskGroup,
+    ) -> None:
+        """Report a batch once its write group committed; if the group failed, load the batch
+        again on its own. A group nobody commits (nothing else came) is committed here."""
+        with anyio.move_on_after(GROUP_SECONDS):
+            await pending.wake.wait()
+        if not pending.ended:
+            async with self._write_limiter:
+                if self._open is pending:
+                    try:
+                        await self._end_group()
+                    except Exception:  # kept in pending.error: handled below
+                        pass
+        if pending.error is not None:
+            log.debug("write_group_failed", files=len(batch.keys), error=repr(pending.error))
+            await self._run_batch(batch, taken, requeue, tg, alone=True)
+            return
+        self._done(result, batch, taken, requeue, tg)
+
+    def _done(
+        self, result: BatchResult, batch: Batch, taken: float, requeue: Requeue, tg: TaskGroup
+    ) -> None:
+        """Count a written batch and hand on what it asks for."""
         self._record(result, (time.perf_counter() - taken) * 1000)
         if result.requeue:
             self._busy += 1
@@ -146,7 +216,10 @@ class WorkerPool:
         if self.on_batch_done is not None:
             self.on_batch_done(result, batch)
 
-    async def _load(self, batch: Batch, requeue: Requeue, tg: TaskGroup) -> BatchResult:
+    async def _load(
+        self, batch: Batch, requeue: Requeue, tg: TaskGroup, *, alone: bool
+    ) -> tuple[BatchResult, _Open | None]:
+        """Prepare and write one batch: (its result, the write group it waits in, if any)."""
         keys = batch.keys
         self._counts["files_prefetched"] += await self.loader.warm(keys)
         prepared = await anyio.to_thread.run_sync(
@@ -166,11 +239,64 @@ class WorkerPool:
                 )
             # cancelled (the shutdown's time is up): the write is interrupted and rolls back;
             # its keys are found again by the next start's scan
-            return await run_in_thread(partial(self.loader.write, prepared), self._db.interrupt)
+            write = partial(self.loader.write, prepared)
+            if not alone and self.loader.groupable(prepared):
+                return await self._write_grouped(write, len(keys))
+            await self._end_group()  # a batch written on its own goes after the group
+            return await run_in_thread(write, self._db.interrupt), None
+
+    async def _write_grouped(
+        self, write: Callable[[], BatchResult], files: int
+    ) -> tuple[BatchResult, _Open | None]:
+        """Write a batch in the open group (opening one), and commit the group if it is full
+        or nothing else is in flight; called holding the write limiter."""
+        if self._open is None:
+            self._open = _Open(await anyio.to_thread.run_sync(WriteGroup, self._db))
+        current = self._open
+        try:
+            result = await run_in_thread(
+                partial(current.group.run, write, files), self._db.interrupt
+            )
+        except Exception as exc:  # DuckDB aborted the transaction: every batch in it goes again
+            await self._end_group(exc)
+            log.debug("write_group_failed", files=files, error=repr(exc))
+            return await run_in_thread(write, self._db.interrupt), None  # on its own this time
+        except BaseException as exc:  # cancelled
+            with anyio.CancelScope(shield=True):
+                await self._end_group(exc)
+            raise
+        if current.group.full() or self._busy <= current.group.batches:
+            await self._end_group()
+            return result, None
+        return result, current
+
+    async def _end_group(self, failed: BaseException | None = None) -> None:
+        """Commit the open group (roll it back if ``failed``) and wake its batches; a failed
+        commit is raised after they were told. Called holding the write limiter."""
+        current, self._open = self._open, None
+        if current is None:
+            return
+        try:
+            if failed is None:
+                started = time.perf_counter()
+                await run_in_thread(current.group.commit, self._db.interrupt)
+                self._note_write(time.perf_counter() - started)
+            else:
+                current.error = failed
+                await anyio.to_thread.run_sync(current.group.rollback)
+        except BaseException as exc:
+            current.error = exc
+            raise
+        finally:
+            current.ended = True
+            current.wake.set()
 
     async def exclusive(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on a thread while no batch is written (a checkpoint)."""
-        await anyio.to_thread.run_sync(fn, limiter=self._write_limiter)
+        """Run ``fn`` on a thread while no batch is written and no write group is open (a
+        checkpoint)."""
+        async with self._write_limiter:
+            await self._end_group()
+            await anyio.to_thread.run_sync(fn)
 
     async def _requeue(self, requeue: Requeue, paths: list[str]) -> None:
         try:
@@ -183,6 +309,8 @@ class WorkerPool:
     def _end_one(self) -> None:
         self._busy -= 1
         self._ended.set()
+        if self._open is not None and self._busy <= self._open.group.batches:
+            self._open.wake.set()  # nothing else in flight: its batches commit it
 
     async def work_ended(self) -> None:
         """Wait until a batch or a re-queue in flight ends (written, failed, or handed back
@@ -201,10 +329,7 @@ class WorkerPool:
         self._seconds["parse"] += r.parse_seconds
         self._seconds["write"] += r.write_seconds
         self._latency_ms.append(ms)
-        write_ms = r.write_seconds * 1000
-        self._write_ms.append(write_ms)
-        self._write_max_ms = max(self._write_max_ms, write_ms)
-        self._slow_writes += write_ms > 1000
+        self._note_write(r.write_seconds)
         log.debug(
             "batch_indexed",
             files=r.files,
@@ -218,6 +343,13 @@ class WorkerPool:
             write_ms=round(r.write_seconds * 1000, 1),
             ms=round(ms, 1),
         )
+
+    def _note_write(self, seconds: float) -> None:
+        """Count one time the writer held the database: a batch's write, or a group's commit."""
+        write_ms = seconds * 1000
+        self._write_ms.append(write_ms)
+        self._write_max_ms = max(self._write_max_ms, write_ms)
+        self._slow_writes += write_ms > 1000
 
     def get_stats(self) -> WorkerStats:
         """Counters since start, busy workers, and the latency and commit time of the last

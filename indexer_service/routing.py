@@ -44,6 +44,9 @@ class SourceRouter:
     def follow_up(self, prepared: Prepared) -> list[str]:
         return [key for source, p in prepared for key in source.follow_up(p)]
 
+    def groupable(self, prepared: Prepared) -> bool:
+        return all(source.groupable(p) for source, p in prepared)
+
     def write(self, prepared: Prepared) -> BatchResult:
         first, *rest = [source.write(p) for source, p in prepared]
         return sum(rest, first)

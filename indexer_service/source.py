@@ -42,6 +42,12 @@ class BatchLoader(Protocol[P]):
         """Write the rows, deletions and progress of one prepared batch in one transaction."""
         ...
 
+    def groupable(self, prepared: P) -> bool:
+        """Whether the batch may be written in a transaction it shares with the batches
+        written before and after it (`store.group.WriteGroup`): only if its write keeps no
+        state beyond the database that a rollback after it returned would leave wrong."""
+        ...
+
 
 class Source(BatchLoader[P], Protocol):
     """One store of OpenCode records: change notifications, reconciliation, loading."""

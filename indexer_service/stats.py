@@ -92,9 +92,10 @@ def latency_stats(ms: Iterable[float]) -> LatencyStats:
 
 
 class CommitStats(TypedDict, total=False):
-    """Milliseconds each batch's write transaction took (a commit that checkpoints includes
-    the checkpoint): p50 and p99 over the last 1,024 batches, the longest since start, and
-    how many took over a second (empty before the first)."""
+    """Milliseconds the writer held the database for each batch's write and each write
+    group's commit (a commit that checkpoints includes the checkpoint): p50 and p99 over the
+    last 1,024, the longest since start, and how many took over a second (empty before the
+    first)."""
 
     p50: float
     p99: float

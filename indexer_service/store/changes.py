@@ -79,11 +79,17 @@ class ChangeSequence:
         self._open: set[int] = set()
         self._clock = clock
         self._times: deque[tuple[int, float]] = deque(maxlen=_TIMES_KEPT)
+        self._held = threading.local()  # the number `joined` hands out on this thread
 
     @contextmanager
     def claim(self) -> Iterator[int]:
         """A new number for one transaction; the block must hold the whole transaction, so
-        the number counts as ended only once it committed or rolled back."""
+        the number counts as ended only once it committed or rolled back. Inside `joined`,
+        the number of the transaction joined."""
+        held: int | None = getattr(self._held, "seq", None)
+        if held is not None:
+            yield held
+            return
         with self._lock:
             seq = self._next
             if self._reserve is not None and seq > self._reserved:
@@ -97,6 +103,16 @@ class ChangeSequence:
             with self._lock:
                 self._open.discard(seq)
                 self._times.append((seq, self._clock()))
+
+    @contextmanager
+    def joined(self, seq: int) -> Iterator[None]:
+        """Make `claim` on this thread hand out ``seq``, the number of a transaction that
+        several writes share (`store.group.WriteGroup`)."""
+        self._held.seq = seq
+        try:
+            yield
+        finally:
+            self._held.seq = None
 
     def committed(self) -> int:
         """The highest number below which every transaction has ended: rows stamped up to it

@@ -89,22 +89,32 @@ class ThreadCursors:
         self._local = threading.local()
         self._all: list[_Counted] = []
         self._lock = threading.Lock()
+        self._shared: duckdb.DuckDBPyConnection | None = None
 
     def get(self) -> duckdb.DuckDBPyConnection:
         """The calling thread's cursor, created on first use; `CursorsClosed` once closed."""
         cur: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
         if cur is None:
-            with self._lock:
-                if self._con is None:
-                    raise CursorsClosed
-                raw = self._con.cursor()
-                if self._init is not None:
-                    raw.execute(self._init)
-                counted = _Counted(raw, _Calls())
-                self._all.append(counted)
-            cur = cast(duckdb.DuckDBPyConnection, counted)  # it behaves as the cursor it wraps
-            self._local.cursor = cur
+            cur = self._local.cursor = self._new()
         return cur
+
+    def shared(self) -> duckdb.DuckDBPyConnection:
+        """The cursor of no thread's, created on first use: threads take turns with it (one
+        transaction continued by several); `CursorsClosed` once closed."""
+        if self._shared is None:
+            self._shared = self._new()
+        return self._shared
+
+    def _new(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            if self._con is None:
+                raise CursorsClosed
+            raw = self._con.cursor()
+            if self._init is not None:
+                raw.execute(self._init)
+            counted = _Counted(raw, _Calls())
+            self._all.append(counted)
+        return cast(duckdb.DuckDBPyConnection, counted)  # it behaves as the cursor it wraps
 
     def interrupt(self) -> None:
         """Interrupt the statement each cursor runs now (it fails with DuckDB's interrupt

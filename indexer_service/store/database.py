@@ -207,9 +207,36 @@ class Database:
             cur.execute(_USE)
         return cur
 
+    def shared_cursor(self) -> duckdb.DuckDBPyConnection:
+        """The cursor of no thread's, for a transaction that several threads continue in turn
+        (`store.group.WriteGroup`); interrupted and closed with the database."""
+        cursors = self._cursors
+        try:
+            if cursors is None:
+                raise CursorsClosed
+            return cursors.shared()
+        except CursorsClosed:
+            raise DatabaseError(self.path, "database is not open") from None
+
+    @contextmanager
+    def joined(self, cur: duckdb.DuckDBPyConnection, seq: int) -> Iterator[None]:
+        """Make `transaction()` and ``changes.claim()`` on this thread join the transaction
+        open on ``cur``, numbered ``seq``, instead of starting their own."""
+        self._local.joined = cur
+        try:
+            with self.changes.joined(seq):
+                yield
+        finally:
+            self._local.joined = None
+
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """Run a block in one transaction on this thread's cursor; nested blocks join the outer one."""
+        """Run a block in one transaction on this thread's cursor; nested blocks join the outer
+        one, and every block joins the transaction of `joined`."""
+        joined: duckdb.DuckDBPyConnection | None = getattr(self._local, "joined", None)
+        if joined is not None:
+            yield joined
+            return
         cur = self.cursor()
         depth: int = getattr(self._local, "depth", 0)
         self._local.depth = depth + 1

@@ -18,10 +18,12 @@ from indexer_service.http.client import ServiceClient, find_service
 
 _WITH_WINDOW = (
     "import sys, indexer_service.ship.sink as sink; sink.WINDOW_ROWS = int(sys.argv.pop(1)); "
+    "import indexer_service.store.group as group; group.GROUP_FILES = 1; "
     "from indexer_service.cli.main import main; raise SystemExit(main(sys.argv[1:]))"
 )
-"""The command line with the sink's windows made smaller: a small tree then takes as many
-windows to ship as a large index does with the real size."""
+"""The command line with the sink's windows made smaller, and a transaction a batch (no write
+groups): a small tree then takes as many windows to ship as a large index does with the real
+sizes."""
 
 
 class ServiceProcess:

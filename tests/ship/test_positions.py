@@ -12,6 +12,7 @@ from conftest import LogEvents, TreeFactory
 from indexer_service import IndexerService, Settings
 from indexer_service.demo.synthetic import LiveWriter
 from indexer_service.ship import sink as sink_module
+from indexer_service.store import group as group_module
 from ship.shipped import index_rows, shipped_everything, team_rows
 
 SettingsFactory = Callable[..., Settings]
@@ -57,6 +58,7 @@ async def test_a_first_shipment_in_small_windows_of_a_changed_index_is_exact(
     records: every row once (no window refused for a duplicate), none missing."""
     tree = storage_tree(sessions=4)
     small = {"max_files": 10, "max_batch_files": 10}  # many transactions, so many windows
+    monkeypatch.setattr(group_module, "GROUP_FILES", 1)  # a transaction a batch
     async with IndexerService(make_settings(**small)) as svc:
         await svc.wait_until_synced()
         todos = sorted(tree.root.glob("todo/*.json"))

@@ -1,12 +1,11 @@
 """Loader: a batch of storage paths -> record rows and `file_index` entries in one transaction.
 
-`Loader.prepare` (a reader thread) stats and reads each file, then extracts typed rows for the
-whole batch (`extract.Extractor`). `Loader.write` (the writer thread) upserts the rows, applies
-deletions and updates `file_index` in one transaction, so after a crash a batch's rows and its
-`file_index` entries are both there or both absent. A batch first tries a plain ``INSERT`` and
-deletes its keys first only after one hit an existing row (half the cost for new files).
-`Loader.warm` asks the kernel to read a cold bulk batch ahead before it is read. The figures
-behind these choices are in docs/benchmarks.md.
+`prepare` (a reader thread) stats and reads each file, then extracts the batch's typed rows
+(`extract.Extractor`); `write` (the writer thread) upserts them, applies deletions and updates
+`file_index` in one transaction (a write group's, `store.group`), so after a crash both are
+there or neither. A plain ``INSERT`` is tried first; keys are deleted first only after one hit
+an existing row (half the cost for new files). `warm` reads a cold bulk batch ahead. Figures
+behind these choices: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,7 +48,6 @@ __all__ = ["PREFETCH_MIN_FILES", "Loader", "Prepared"]
 log = structlog.get_logger(__name__)
 
 _CONFLICT_RETRIES = 3
-
 
 PREFETCH_MIN_FILES = 256
 """Smallest batch that is checked for files missing from the page cache (bulk loads)."""
@@ -130,9 +129,8 @@ class Loader:
             return self._extractor
 
     async def warm(self, paths: Sequence[str]) -> int:
-        """Ask the kernel to read a bulk batch ahead when its sampled files are not in the page
-        cache (a first start after a boot: one reader would wait for the disk once per file);
-        return how many files were handed to it (0 for a small or cached batch)."""
+        """Ask the kernel to read a bulk batch ahead if its files are not in the page cache (one
+        reader would wait for the disk per file); how many it was handed (0: small or cached)."""
         if len(paths) < PREFETCH_MIN_FILES:
             return 0
         return await read_ahead(self.root, paths)
@@ -245,6 +243,10 @@ class Loader:
         """The paths past the batch's byte budget, read while this batch is written."""
         return prepared.rest
 
+    def groupable(self, prepared: Prepared) -> bool:
+        """Always: a write changes nothing but the database (`store.group`)."""
+        return True
+
     # -- write -------------------------------------------------------------------------------
 
     def write(self, prepared: Prepared) -> BatchResult:
@@ -263,9 +265,7 @@ class Loader:
                 self._writes.written(p.ticket, _paths(p))
         for bad in p.failed:
             log.info("file_error", path=bad.path, file_type=bad.file_type, message=bad.message)
-        by_type: dict[str, int] = {}
-        for f in p.indexed:
-            by_type[f.file_type] = by_type.get(f.file_type, 0) + 1
+        by_type = dict(Counter(f.file_type for f in p.indexed))
         return BatchResult(
             indexed=len(p.indexed),
             errors=len(p.failed),

@@ -118,6 +118,9 @@ class JsonTreeSource:
     def write(self, prepared: Prepared) -> BatchResult:
         return self.loader.write(prepared)
 
+    def groupable(self, prepared: Prepared) -> bool:
+        return self.loader.groupable(prepared)
+
     # -- state ----------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, dict[str, int]]:

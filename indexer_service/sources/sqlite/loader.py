@@ -319,6 +319,11 @@ class DbLoader:
 
     # -- write ------------------------------------------------------------------------------
 
+    def groupable(self, prepared: DbPrepared) -> bool:
+        """Never: a failed write moves the poll cursors back (`_give_back`), which a group
+        rolled back after this write returned would not do."""
+        return False
+
     def write(self, p: DbPrepared) -> BatchResult:
         """Write one prepared batch in one transaction. A poll read while an earlier poll's
         write failed is dropped and polled again: its cursors would skip the failed rows."""

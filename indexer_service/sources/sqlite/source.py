@@ -235,6 +235,9 @@ class SqliteSource:
     def write(self, prepared: DbPrepared) -> BatchResult:
         return self.loader.write(prepared)
 
+    def groupable(self, prepared: DbPrepared) -> bool:
+        return self.loader.groupable(prepared)
+
     # -- state ----------------------------------------------------------------------------------
 
     def _unreadable(self, reason: str) -> None:

@@ -1,0 +1,194 @@
+"""Write groups: batches that follow each other share one transaction (`store.group`), real
+files and a real DuckDB file. Every batch is still written exactly once as far as anyone can
+see: reported once its group committed, written again on its own if its group failed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import orjson
+import pytest
+from conftest import LogEvents
+
+from indexer_service import pool as pool_module
+from indexer_service.model import Batch, BatchResult
+from indexer_service.pool import WorkerPool
+from indexer_service.sources.json_tree.file_index import FileTracker
+from indexer_service.sources.json_tree.loader import Loader
+from indexer_service.store import group as group_module
+from indexer_service.store.database import Database
+
+MSG = "msg_22434f2b50016D30FVyj3AyQOa"
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Path:
+    root = tmp_path / "storage"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def loader(db: Database, storage: Path) -> Iterator[Loader]:
+    loader = Loader(db, FileTracker(db), storage)
+    yield loader
+    loader.close()
+
+
+@pytest.fixture(autouse=True)
+def no_age_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No group is committed for its age: what commits it is what the tests look at (a test
+    that relied on the age would hang, and fail at its deadline)."""
+    monkeypatch.setattr(group_module, "GROUP_SECONDS", 3600.0)
+    monkeypatch.setattr(pool_module, "GROUP_SECONDS", 3600.0)
+
+
+def put_part(root: Path, n: int, text: str = "") -> str:
+    path = root / "part" / MSG / f"prt_{n:04d}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"id": f"prt_{n:04d}", "messageID": MSG, "type": "text", "text": text or f"part {n}"}
+    path.write_bytes(orjson.dumps(doc))
+    return str(path)
+
+
+def rows(db: Database, sql: str) -> list[tuple[Any, ...]]:
+    return db.cursor().execute(sql).fetchall()
+
+
+async def batches(paths: Sequence[str], size: int) -> AsyncIterator[Batch]:
+    for i in range(0, len(paths), size):
+        yield Batch(tuple(paths[i : i + size]), "size", 0.0)
+
+
+async def nothing_to_requeue(more: list[str]) -> None:
+    raise AssertionError(f"nothing to requeue, got {more}")
+
+
+async def test_batches_that_follow_each_other_share_a_transaction(
+    db: Database, storage: Path, loader: Loader
+) -> None:
+    """A bulk load commits far fewer transactions than it writes batches, and every batch is
+    reported once, with its rows there when it is."""
+    paths = [put_part(storage, n) for n in range(240)]
+    seen: list[int] = []
+
+    def on_batch_done(result: BatchResult, batch: Batch) -> None:
+        seen.append(result.indexed)
+        wanted = [f"prt_{Path(p).stem[4:]}" for p in batch.keys]
+        found = rows(db, f"SELECT count(*) FROM parts WHERE id IN {tuple(wanted)}")
+        assert found == [(len(wanted),)]
+
+    pool = WorkerPool(loader, db, workers=4, on_batch_done=on_batch_done)
+    await pool.run(batches(paths, 20), nothing_to_requeue)
+    assert seen == [20] * 12
+    assert pool.get_stats()["files_indexed"] == 240
+    (transactions,) = rows(db, "SELECT count(DISTINCT change_seq) FROM parts")[0]
+    assert 1 <= transactions < 12
+    assert rows(db, "SELECT count(*) FROM file_index WHERE status = 'indexed'") == [(240,)]
+
+
+async def test_a_batch_alone_in_the_pipeline_is_committed_at_once(
+    db: Database, storage: Path, loader: Loader
+) -> None:
+    """A live write with nothing else in flight does not wait for company: it is committed as
+    soon as it is written."""
+    path = put_part(storage, 1, "typed just now")
+    reported = anyio.Event()
+    pool = WorkerPool(loader, db, workers=4, on_batch_done=lambda r, b: reported.set())
+    send, receive = anyio.create_memory_object_stream[Batch](1)
+    with receive:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.run, receive, nothing_to_requeue)
+            async with send:  # the input stays open: more could come, nothing does
+                await send.send(Batch((path,), "timer", 0.0))
+                with anyio.fail_after(60):
+                    await reported.wait()
+                assert rows(db, "SELECT raw->>'text' FROM parts") == [("typed just now",)]
+
+
+async def test_a_batch_that_fails_in_a_group_sends_the_whole_group_again(
+    db: Database, storage: Path, loader: Loader, log_events: LogEvents
+) -> None:
+    """A rewritten file meets its old row (the plain insert fails and DuckDB aborts the
+    transaction): the group is rolled back, and every batch in it is written again on its
+    own, so the new files and the rewritten ones all end up there, each counted once."""
+    old = [put_part(storage, n, "before") for n in range(20)]
+    await WorkerPool(loader, db, workers=1).run(batches(old, 20), nothing_to_requeue)
+    new = [put_part(storage, n) for n in range(100, 160)]
+    rewritten = [put_part(storage, n, "after") for n in range(20)]
+    done: list[int] = []
+    pool = WorkerPool(loader, db, workers=4, on_batch_done=lambda r, b: done.append(r.indexed))
+    await pool.run(batches(new + rewritten, 20), nothing_to_requeue)
+    assert log_events.counts["write_group_failed"] >= 2  # the failed batch and another
+    assert sorted(done) == [20] * 4
+    assert pool.get_stats()["files_indexed"] == 80
+    assert rows(db, "SELECT raw->>'text', count(*) FROM parts GROUP BY 1 ORDER BY 1") == [
+        ("after", 20),
+        *[(f"part {n}", 1) for n in range(100, 160)],
+    ]
+    assert rows(db, "SELECT count(*) FROM file_index WHERE status = 'indexed'") == [(80,)]
+
+
+async def test_a_pool_cancelled_with_a_group_open_keeps_none_of_it(
+    db: Database, storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while a written batch waits in the open group for the next one: nothing of the
+    group is kept (the next start's scan finds its files), and the next run writes it."""
+    first = [put_part(storage, n) for n in range(10)]
+    second = [put_part(storage, n) for n in range(10, 20)]
+    reading_second, release, prepare = anyio.Event(), threading.Event(), loader.prepare
+    token = anyio.lowlevel.current_token()
+
+    def stalling_prepare(keys: Sequence[str]) -> Any:
+        if keys[0] == second[0]:
+            anyio.from_thread.run_sync(reading_second.set, token=token)
+            release.wait()
+        return prepare(keys)
+
+    monkeypatch.setattr(loader, "prepare", stalling_prepare)
+    pool = WorkerPool(loader, db, workers=2)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.run, batches(first + second, 10), nothing_to_requeue)
+        await reading_second.wait()
+        await anyio.wait_all_tasks_blocked()
+        assert pool.get_stats()["busy"] == 2  # the first batch waits in the group
+        tg.cancel_scope.cancel()
+        release.set()  # the read in its thread ends; the cancelled worker writes nothing
+    assert rows(db, "SELECT count(*) FROM parts") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM file_index") == [(0,)]
+    monkeypatch.setattr(loader, "prepare", prepare)
+    await WorkerPool(loader, db, workers=2).run(batches(first + second, 10), nothing_to_requeue)
+    assert rows(db, "SELECT count(*) FROM parts") == [(20,)]
+
+
+async def test_a_checkpoint_commits_the_open_group_first(
+    db: Database, storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exclusive` (the service's checkpoint) never runs beside an open group: it commits the
+    group, so the checkpoint writes its rows too."""
+    first = [put_part(storage, n) for n in range(10)]
+    second = [put_part(storage, n) for n in range(10, 20)]
+    reading_second, may_read, prepare = anyio.Event(), threading.Event(), loader.prepare
+    token = anyio.lowlevel.current_token()
+
+    def stalling_prepare(keys: Sequence[str]) -> Any:
+        if keys[0] == second[0]:
+            anyio.from_thread.run_sync(reading_second.set, token=token)
+            may_read.wait()
+        return prepare(keys)
+
+    monkeypatch.setattr(loader, "prepare", stalling_prepare)
+    pool = WorkerPool(loader, db, workers=2)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.run, batches(first + second, 10), nothing_to_requeue)
+        await reading_second.wait()
+        await anyio.wait_all_tasks_blocked()
+        await pool.exclusive(lambda: db.checkpoint(force=False))
+        assert rows(db, "SELECT count(*) FROM parts") == [(10,)]
+        may_read.set()
+    assert rows(db, "SELECT count(*) FROM parts") == [(20,)]
