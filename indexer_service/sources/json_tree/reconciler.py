@@ -4,7 +4,8 @@ Each scan lists the tree (`lister.TreeLister`: scandir + stat, ~3x faster here t
 ``glob``/``read_blob``) into Arrow and compares it with ``file_index`` in one DuckDB join, in a
 worker thread. New files (no row), modified ones (size or mtime: `file_index.same_version_sql`),
 retried ones (an ``error`` row of the same version whose ``retry_after`` passed) and rows of any
-other status go to ``on_missing_files`` and are `scan_now`'s result, all of them, in chunks. Rows whose file is
+other status go to ``on_missing_files`` and are `scan_now`'s result, all of them, in chunks,
+sorted by path (a bulk batch holds one record type and neighbouring records). Rows whose file is
 gone go to ``on_deleted_files``, only from directories listed completely in that scan (a failed
 listing infers nothing) and once a ``stat`` confirms ENOENT. A storage root that is missing, cannot
 be listed, or holds none of the record folders while the index has rows under it (the empty mount
@@ -76,13 +77,13 @@ _KIND = f"""CASE WHEN f.file_path IS NULL THEN 'new'
 # partial pass: the files stat'ed; full pass: also every row under the root (one join for both)
 _MISSING_SQL = f"""SELECT file_path, kind FROM (
   SELECT s.file_path, {_KIND} AS kind FROM {_SEEN} LEFT JOIN file_index f USING (file_path)
-) WHERE kind IS NOT NULL"""
+) WHERE kind IS NOT NULL ORDER BY file_path"""
 _FULL_SQL = f"""SELECT file_path, kind FROM (
   SELECT coalesce(s.file_path, f.file_path) AS file_path,
          CASE WHEN s.file_path IS NULL THEN 'deleted' ELSE {_KIND} END AS kind
   FROM {_SEEN} FULL OUTER JOIN
        (SELECT * FROM file_index WHERE starts_with(file_path, $prefix)) f USING (file_path)
-) WHERE kind IS NOT NULL"""
+) WHERE kind IS NOT NULL ORDER BY file_path"""
 _DELETED_PARTIAL_SQL = """
 SELECT g.file_path FROM (SELECT $prefix || rel AS file_path FROM _reconcile_gone) g
 SEMI JOIN file_index f ON f.file_path = g.file_path
@@ -108,6 +109,7 @@ class _Result:
     deleted: PathList = field(default_factory=PathList)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SCAN_KINDS, 0))
     unconfirmed: int = 0
+    files: int = 0  # listed (the listing's rows are dropped once compared)
     cpu_s: float = 0.0
     unavailable: str | None = None
     """Why the root is unavailable (nothing is reported)."""
@@ -292,6 +294,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
                     cur.unregister("_reconcile_gone")
         finally:
             cur.unregister("_reconcile_seen")
+        res.files, listing.batches = seen.num_rows, []  # not held while the results go out
         del seen
         if listing.full:  # hand the Arrow buffers of a big listing back to the OS
             pa.default_memory_pool().release_unused()
@@ -348,7 +351,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
                 kind=kind,
                 action="not opened, not indexed; counted in status until it goes",
             )
-        files = sum(b.num_rows for b in listing.batches)
+        files = res.files
         stats.update(files_listed=files, dirs_checked=listing.dirs_checked, errors=errors)
         stats.update(dirs_listed=listing.dirs_listed, last=dict(res.counts))
         stats["errors_total"] += errors
