@@ -28,7 +28,7 @@ from indexer_service.errors import ConfigError, DatabaseError, IndexerError, sin
 from indexer_service.events import Signal
 from indexer_service.http import load_server
 from indexer_service.http.metrics import Metrics
-from indexer_service.model import Batch, BatchResult, ScanReport
+from indexer_service.model import Batch, BatchResult
 from indexer_service.pool import WorkerPool
 from indexer_service.read.query import Params, QueryResult, ReadOnlyQueries
 from indexer_service.routing import SourceRouter
@@ -79,6 +79,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             clock=clock,
         )
         self.stores = discover(settings)
+        self.metrics = Metrics()
         # The databases first: where both stores hold a record, the database's row wins, and
         # the legacy tree's backfill then skips what the databases' backfill wrote.
         self._databases = [
@@ -89,7 +90,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 interval_seconds=settings.reconcile_interval,
                 poll_rows=settings.db_poll_rows,
                 max_record_bytes=settings.max_file_bytes,
-                on_scan_done=self._scan_done,
+                on_scan_done=self.metrics.reconcile_done,
             )
             for path in self.stores.databases
         ]
@@ -101,7 +102,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 tree,
                 self._db,
                 self._acc.add_many,
-                on_scan_done=self._scan_done,
+                on_scan_done=self.metrics.reconcile_done,
                 defer_to_databases=bool(self.stores.databases),
             )
             self._sources.append(self._json)
@@ -119,7 +120,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         self._state: ServiceState = "stopped"
         self._counts: dict[str, dict[str, int]] = {}
         self._backfill = BackfillStats(total=0, done=0, finished=False)
-        self.metrics = Metrics()
+        self._backfilled = anyio.Event()  # the backfill is written
         self._queries = ReadOnlyQueries(
             self._db, max_rows=settings.query_max_rows, timeout_s=settings.query_timeout_s
         )
@@ -225,6 +226,15 @@ class IndexerService(anyio.AsyncContextManagerMixin):
                 await tg.start(source.watch)
         tg.start_soon(self._initial_scan)
         if self._periodic:
+            tg.start_soon(self._reconcile_after_backfill)
+
+    async def _reconcile_after_backfill(self) -> None:
+        """The periodic passes, once the backfill is written (a pass before would queue its files
+        again), or 5 min after its last key was queued if live writes never let it idle."""
+        await self._initial_done.wait()
+        with anyio.move_on_after(300):
+            await self._backfilled.wait()
+        async with anyio.create_task_group() as tg:
             for source in self._sources:
                 await tg.start(source.reconcile)
 
@@ -247,6 +257,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         while not self._idle():  # not `drain`: batches come when the accumulator says so
             await self._pool.work_ended()
         self._backfill["finished"] = True
+        self._backfilled.set()
         started = time.perf_counter()
         try:
             await self._pool.exclusive(partial(self._db.checkpoint, force=False))
@@ -273,16 +284,6 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         finally:
             done.set()
 
-    def _scan_done(self, report: ScanReport) -> None:
-        counts = report.counts
-        self.metrics.reconcile_done(
-            report.duration_s,
-            new=counts.get("new", 0),
-            modified=counts.get("modified", 0),
-            retried=counts.get("retried", 0),
-            deleted=counts.get("deleted", 0),
-        )
-
     def _batch_done(self, result: BatchResult, batch: Batch) -> None:
         self.metrics.batch_done(
             indexed_by_type=result.by_type,
@@ -297,8 +298,7 @@ class IndexerService(anyio.AsyncContextManagerMixin):
         self._progress.set()
 
     async def _refresh_counts_loop(self) -> None:
-        """Keep `stats()["files"]` fresh without a query on the event loop: at most once a second
-        after batches were written."""
+        """Keep `stats()["files"]` fresh off the event loop: at most once a second of writes."""
         while True:
             try:
                 await self.file_counts()

@@ -416,3 +416,20 @@ def _root(svc: IndexerService) -> Path:
     """The legacy tree the service follows."""
     assert svc.settings.storage_path is not None
     return svc.settings.storage_path
+
+
+async def test_periodic_passes_during_a_backfill_read_no_file_twice(
+    storage_tree: TreeFactory, make_settings: SettingsFactory, log_events: LogEvents
+) -> None:
+    """Passes every 10 ms from the start: none runs before the backfill is written, so none
+    finds its files in flight and queues them again. Every file is read once, and the passes
+    do run once it is."""
+    tree = storage_tree(sessions=3)
+    settings = make_settings(reconcile_interval=0.01, max_files=20, max_batch_files=20)
+    async with IndexerService(settings) as svc:
+        await svc.wait_until_synced()
+        scans = log_events.counts["reconcile_done"]
+        await log_events.wait_for("reconcile_done", scans + 1)  # a periodic pass, after it
+        workers = svc.stats()["workers"]
+    assert workers["files_indexed"] == len(indexable_files(tree.root))
+    assert workers["files_requeued"] == 0

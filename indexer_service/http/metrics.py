@@ -20,6 +20,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from indexer_service.model import ScanReport
+
 __all__ = ["CONTENT_TYPE", "Buckets", "Metrics", "histogram_quantile"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -158,21 +160,12 @@ class Metrics:
             if sample.name.endswith("_bucket")
         ]
 
-    def reconcile_done(
-        self,
-        duration_s: float,
-        *,
-        new: int = 0,
-        modified: int = 0,
-        retried: int = 0,
-        deleted: int = 0,
-    ) -> None:
+    def reconcile_done(self, report: ScanReport) -> None:
         """Record one reconciliation scan and what it found out of sync."""
         self.reconciles.inc()
-        self.reconcile_seconds.observe(duration_s)
-        found = {"new": new, "modified": modified, "retried": retried, "deleted": deleted}
-        for kind, n in found.items():
-            if n:
+        self.reconcile_seconds.observe(report.duration_s)
+        for kind in ("new", "modified", "retried", "deleted"):
+            if n := report.counts.get(kind, 0):
                 self.reconcile_findings.labels(kind=kind).inc(n)
 
     def query_done(self, outcome: str, seconds: float) -> None:

@@ -29,6 +29,7 @@ from indexer_service.http.client import ServiceClient, find_service
 from indexer_service.http.discovery import ServiceInfo, discovery_path, token_path
 from indexer_service.http.metrics import Metrics
 from indexer_service.http.server import is_loopback, serve_api
+from indexer_service.model import ScanReport
 from indexer_service.read.query import Params, QueryResult, ReadOnlyQueries
 from indexer_service.sources.json_tree.file_index import FailedFile, FileTracker, IndexedFile
 from indexer_service.store.database import Database
@@ -175,7 +176,7 @@ async def test_metrics_parse_as_prometheus_text(svc: FakeService, db_path: Path)
     svc.metrics.batch_done(
         indexed_by_type={"part": 40, "message": 5}, errors=2, seconds=0.03, latencies_s=[0.25, 0.4]
     )
-    svc.metrics.reconcile_done(0.8, new=3, deleted=1)
+    svc.metrics.reconcile_done(ScanReport(False, 0.8, {"new": 3, "deleted": 1}))
     async with running_api(svc, db_path) as api, api.http.get("/metrics", headers=api.auth) as r:
         assert r.status == 200
         assert r.headers["Content-Type"].startswith("text/plain")
