@@ -4,7 +4,7 @@
                                        [--burst 20000] [--sustained 100000]
                                        [--backfill 100000] [--only NAME]
 
-Four measurements, each on a fresh tree and database:
+Five measurements, each on a fresh database (and tree, but for scale):
 
 * latency: on top of a history of ``--history`` files already indexed (a user's database is
   not empty, and what a write costs may grow with it), a writer process creates sessions,
@@ -18,12 +18,16 @@ Four measurements, each on a fresh tree and database:
   renders a ``--sustained``-file tree in memory first, then writes it file by file (new
   directories, plain ``open``/``write``/``close``) as fast as it can: the service's sustained
   indexing rate, files / (last indexed - first written), and the CPU each side used;
-* backfill: an existing tree of ``--backfill`` files indexed through the same service path.
+* backfill: an existing tree of ``--backfill`` files indexed through the same service path;
+* scale (only with ``--only scale``): the existing tree ``--tree`` (the 1M-file one by default)
+  backfilled, its commit times and peak RSS, then the latency run above in the same process
+  (``INDEXER_MEMORY_LIMIT_MB`` sets the memory limit).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import resource
@@ -243,6 +247,75 @@ async def backfill(base: Path, files: int) -> dict[str, Any]:
     return {"files": n, "seconds": round(elapsed, 2), "files_per_s": round(done / elapsed)}
 
 
+def _hwm_mb() -> float:
+    """This process's peak resident set size so far (``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _remove_written(out: Path) -> None:
+    """Remove the files a writer listed in ``out`` (the scale run's tree stays as it was)."""
+    if out.exists():
+        for line in out.read_text().splitlines():
+            Path(line.split("\t", 1)[1]).unlink(missing_ok=True)
+
+
+async def scale(base: Path, tree: Path, rate: float, seconds: float) -> dict[str, Any]:
+    """An existing tree (e.g. the 1M-file one `bench_loader` caches) backfilled into a new
+    index, then, in the same process, new sessions written into it at ``rate`` files/s: the
+    backfill's rate and commit times, the live latency and commit times, and the peak RSS.
+    The files the writer made are removed at the end (the tree stays as it was)."""
+    db = base / "scale" / "index.duckdb"
+    shutil.rmtree(db.parent, ignore_errors=True)
+    db.parent.mkdir(parents=True)
+    out = base / "scale" / "writes.tsv"
+    settings = Settings(storage_path=tree, db_path=db, http_port=0)
+    if limit := os.environ.get("INDEXER_MEMORY_LIMIT_MB"):
+        settings = dataclasses.replace(settings, memory_limit_mb=int(limit))
+    start = time.perf_counter()
+    try:
+        async with IndexerService(settings) as svc:
+            await svc.wait_until_synced()
+            backfill_s = time.perf_counter() - start
+            stats = svc.stats()
+            backfill = {
+                "files": stats["workers"]["files_indexed"],
+                "seconds": round(backfill_s, 1),
+                "files_per_s": round(stats["workers"]["files_indexed"] / backfill_s),
+                "commit_ms": dict(stats["workers"]["write_ms"]),
+                "peak_rss_mb": round(_hwm_mb()),
+            }
+            await anyio.to_thread.run_sync(os.sync)
+            proc = _spawn_writer(tree, rate, seconds, 0, out)
+            await anyio.to_thread.run_sync(proc.join)
+            await svc.wait_until_synced()
+            live_commits = dict(svc.stats()["workers"]["write_ms"])
+        writes = {}
+        for line in out.read_text().splitlines():
+            t, p = line.split("\t", 1)
+            writes[p] = float(t)
+        indexed = _indexed_at(db)
+    finally:
+        await anyio.to_thread.run_sync(_remove_written, out)
+    lat = [max(0.0, indexed[p] - t) * 1000 for p, t in writes.items() if p in indexed]
+    return {
+        "backfill": backfill,
+        "live": {
+            "files": len(writes),
+            "p50_ms": round(_pct(lat, 50), 1),
+            "p95_ms": round(_pct(lat, 95), 1),
+            "p99_ms": round(_pct(lat, 99), 1),
+            "max_ms": round(max(lat), 1),
+            "missing": len(set(writes) - set(indexed)),
+            "commit_ms_since_start": live_commits,
+        },
+        "peak_rss_mb": round(_hwm_mb()),
+    }
+
+
 _EXT4_RECENT_S = 361
 _LAST_DELETE = ".last-delete"
 
@@ -293,7 +366,13 @@ def main() -> dict[str, Any]:
     ap.add_argument("--backfill", type=int, default=100_000)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/indexer-bench/service"))
     ap.add_argument(
-        "--only", choices=["latency", "burst", "sustained", "backfill"], action="append"
+        "--tree",
+        type=Path,
+        default=Path("/tmp/indexer-bench/tree-1000000/storage"),
+        help="the existing tree the scale run backfills (bench_loader --files N caches one)",
+    )
+    ap.add_argument(
+        "--only", choices=["latency", "burst", "sustained", "backfill", "scale"], action="append"
     )
     args = ap.parse_args()
     configure_logging("console", "warning")
@@ -303,11 +382,11 @@ def main() -> dict[str, Any]:
         "burst": lambda: anyio.run(burst, args.dir, args.burst),
         "sustained": lambda: anyio.run(sustained, args.dir, args.sustained),
         "backfill": lambda: anyio.run(backfill, args.dir, args.backfill),
+        "scale": lambda: anyio.run(scale, args.dir, args.tree, args.rate, args.seconds),
     }
     try:
-        results: dict[str, Any] = {
-            name: run() for name, run in runs.items() if name in (args.only or runs)
-        }
+        chosen = args.only or [name for name in runs if name != "scale"]  # scale: asked for
+        results: dict[str, Any] = {name: run() for name, run in runs.items() if name in chosen}
     finally:
         _remove_run_dir(run_dir)
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
