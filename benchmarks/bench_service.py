@@ -105,6 +105,15 @@ def _spawn_writer(root: Path, rate: float, seconds: float, files: int, out: Path
     return proc
 
 
+def _read_writes(out: Path) -> dict[str, float]:
+    """What a writer process recorded: each file's path and the epoch time of its last write."""
+    writes = {}
+    for line in out.read_text().splitlines():
+        t, p = line.split("\t", 1)
+        writes[p] = float(t)
+    return writes
+
+
 def _indexed_at(db_path: Path) -> dict[str, float]:
     with Database(db_path, read_only=True) as db:
         rows = db.cursor().execute("SELECT file_path, indexed_at FROM file_index").fetchall()
@@ -139,10 +148,7 @@ async def _run_with_writer(
         await anyio.to_thread.run_sync(proc.join)
         await svc.wait_until_synced()
         stats = svc.stats()
-    writes = {}
-    for line in out.read_text().splitlines():
-        t, p = line.split("\t", 1)
-        writes[p] = float(t)
+    writes = _read_writes(out)
     return writes, _indexed_at(db), stats
 
 
@@ -152,12 +158,19 @@ def _pct(values: list[float], q: int) -> float:
 
 async def latency(base: Path, rate: float, seconds: float, history: int) -> dict[str, Any]:
     writes, indexed, _ = await _run_with_writer(base, "latency", rate, seconds, 0, history)
-    lat = [max(0.0, indexed[p] - t) * 1000 for p, t in writes.items() if p in indexed]
     span = max(writes.values()) - min(writes.values()) if len(writes) > 1 else 0.0
     return {
         "history": len(indexed) - len(writes),
         "rate_target": rate,
         "rate_written": round(len(writes) / span) if span else 0,  # the writer may fall behind
+        **_latencies(writes, indexed),
+    }
+
+
+def _latencies(writes: dict[str, float], indexed: dict[str, float]) -> dict[str, Any]:
+    """From each file's last write to its row: p50/p95/p99/max ms, and the files never indexed."""
+    lat = [max(0.0, indexed[p] - t) * 1000 for p, t in writes.items() if p in indexed]
+    return {
         "files": len(writes),
         "p50_ms": round(_pct(lat, 50), 1),
         "p95_ms": round(_pct(lat, 95), 1),
@@ -293,25 +306,13 @@ async def scale(base: Path, tree: Path, rate: float, seconds: float) -> dict[str
             await anyio.to_thread.run_sync(proc.join)
             await svc.wait_until_synced()
             live_commits = dict(svc.stats()["workers"]["write_ms"])
-        writes = {}
-        for line in out.read_text().splitlines():
-            t, p = line.split("\t", 1)
-            writes[p] = float(t)
+        writes = _read_writes(out)
         indexed = _indexed_at(db)
     finally:
         await anyio.to_thread.run_sync(_remove_written, out)
-    lat = [max(0.0, indexed[p] - t) * 1000 for p, t in writes.items() if p in indexed]
     return {
         "backfill": backfill,
-        "live": {
-            "files": len(writes),
-            "p50_ms": round(_pct(lat, 50), 1),
-            "p95_ms": round(_pct(lat, 95), 1),
-            "p99_ms": round(_pct(lat, 99), 1),
-            "max_ms": round(max(lat), 1),
-            "missing": len(set(writes) - set(indexed)),
-            "commit_ms_since_start": live_commits,
-        },
+        "live": {**_latencies(writes, indexed), "commit_ms_since_start": live_commits},
         "peak_rss_mb": round(_hwm_mb()),
     }
 

@@ -26,6 +26,7 @@ from indexer_service.demo.synthetic import TreeSpec, TreeSummary, generate_tree
 from indexer_service.model import BatchResult
 from indexer_service.service import IndexerService
 from indexer_service.settings import Settings
+from indexer_service.sources.json_tree.file_index import FileTracker
 from indexer_service.sources.json_tree.layout import classify
 from indexer_service.sources.json_tree.loader import Loader
 from indexer_service.stats import ServiceStats
@@ -252,6 +253,22 @@ def db(db_path: Path) -> Iterator[Database]:
     """An open, migrated, empty database at ``db_path``; closed after the test."""
     with Database(db_path) as database:
         yield database
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Path:
+    """An empty storage root, ``tmp_path/storage``."""
+    root = tmp_path / "storage"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def loader(db: Database, storage: Path) -> Iterator[Loader]:
+    """A `Loader` of ``storage`` into ``db``."""
+    loader = Loader(db, FileTracker(db), storage)
+    yield loader
+    loader.close()
 
 
 @pytest.fixture

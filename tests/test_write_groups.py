@@ -5,11 +5,12 @@ see: reported once its group committed, written again on its own if its group fa
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import orjson
 import pytest
@@ -18,26 +19,11 @@ from conftest import LogEvents
 from indexer_service import pool as pool_module
 from indexer_service.model import Batch, BatchResult
 from indexer_service.pool import WorkerPool
-from indexer_service.sources.json_tree.file_index import FileTracker
 from indexer_service.sources.json_tree.loader import Loader
 from indexer_service.store import group as group_module
 from indexer_service.store.database import Database
 
 MSG = "msg_22434f2b50016D30FVyj3AyQOa"
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Path:
-    root = tmp_path / "storage"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
-def loader(db: Database, storage: Path) -> Iterator[Loader]:
-    loader = Loader(db, FileTracker(db), storage)
-    yield loader
-    loader.close()
 
 
 @pytest.fixture(autouse=True)
@@ -134,35 +120,44 @@ async def test_a_batch_that_fails_in_a_group_sends_the_whole_group_again(
     assert rows(db, "SELECT count(*) FROM file_index WHERE status = 'indexed'") == [(80,)]
 
 
+class SecondBatchStalls:
+    """Twenty parts in two batches of ten, the second batch's read held until `release`: the
+    first batch, written, waits in the open group (something else is in flight)."""
+
+    def __init__(self, storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.paths = [put_part(storage, n) for n in range(20)]
+        self.reading_second, self.release = anyio.Event(), threading.Event()
+        self.prepare, second, token = loader.prepare, self.paths[10], anyio.lowlevel.current_token()
+
+        def stalling_prepare(keys: Sequence[str]) -> Any:
+            if keys[0] == second:
+                anyio.from_thread.run_sync(self.reading_second.set, token=token)
+                self.release.wait()
+            return self.prepare(keys)
+
+        monkeypatch.setattr(loader, "prepare", stalling_prepare)
+
+    async def first_batch_waits(self, pool: WorkerPool, tg: anyio.abc.TaskGroup) -> None:
+        tg.start_soon(pool.run, batches(self.paths, 10), nothing_to_requeue)
+        await self.reading_second.wait()
+        await anyio.wait_all_tasks_blocked()
+        assert pool.get_stats()["busy"] == 2  # the first batch waits in the group
+
+
 async def test_a_pool_cancelled_with_a_group_open_keeps_none_of_it(
     db: Database, storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Cancelled while a written batch waits in the open group for the next one: nothing of the
     group is kept (the next start's scan finds its files), and the next run writes it."""
-    first = [put_part(storage, n) for n in range(10)]
-    second = [put_part(storage, n) for n in range(10, 20)]
-    reading_second, release, prepare = anyio.Event(), threading.Event(), loader.prepare
-    token = anyio.lowlevel.current_token()
-
-    def stalling_prepare(keys: Sequence[str]) -> Any:
-        if keys[0] == second[0]:
-            anyio.from_thread.run_sync(reading_second.set, token=token)
-            release.wait()
-        return prepare(keys)
-
-    monkeypatch.setattr(loader, "prepare", stalling_prepare)
-    pool = WorkerPool(loader, db, workers=2)
+    stalls = SecondBatchStalls(storage, loader, monkeypatch)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(pool.run, batches(first + second, 10), nothing_to_requeue)
-        await reading_second.wait()
-        await anyio.wait_all_tasks_blocked()
-        assert pool.get_stats()["busy"] == 2  # the first batch waits in the group
+        await stalls.first_batch_waits(WorkerPool(loader, db, workers=2), tg)
         tg.cancel_scope.cancel()
-        release.set()  # the read in its thread ends; the cancelled worker writes nothing
+        stalls.release.set()  # the read in its thread ends; the cancelled worker writes nothing
     assert rows(db, "SELECT count(*) FROM parts") == [(0,)]
     assert rows(db, "SELECT count(*) FROM file_index") == [(0,)]
-    monkeypatch.setattr(loader, "prepare", prepare)
-    await WorkerPool(loader, db, workers=2).run(batches(first + second, 10), nothing_to_requeue)
+    monkeypatch.setattr(loader, "prepare", stalls.prepare)
+    await WorkerPool(loader, db, workers=2).run(batches(stalls.paths, 10), nothing_to_requeue)
     assert rows(db, "SELECT count(*) FROM parts") == [(20,)]
 
 
@@ -171,24 +166,11 @@ async def test_a_checkpoint_commits_the_open_group_first(
 ) -> None:
     """`exclusive` (the service's checkpoint) never runs beside an open group: it commits the
     group, so the checkpoint writes its rows too."""
-    first = [put_part(storage, n) for n in range(10)]
-    second = [put_part(storage, n) for n in range(10, 20)]
-    reading_second, may_read, prepare = anyio.Event(), threading.Event(), loader.prepare
-    token = anyio.lowlevel.current_token()
-
-    def stalling_prepare(keys: Sequence[str]) -> Any:
-        if keys[0] == second[0]:
-            anyio.from_thread.run_sync(reading_second.set, token=token)
-            may_read.wait()
-        return prepare(keys)
-
-    monkeypatch.setattr(loader, "prepare", stalling_prepare)
+    stalls = SecondBatchStalls(storage, loader, monkeypatch)
     pool = WorkerPool(loader, db, workers=2)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(pool.run, batches(first + second, 10), nothing_to_requeue)
-        await reading_second.wait()
-        await anyio.wait_all_tasks_blocked()
+        await stalls.first_batch_waits(pool, tg)
         await pool.exclusive(lambda: db.checkpoint(force=False))
         assert rows(db, "SELECT count(*) FROM parts") == [(10,)]
-        may_read.set()
+        stalls.release.set()
     assert rows(db, "SELECT count(*) FROM parts") == [(20,)]

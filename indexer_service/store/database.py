@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -192,11 +192,17 @@ class Database:
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """The calling thread's cursor (created on first use, closed by `close()`)."""
+        return self._from_cursors(ThreadCursors.get)
+
+    def _from_cursors(
+        self, get: Callable[[ThreadCursors], duckdb.DuckDBPyConnection]
+    ) -> duckdb.DuckDBPyConnection:
+        """``get(cursors)``, or `DatabaseError` when the database is not open."""
         cursors = self._cursors
         try:
             if cursors is None:
                 raise CursorsClosed
-            return cursors.get()
+            return get(cursors)
         except CursorsClosed:
             raise DatabaseError(self.path, "database is not open") from None
 
@@ -210,13 +216,7 @@ class Database:
     def shared_cursor(self) -> duckdb.DuckDBPyConnection:
         """The cursor of no thread's, for a transaction that several threads continue in turn
         (`store.group.WriteGroup`); interrupted and closed with the database."""
-        cursors = self._cursors
-        try:
-            if cursors is None:
-                raise CursorsClosed
-            return cursors.shared()
-        except CursorsClosed:
-            raise DatabaseError(self.path, "database is not open") from None
+        return self._from_cursors(ThreadCursors.shared)
 
     @contextmanager
     def joined(self, cur: duckdb.DuckDBPyConnection, seq: int) -> Iterator[None]:

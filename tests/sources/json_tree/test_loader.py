@@ -37,20 +37,6 @@ def ts(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)
 
 
-@pytest.fixture
-def storage(tmp_path: Path) -> Path:
-    root = tmp_path / "storage"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
-def loader(db: Database, storage: Path) -> Iterator[Loader]:
-    loader = Loader(db, FileTracker(db), storage)
-    yield loader
-    loader.close()
-
-
 def put(root: Path, rel: str, doc: object) -> str:
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
