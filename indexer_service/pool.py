@@ -122,7 +122,7 @@ class WorkerPool:
         finally:  # cancelled with batches in the open group: the next start's scan has them
             if self._open is not None:
                 with anyio.CancelScope(shield=True):
-                    await self._end_group(anyio.get_cancelled_exc_class()())
+                    await self._end_group(RuntimeError("cancelled with the group open"))
 
     async def _run(
         self,

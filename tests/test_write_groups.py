@@ -19,7 +19,7 @@ from conftest import LogEvents
 from indexer_service import pool as pool_module
 from indexer_service.model import Batch, BatchResult
 from indexer_service.pool import WorkerPool
-from indexer_service.sources.json_tree.loader import Loader
+from indexer_service.sources.json_tree.loader import Loader, Prepared
 from indexer_service.store import group as group_module
 from indexer_service.store.database import Database
 
@@ -126,8 +126,10 @@ class SecondBatchStalls:
 
     def __init__(self, storage: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
         self.paths = [put_part(storage, n) for n in range(20)]
-        self.reading_second, self.release = anyio.Event(), threading.Event()
-        self.prepare, second, token = loader.prepare, self.paths[10], anyio.lowlevel.current_token()
+        self.reading_second, self.first_written = anyio.Event(), anyio.Event()
+        self.release = threading.Event()
+        self.prepare, write = loader.prepare, loader.write
+        second, token = self.paths[10], anyio.lowlevel.current_token()
 
         def stalling_prepare(keys: Sequence[str]) -> Any:
             if keys[0] == second:
@@ -135,13 +137,24 @@ class SecondBatchStalls:
                 self.release.wait()
             return self.prepare(keys)
 
+        def noted_write(prepared: Prepared) -> BatchResult:
+            result = write(prepared)
+            anyio.from_thread.run_sync(self.first_written.set, token=token)
+            return result
+
         monkeypatch.setattr(loader, "prepare", stalling_prepare)
+        monkeypatch.setattr(loader, "write", noted_write)
 
     async def first_batch_waits(self, pool: WorkerPool, tg: anyio.abc.TaskGroup) -> None:
         tg.start_soon(pool.run, batches(self.paths, 10), nothing_to_requeue)
-        await self.reading_second.wait()
-        await anyio.wait_all_tasks_blocked()
-        assert pool.get_stats()["busy"] == 2  # the first batch waits in the group
+        try:
+            await self.reading_second.wait()
+            await self.first_written.wait()
+            await anyio.wait_all_tasks_blocked()
+            assert pool.get_stats()["busy"] == 2  # written, the first batch waits in the group
+        except BaseException:
+            self.release.set()  # the stalled read ends, so the task group can
+            raise
 
 
 async def test_a_pool_cancelled_with_a_group_open_keeps_none_of_it(
