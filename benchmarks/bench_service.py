@@ -41,6 +41,7 @@ from typing import Any
 
 import anyio
 
+from benchmarks.sqlite_data import peak_rss_mb
 from indexer_service import IndexerService, ServiceStats, Settings
 from indexer_service.cli.logs import configure_logging
 from indexer_service.demo.synthetic import LiveWriter, age_tree, generate_tree
@@ -260,15 +261,6 @@ async def backfill(base: Path, files: int) -> dict[str, Any]:
     return {"files": n, "seconds": round(elapsed, 2), "files_per_s": round(done / elapsed)}
 
 
-def _hwm_mb() -> float:
-    """This process's peak resident set size so far (``VmHWM``)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _remove_written(out: Path) -> None:
     """Remove the files a writer listed in ``out`` (the scale run's tree stays as it was)."""
     if out.exists():
@@ -299,7 +291,7 @@ async def scale(base: Path, tree: Path, rate: float, seconds: float) -> dict[str
                 "seconds": round(backfill_s, 1),
                 "files_per_s": round(stats["workers"]["files_indexed"] / backfill_s),
                 "commit_ms": dict(stats["workers"]["write_ms"]),
-                "peak_rss_mb": round(_hwm_mb()),
+                "peak_rss_mb": round(peak_rss_mb()),
             }
             await anyio.to_thread.run_sync(os.sync)
             proc = _spawn_writer(tree, rate, seconds, 0, out)
@@ -313,7 +305,7 @@ async def scale(base: Path, tree: Path, rate: float, seconds: float) -> dict[str
     return {
         "backfill": backfill,
         "live": {**_latencies(writes, indexed), "commit_ms_since_start": live_commits},
-        "peak_rss_mb": round(_hwm_mb()),
+        "peak_rss_mb": round(peak_rss_mb()),
     }
 
 

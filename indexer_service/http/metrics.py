@@ -164,7 +164,7 @@ class Metrics:
         """Record one reconciliation scan and what it found out of sync."""
         self.reconciles.inc()
         self.reconcile_seconds.observe(report.duration_s)
-        for kind in ("new", "modified", "retried", "deleted"):
+        for kind in _FINDINGS:
             if n := report.counts.get(kind, 0):
                 self.reconcile_findings.labels(kind=kind).inc(n)
 

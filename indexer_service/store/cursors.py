@@ -129,7 +129,7 @@ class ThreadCursors:
         then the connection; safe to call twice. A cursor still busy after ``timeout_s``
         raises DuckDB's ``ResourceInUseException``."""
         with self._lock:
-            cursors, self._all = self._all, []
+            cursors, self._all, self._shared = self._all, [], None
             con, self._con = self._con, None
         for cur in cursors:
             cur.close_when_idle(timeout_s)

@@ -5,9 +5,9 @@ through the WAL and is written a second time by the checkpoint that the WAL's gr
 and every checkpoint writes each key index whole, so the cost per file grows with the table.
 DuckDB writes the rows of one transaction straight into the database file instead, with no WAL
 and nothing left for the checkpoint, once a table gets at least a row group of them
-(`GROUP_ROWS`). The worker pool keeps a group open while batches follow each other and commits
-it when it is that large, when nothing else is in flight, or when it is `GROUP_SECONDS` old
-(figures in docs/benchmarks.md).
+(`database.ROW_GROUP_ROWS`). The worker pool keeps a group open while batches follow each
+other and commits it when it is that large, when nothing else is in flight, or when it is
+`GROUP_SECONDS` old (figures in docs/benchmarks.md).
 
 The group's cursor belongs to no thread: the pool's writes run one at a time, each on some
 worker thread, and each joins the group with `run` (`Database.joined`). A write that fails
@@ -24,18 +24,15 @@ from typing import TypeVar
 
 import duckdb
 
-from indexer_service.store.database import ROW_GROUP_ROWS, Database
+from indexer_service.store.database import Database
 
-__all__ = ["GROUP_FILES", "GROUP_ROWS", "GROUP_SECONDS", "WriteGroup"]
+__all__ = ["GROUP_FILES", "GROUP_SECONDS", "WriteGroup"]
 
 T = TypeVar("T")
 
-GROUP_ROWS = ROW_GROUP_ROWS
-"""Rows of one table that one transaction must add for DuckDB to write them straight into
-the file."""
 GROUP_FILES = 25_000
 """A group is committed once its batches hold this many files: enough that the parts table
-(four files in five) gets `GROUP_ROWS` rows, few enough that a failed commit is cheap to redo."""
+(four files in five) gets a row group of rows, few enough that a failed commit is cheap to redo."""
 GROUP_SECONDS = 2.0
 """A group is committed at the latest this long after it was opened (bounds the time from a
 batch's write to its rows being visible, while other batches keep coming)."""
@@ -85,7 +82,3 @@ class WriteGroup:
                 self._cur.rollback()
             except duckdb.Error:  # already aborted, or the database closed under it
                 pass
-
-    def interrupt(self) -> None:
-        """Interrupt the statement running in the group now (a shutdown out of time)."""
-        self._cur.interrupt()
