@@ -19,6 +19,7 @@ from conftest import LogEvents
 from indexer_service import pool as pool_module
 from indexer_service.model import Batch, BatchResult
 from indexer_service.pool import WorkerPool
+from indexer_service.sources.json_tree.file_index import FileTracker
 from indexer_service.sources.json_tree.loader import Loader, Prepared
 from indexer_service.store import group as group_module
 from indexer_service.store.database import Database
@@ -100,15 +101,17 @@ async def test_a_batch_alone_in_the_pipeline_is_committed_at_once(
 async def test_a_batch_that_fails_in_a_group_sends_the_whole_group_again(
     db: Database, storage: Path, loader: Loader, log_events: LogEvents
 ) -> None:
-    """A rewritten file meets its old row (the plain insert fails and DuckDB aborts the
-    transaction): the group is rolled back, and every batch in it is written again on its
-    own, so the new files and the rewritten ones all end up there, each counted once."""
+    """A file rewritten while the service was down meets its old row (the plain insert fails
+    and DuckDB aborts the transaction): the group is rolled back, and every batch in it is
+    written again on its own, so the new files and the rewritten ones all end up there, each
+    counted once."""
     old = [put_part(storage, n, "before") for n in range(20)]
     await WorkerPool(loader, db, workers=1).run(batches(old, 20), nothing_to_requeue)
     new = [put_part(storage, n) for n in range(100, 160)]
     rewritten = [put_part(storage, n, "after") for n in range(20)]
     done: list[int] = []
-    pool = WorkerPool(loader, db, workers=4, on_batch_done=lambda r, b: done.append(r.indexed))
+    restarted = Loader(db, FileTracker(db), storage)  # it has not written the old rows itself
+    pool = WorkerPool(restarted, db, workers=4, on_batch_done=lambda r, b: done.append(r.indexed))
     await pool.run(batches(new + rewritten, 20), nothing_to_requeue)
     assert log_events.counts["write_group_failed"] >= 2  # the failed batch and another
     assert sorted(done) == [20] * 4
@@ -118,6 +121,28 @@ async def test_a_batch_that_fails_in_a_group_sends_the_whole_group_again(
         *[(f"part {n}", 1) for n in range(100, 160)],
     ]
     assert rows(db, "SELECT count(*) FROM file_index WHERE status = 'indexed'") == [(80,)]
+
+
+async def test_a_file_met_twice_in_one_group_does_not_fail_it(
+    db: Database, storage: Path, loader: Loader, log_events: LogEvents
+) -> None:
+    """A file reported again (a second version, or a second event for the same one) while its
+    first write waits in the open group is written over its own row there: no group fails
+    (which would read every batch in it again), each batch is counted once, and the rows are
+    those of the files on disk."""
+    first = [put_part(storage, n, "first") for n in range(40)]
+    again = [put_part(storage, n, "second") for n in range(0, 40, 2)]
+    done: list[int] = []
+    pool = WorkerPool(loader, db, workers=4, on_batch_done=lambda r, b: done.append(r.indexed))
+    await pool.run(batches(first[:20] + first[20:] + again, 20), nothing_to_requeue)
+    assert log_events.counts["write_group_failed"] == 0
+    assert sorted(done) == [20] * 3
+    assert rows(db, "SELECT count(DISTINCT change_seq) FROM parts") == [(1,)]  # one group
+    assert rows(db, "SELECT raw->>'text', count(*) FROM parts GROUP BY 1 ORDER BY 1") == [
+        ("first", 20),
+        ("second", 20),
+    ]
+    assert rows(db, "SELECT count(*) FROM file_index WHERE status = 'indexed'") == [(40,)]
 
 
 class SecondBatchStalls:

@@ -3,9 +3,9 @@
 `prepare` (a reader thread) stats and reads each file, then extracts the batch's typed rows
 (`extract.Extractor`); `write` (the writer thread) upserts them, applies deletions and updates
 `file_index` in one transaction (a write group's, `store.group`), so after a crash both are
-there or neither. A plain ``INSERT`` is tried first; keys are deleted first only after one hit
-an existing row (half the cost for new files). `warm` reads a cold bulk batch ahead. Figures
-behind these choices: docs/benchmarks.md.
+there or neither. A plain ``INSERT`` (half the cost of deleting the keys first) is tried unless
+a row may be there: a failed one aborts the whole write group. `warm` reads a cold bulk batch
+ahead. Figures behind these choices: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -279,12 +279,12 @@ class Loader:
         )
 
     def _write_locked(self, p: Prepared) -> None:
-        if self._replace_for:
-            self._replace_for -= 1
+        # Keys are deleted first when a path was written lately (a second version, an event
+        # seen twice), and for 2, 4 ... 64 batches after a plain INSERT met a row.
+        if self._replace_for or self._writes.wrote_lately(_paths(p)):
+            self._replace_for = max(self._replace_for - 1, 0)
             self._transaction(p, replace=True)
             return
-        # A plain INSERT costs less than a delete of the keys first, but fails when a row
-        # exists; after a failure the keys are deleted first for 2, 4 ... 64 batches.
         try:
             self._transaction(p, replace=False)
             self._conflicts = 0

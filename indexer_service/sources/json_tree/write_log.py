@@ -16,10 +16,17 @@ class WriteLog:
     ``begin()`` before reading returns a ticket; ``contended(ticket, paths)`` (under the write
     lock) says which paths to check; ``written(ticket, paths)`` records the write. Tickets older
     than ``horizon`` writes (e.g. of a batch that was never written) check every path.
+
+    ``wrote_lately(paths)`` says whether any of them was among the last ``recent`` or more paths
+    written: their rows may sit in the open write group, where a plain insert that meets them
+    would abort the whole group (`store.group`).
     """
 
-    def __init__(self, horizon: int = 256) -> None:
+    def __init__(self, horizon: int = 256, recent: int = 32_768) -> None:
         self.horizon = horizon
+        self.recent = recent
+        self._lately: set[int] = set()  # hashes of the paths written lately, then the ones before
+        self._before: set[int] = set()
         self._gen = 0  # writes done
         self._last: dict[str, int] = {}  # path -> the write that last included it
         self._reading: Counter[int] = Counter()  # tickets of batches not yet written
@@ -38,12 +45,21 @@ class WriteLog:
             last = self._last
             return {p for p in paths if last.get(p, -1) > ticket}
 
+    def wrote_lately(self, paths: Iterable[str]) -> bool:
+        """Whether one of ``paths`` was written in about the last ``recent`` paths' writes."""
+        with self._lock:
+            lately, before = self._lately, self._before
+            return any(h in lately or h in before for h in map(hash, paths))
+
     def written(self, ticket: int, paths: Iterable[str]) -> None:
         with self._lock:
             self._gen += 1
             gen = self._gen
             for p in paths:
                 self._last[p] = gen
+                self._lately.add(hash(p))
+            if len(self._lately) >= self.recent:
+                self._before, self._lately = self._lately, set()
             reading = self._reading
             reading[ticket] -= 1
             if reading[ticket] <= 0:
