@@ -96,7 +96,10 @@ class _Linked(Exception):
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY
 """How every storage file is opened: never through a link, and non-blocking, so that a FIFO
 swapped in after the ``lstat`` cannot hang the open."""
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+"""How every directory on the way is opened: only as a place to open from, never read
+(``O_PATH``), which also keeps it out of the watcher's events (a read-only open of a directory
+is an ``IN_OPEN`` on it and on its parent)."""
 _MAX_DIRS = 64
 _FORMAT = 0o170000  # the file type bits of st_mode
 _NO_VERSION = Version(0.0, 0, 0, 0)
@@ -165,7 +168,7 @@ class Tree:
         following a link (`_Linked` when one is on the way)."""
         if not reldir:
             if self._fd is None:
-                self._fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                self._fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             return self._fd
         fd = self._dirs.get(reldir)
         if fd is not None:

@@ -160,8 +160,9 @@ async def test_root_deleted_and_recreated_is_rearmed(tmp_path: Path) -> None:
                     await got.wait_for(lambda s: str(later) in s)
 
 
-def test_list_json_files_filters_and_tolerates_missing(tmp_path: Path) -> None:
-    """Directory listing keeps only indexable files and treats a missing directory as empty."""
+def test_list_json_files_keeps_json_files_and_tolerates_missing(tmp_path: Path) -> None:
+    """A sweep keeps the .json files (the loader classifies them) and treats a missing
+    directory as empty."""
     keep = _write(tmp_path / "part" / "m" / "p.json")
     _write(tmp_path / "part" / "m" / "p.txt")
     assert list_json_files(str(tmp_path), str(tmp_path / "part")) == [keep]
