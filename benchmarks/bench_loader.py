@@ -5,7 +5,10 @@
 Generates a synthetic storage tree once (cached under /tmp), then per run: the ceiling (plain
 ``open().read()`` + ``orjson.loads`` of every file, one thread), then a load of the whole tree
 into a fresh on-disk DuckDB file through `WorkerPool` with batches as the accumulator coalesces
-them in bulk mode. Prints files/s, the loader/ceiling ratio, phase times and peak RSS.
+them in bulk mode, then the whole ``indexer-service index`` command on the same tree into
+another fresh file, timed from start to exit in a child process, as a user runs it. Prints
+files/s, the loader/ceiling and command/loader ratios, phase times and peak RSS (the command's
+from the kernel's high-water mark, ``VmHWM``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import multiprocessing
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -86,6 +90,31 @@ def ceiling(paths: Sequence[str]) -> float:
         except orjson.JSONDecodeError:
             pass
     return time.perf_counter() - start
+
+
+_INDEX_COMMAND = """
+import atexit, sys
+from indexer_service.cli import main
+def hwm():
+    with open("/proc/self/status") as f:
+        print(*(line for line in f if line.startswith("VmHWM:")), file=sys.stderr, end="")
+atexit.register(hwm)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def index_command(root: Path, db_path: Path) -> tuple[float, float]:
+    """``indexer-service index`` of ``root`` into a new ``db_path``, in a child process: (seconds
+    from its start to its exit, its peak RSS in MB)."""
+    for f in (db_path, db_path.with_name(db_path.name + ".wal")):
+        f.unlink(missing_ok=True)
+    argv = ["index", "--storage", str(root), "--db", str(db_path), "--log-level", "warning"]
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", _INDEX_COMMAND, *argv], capture_output=True, text=True, check=True
+    )
+    seconds = time.perf_counter() - start
+    return seconds, int(done.stderr.rsplit("VmHWM:", 1)[1].split()[0]) / 1024
 
 
 async def _load(pool: WorkerPool, paths: Sequence[str], batch: int) -> list[str]:
@@ -184,12 +213,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"checkpoint_threshold {args.checkpoint_threshold or 'default'}; "
         f"RSS before loading {_rss_mb():,.0f} MB"
     )
-    rates, ratios = [], []
+    rates, ratios, commands, command_ratios = [], [], [], []
     for run in range(1, args.runs + 1):
         ceil = len(paths) / ceiling(paths)
         r = load(root, paths, db_path, args)
         rates.append(r["files_per_s"])
         ratios.append(r["files_per_s"] / ceil)
+        seconds, command_rss = index_command(root, db_path.with_name("bench_index.duckdb"))
+        commands.append(len(paths) / seconds)
+        command_ratios.append(commands[-1] / rates[-1])
         print(
             f"run {run}: loader {r['files_per_s']:,.0f} files/s ({r['seconds']:.2f} s), "
             f"ceiling {ceil:,.0f} files/s, ratio {ratios[-1]:.2f} | indexed {r['indexed']:,} "
@@ -198,13 +230,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"write {r['write_s']:.1f}s | CPU {r['cpu_us']:.0f} us/file | "
             f"then checkpoint {r['checkpoint_s']:.2f}s, db {r['db_mb']:,.0f} MB | RSS after "
             f"batch 1 {r['rss_first']:,.0f} MB, max {r['rss_max']:,.0f} MB "
-            f"(DuckDB buffers {r['duckdb_mb']:,.0f} MB)",
+            f"(DuckDB buffers {r['duckdb_mb']:,.0f} MB) | `index` command {commands[-1]:,.0f} "
+            f"files/s ({seconds:.2f} s), / loader {command_ratios[-1]:.2f}, peak RSS "
+            f"{command_rss:,.0f} MB",
             flush=True,
         )
     print(
         f"loader files/s: best {max(rates):,.0f}, median {statistics.median(rates):,.0f}; "
         f"ratio: best {max(ratios):.2f}, median {statistics.median(ratios):.2f}; "
-        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB"
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB\n"
+        f"`index` command files/s: best {max(commands):,.0f}, median "
+        f"{statistics.median(commands):,.0f}; / loader: best {max(command_ratios):.2f}, median "
+        f"{statistics.median(command_ratios):.2f}"
     )
 
 
