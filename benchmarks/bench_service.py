@@ -41,7 +41,7 @@ from typing import Any
 
 import anyio
 
-from benchmarks.sqlite_data import peak_rss_mb
+from benchmarks.sqlite_data import peak_rss_mb, threads_cpu
 from indexer_service import IndexerService, ServiceStats, Settings
 from indexer_service.cli.logs import configure_logging
 from indexer_service.demo.synthetic import LiveWriter, age_tree, generate_tree
@@ -208,14 +208,14 @@ async def sustained(base: Path, files: int) -> dict[str, Any]:
     settings = Settings(storage_path=root, db_path=db, http_port=0)
     async with IndexerService(settings) as svc:
         await svc.wait_until_synced()
-        cpu0 = _cpu()
+        cpu0, watcher0 = _cpu(), threads_cpu("notify-rs")
         proc = multiprocessing.get_context("spawn").Process(
             target=_flat_out_writer, args=(str(staging), str(root), str(out))
         )
         proc.start()
         await anyio.to_thread.run_sync(proc.join)
         await svc.wait_until_synced()
-        service_cpu = _cpu() - cpu0
+        service_cpu, watcher_cpu = _cpu() - cpu0, threads_cpu("notify-rs") - watcher0
         stats = svc.stats()
     first_s, last_s, writer_cpu_s, n_s = out.read_text().split("\t")
     first, last, writer_cpu, n = float(first_s), float(last_s), float(writer_cpu_s), int(n_s)
@@ -230,6 +230,7 @@ async def sustained(base: Path, files: int) -> dict[str, Any]:
         "reads": stats["workers"]["files_indexed"],
         "batches": stats["workers"]["batches"],
         "service_cpu_us_per_file": round(service_cpu / n * 1e6),
+        "of_which_inotify_thread_us": round(watcher_cpu / n * 1e6),
         "writer_cpu_us_per_file": round(writer_cpu / n * 1e6),
     }
 

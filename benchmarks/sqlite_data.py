@@ -1,9 +1,11 @@
 """The databases `bench_sqlite` measures, generated once and cached under /tmp/indexer-bench, and
-running a measurement in a child process of its own (its peak RSS is its own)."""
+running a measurement in a child process of its own (its peak RSS is its own); and the readings
+of this process (peak RSS, CPU of named threads) other benchmarks share."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
 import shutil
 from collections.abc import Callable
@@ -126,6 +128,19 @@ def peak_rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def threads_cpu(name: str) -> float:
+    """CPU seconds of this process's threads whose name starts with ``name`` (watchfiles' inotify
+    thread is ``notify-rs inotify``)."""
+    total = 0.0
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            comm, rest = f.read().split("(", 1)[1].rsplit(")", 1)
+        if comm.startswith(name):
+            utime, stime = rest.split()[11:13]
+            total += (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def copy_db(src: Path, dst: Path) -> None:
