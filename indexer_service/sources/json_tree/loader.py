@@ -259,13 +259,13 @@ class Loader:
         start = time.perf_counter()
         with self._write_lock:
             p = self._drop_stale(prepared)
+            paths = _paths(p)
             try:
-                self._write_locked(p)
+                self._write_locked(p, paths)
             finally:
-                self._writes.written(p.ticket, _paths(p))
+                self._writes.written(p.ticket, paths)
         for bad in p.failed:
             log.info("file_error", path=bad.path, file_type=bad.file_type, message=bad.message)
-        by_type = dict(Counter(f.file_type for f in p.indexed))
         return BatchResult(
             indexed=len(p.indexed),
             errors=len(p.failed),
@@ -275,13 +275,13 @@ class Loader:
             read_seconds=p.read_seconds,
             parse_seconds=p.parse_seconds,
             write_seconds=time.perf_counter() - start,
-            by_type=by_type,
+            by_type=dict(Counter(f.file_type for f in p.indexed)),
         )
 
-    def _write_locked(self, p: Prepared) -> None:
+    def _write_locked(self, p: Prepared, paths: list[str]) -> None:
         # Keys are deleted first when a path was written lately (a second version, an event
         # seen twice), and for 2, 4 ... 64 batches after a plain INSERT met a row.
-        if self._replace_for or self._writes.wrote_lately(_paths(p)):
+        if self._replace_for or self._writes.wrote_lately(paths):
             self._replace_for = max(self._replace_for - 1, 0)
             self._transaction(p, replace=True)
             return
