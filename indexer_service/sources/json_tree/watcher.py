@@ -68,9 +68,9 @@ def _exists(path: bytes) -> bool:
     return os.path.lexists(path)
 
 
-def list_json_files(root: str, directory: str) -> list[str]:
+def list_json_files(directory: str) -> list[str]:
     """Every ``.json`` file under ``directory`` (recursively), as keys (`layout.escape`);
-    missing directories give []. Like an event's path, a key is classified by the loader."""
+    missing directories give []. The loader classifies each key before it reads it."""
     found: list[str] = []
     todo = [directory]
     while todo:
@@ -87,7 +87,7 @@ def list_json_files(root: str, directory: str) -> list[str]:
     return found
 
 
-def sweep_new_dirs(root: str, dirs: list[str]) -> list[str]:
+def sweep_new_dirs(dirs: list[str]) -> list[str]:
     """`list_json_files` of each new directory, skipping those inside another one of them
     (its walk covers them)."""
     new = set(dirs)
@@ -96,7 +96,7 @@ def sweep_new_dirs(root: str, dirs: list[str]) -> list[str]:
         parent = os.path.dirname(directory)
         if parent in new or os.path.dirname(parent) in new:
             continue
-        found += list_json_files(root, directory)
+        found += list_json_files(directory)
     return found
 
 
@@ -250,7 +250,7 @@ class StorageWatcher:
         if new_dirs:
             # Swept files go out with the event's own: sent apart, a file reported both ways
             # could be read twice (once per batch), as 37% of a 100k-file burst was.
-            swept = await anyio.to_thread.run_sync(sweep_new_dirs, self.root, new_dirs)
+            swept = await anyio.to_thread.run_sync(sweep_new_dirs, new_dirs)
             self.dirs_swept += len(new_dirs)
             self.files_from_sweeps += len(swept)
             files.update(swept)

@@ -127,7 +127,7 @@ def test_sweep_walks_nested_new_directories_once(tmp_path: Path) -> None:
         _write(tmp_path / "part" / f"msg_{d}" / f"prt_{f}.json") for d in range(3) for f in range(2)
     }
     dirs = [str(tmp_path / "part"), *(str(tmp_path / "part" / f"msg_{d}") for d in range(3))]
-    found = sweep_new_dirs(str(tmp_path), dirs)
+    found = sweep_new_dirs(dirs)
     assert sorted(found) == sorted(files)
 
 
@@ -165,8 +165,8 @@ def test_list_json_files_keeps_json_files_and_tolerates_missing(tmp_path: Path) 
     directory as empty."""
     keep = _write(tmp_path / "part" / "m" / "p.json")
     _write(tmp_path / "part" / "m" / "p.txt")
-    assert list_json_files(str(tmp_path), str(tmp_path / "part")) == [keep]
-    assert list_json_files(str(tmp_path), str(tmp_path / "nope")) == []
+    assert list_json_files(str(tmp_path / "part")) == [keep]
+    assert list_json_files(str(tmp_path / "nope")) == []
 
 
 async def test_a_watch_that_cannot_be_armed_is_retried(
