@@ -148,9 +148,12 @@ class Database:
         raise DatabaseDamagedError(self.path, damage)
 
     def _memory_config(self) -> dict[str, str]:
-        """DuckDB's memory limit, and the WAL size at which a commit checkpoints
-        (`CHECKPOINT_MB`)."""
-        config = {"checkpoint_threshold": f"{CHECKPOINT_MB}MB"}
+        """DuckDB's memory limit, the WAL size at which a commit checkpoints
+        (`CHECKPOINT_MB`), and no row-group merges in checkpoints (`MERGE_TASKS`)."""
+        config = {
+            "checkpoint_threshold": f"{CHECKPOINT_MB}MB",
+            "max_vacuum_tasks": str(MERGE_TASKS),
+        }
         if self.memory_limit_mb is not None:
             config["memory_limit"] = f"{self.memory_limit_mb}MB"
         return config
@@ -274,12 +277,20 @@ def refuse_if_held(path: Path) -> None:
 CATALOG = "indexer"
 """The name the writer's connection gives the index (``indexer.main.sessions``)."""
 ROW_GROUP_ROWS = 16_384
-"""Rows per row group (DuckDB's default: 122,880). A checkpoint rewrites the open row group of
-every table written since the last one, so smaller groups bound each checkpoint's work."""
+"""Rows per row group (DuckDB's default: 122,880). Smaller groups bound what DuckDB rewrites
+when it rewrites a group, and a transaction that adds this many rows to a table is written
+straight into the file (`store.group`)."""
 CHECKPOINT_MB = 32
 """WAL size at which a commit folds it into the file. Data written since the last checkpoint
 stays in memory, and the commit that checkpoints waits for it: with small row groups a small
 threshold keeps both short (figures in docs/benchmarks.md)."""
+MERGE_TASKS = 0
+"""Row-group merges a checkpoint may run (DuckDB's ``max_vacuum_tasks``; its default: 100). A
+merge rewrites whole row groups of every table, whichever table the checkpoint was for: at a
+million records one checkpoint merging a backfill's partial row groups took 35 s, and live
+commits waited behind merges for seconds. Without them a checkpoint writes only what the WAL
+holds, and each leaves one partial row group per table written (figures in
+docs/benchmarks.md)."""
 _USE = f"USE {CATALOG}"
 
 

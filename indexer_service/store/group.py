@@ -1,8 +1,7 @@
 """WriteGroup: one write transaction that consecutive batches join, committed once.
 
 A bulk load writes batches of a few thousand files. Committed one by one, each batch goes
-through the WAL and is written a second time by the checkpoint that the WAL's growth sets off,
-and every checkpoint writes each key index whole, so the cost per file grows with the table.
+through the WAL and is written a second time by the checkpoint that the WAL's growth sets off.
 DuckDB writes the rows of one transaction straight into the database file instead, with no WAL
 and nothing left for the checkpoint, once a table gets at least a row group of them
 (`database.ROW_GROUP_ROWS`). The worker pool keeps a group open while batches follow each
