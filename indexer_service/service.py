@@ -4,9 +4,8 @@
                    ├─► FileBatchAccumulator ─► WorkerPool ─► source.prepare/write ─► DuckDB
     source.scan ───┘   (initial backfill, then every interval; deletions take the same path)
 
-Every task lives in one anyio task group. Shutdown stops the producers first (watcher,
-reconciler), then flushes the accumulator so the workers finish what was detected, then
-checkpoints and closes the database, all within ``settings.shutdown_timeout``.
+Every task lives in one anyio task group. Shutdown stops the producers (watcher, reconciler),
+lets the workers write what was detected, checkpoints and closes, within ``shutdown_timeout``.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from indexer_service.sources.discover import discover
 from indexer_service.sources.json_tree import JsonTreeSource
 from indexer_service.sources.sqlite import SqliteSource
 from indexer_service.stats import BackfillStats, ServiceState, ServiceStats
+from indexer_service.store.compaction import merge_when_idle
 from indexer_service.store.database import Database
 from indexer_service.store.integrity import damaged
 
@@ -250,9 +250,8 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             self._initial_done.set()
 
     async def _after_backfill(self) -> None:
-        """Once the backfill is written: mark it finished and fold its WAL into the file now,
-        so that DuckDB's automatic checkpoint (seconds on a large index) does not fall on a
-        live commit soon after."""
+        """Once the backfill is written: mark it finished, fold its WAL into the file now (not
+        in a live commit soon after), then merge row groups whenever writes pause."""
         await self._initial_done.wait()
         while not self._idle():  # not `drain`: batches come when the accumulator says so
             await self._pool.work_ended()
@@ -263,8 +262,9 @@ class IndexerService(anyio.AsyncContextManagerMixin):
             await self._pool.exclusive(partial(self._db.checkpoint, force=False))
         except (duckdb.Error, DatabaseError) as exc:  # a query running: DuckDB's own schedule
             log.debug("checkpoint_skipped", error=str(exc))
-            return
-        log.info("backfill_checkpointed", seconds=round(time.perf_counter() - started, 3))
+        else:
+            log.info("backfill_checkpointed", seconds=round(time.perf_counter() - started, 3))
+        await merge_when_idle(self._db, self._progress, self._idle, self._pool.exclusive)
 
     def _close_db(self) -> None:
         for source in self._sources:

@@ -289,8 +289,8 @@ MERGE_TASKS = 0
 merge rewrites whole row groups of every table, whichever table the checkpoint was for: at a
 million records one checkpoint merging a backfill's partial row groups took 35 s, and live
 commits waited behind merges for seconds. Without them a checkpoint writes only what the WAL
-holds, and each leaves one partial row group per table written (figures in
-docs/benchmarks.md)."""
+holds, and each leaves one partial row group per table written, merged once writes pause
+(`store.compaction`; figures in docs/benchmarks.md)."""
 _USE = f"USE {CATALOG}"
 
 
