@@ -215,25 +215,6 @@ def test_the_writer_keeps_row_groups_small_and_the_file_readable(tmp_path: Path)
         assert reader.execute("SELECT count(*) FROM t").fetchall() == [(3 * ROW_GROUP_ROWS,)]
 
 
-def test_a_checkpoint_writes_what_is_new_without_merging_row_groups(tmp_path: Path) -> None:
-    """Each checkpoint writes the rows committed since the one before as a row group of their
-    own: it never rewrites earlier row groups to merge them (a merge can stall commits for
-    seconds at a million records)."""
-    with Database(tmp_path / "x.duckdb") as db:
-        with db.transaction() as cur:
-            cur.execute("CREATE TABLE t (i BIGINT PRIMARY KEY)")
-        for start in range(0, 4_000, 1_000):
-            with db.transaction() as cur:
-                cur.execute("INSERT INTO t SELECT range FROM range(?, ?)", [start, start + 1_000])
-            db.checkpoint()
-        cur = db.cursor()
-        groups = cur.execute(
-            "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('t')"
-        ).fetchall()
-        assert groups == [(4,)]
-        assert cur.execute("SELECT count(*), max(i) FROM t").fetchall() == [(4_000, 3_999)]
-
-
 class _HeldScan:
     """A table whose scan blocks inside DuckDB until `release`: a statement that runs as long
     as the test wants."""
