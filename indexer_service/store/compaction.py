@@ -72,7 +72,14 @@ async def merge_when_idle(
         started = time.perf_counter()
         try:
             await exclusive(partial(merge_row_groups, db))
-        except (duckdb.Error, DatabaseError) as exc:  # a query running: after the next writes
-            log.debug("row_groups_merge_skipped", error=str(exc))
+        except (duckdb.Error, DatabaseError) as exc:  # the writes that fail next say more
+            log.warning(
+                "row_groups_merge_failed",
+                db=str(db.path),
+                error=str(exc),
+                action="tried again after the next writes",
+            )
             continue
-        log.info("row_groups_merged", seconds=round(time.perf_counter() - started, 3))
+        log.info(
+            "row_groups_merged", db=str(db.path), seconds=round(time.perf_counter() - started, 3)
+        )

@@ -91,7 +91,7 @@ class _Exclusive:
         self.calls += 1
         try:
             if self.fail:
-                raise duckdb.TransactionException("a read is running")
+                raise duckdb.IOException("No space left on device")
             await anyio.to_thread.run_sync(fn)
         finally:
             self.ran.set()
@@ -135,8 +135,8 @@ async def test_nothing_is_merged_while_batches_are_queued(tmp_path: Path) -> Non
         db.close()
 
 
-async def test_a_refused_step_is_tried_again_after_the_next_writes(tmp_path: Path) -> None:
-    """A merging checkpoint refused (a query running) leaves the loop waiting for writes."""
+async def test_a_failed_step_is_tried_again_after_the_next_writes(tmp_path: Path) -> None:
+    """A merging checkpoint that fails leaves the loop waiting for the next writes."""
     db = _fragmented(tmp_path / "x.duckdb")
     written, exclusive = Signal(), _Exclusive(fail=True)
     try:
