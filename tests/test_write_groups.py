@@ -20,7 +20,7 @@ from indexer_service import pool as pool_module
 from indexer_service.model import Batch, BatchResult
 from indexer_service.pool import WorkerPool
 from indexer_service.sources.json_tree.file_index import FileTracker
-from indexer_service.sources.json_tree.loader import Loader, Prepared
+from indexer_service.sources.json_tree.loader import HEAVY_FILE_BYTES, Loader, Prepared
 from indexer_service.store import group as group_module
 from indexer_service.store.database import Database
 
@@ -77,6 +77,19 @@ async def test_batches_that_follow_each_other_share_a_transaction(
     (transactions,) = rows(db, "SELECT count(DISTINCT change_seq) FROM parts")[0]
     assert 1 <= transactions < 12
     assert rows(db, "SELECT count(*) FROM file_index WHERE status = 'indexed'") == [(240,)]
+
+
+async def test_batches_of_heavy_files_are_committed_each_on_its_own(
+    db: Database, storage: Path, loader: Loader
+) -> None:
+    """Batches whose files average `HEAVY_FILE_BYTES` or more (session diffs hold whole files)
+    never share a transaction: together they never make a row group, and one commit of all of
+    them would fold hundreds of MB into the file at once."""
+    text = "x" * HEAVY_FILE_BYTES
+    paths = [put_part(storage, n, text) for n in range(24)]
+    pool = WorkerPool(loader, db, workers=4)
+    await pool.run(batches(paths, 4), nothing_to_requeue)
+    assert rows(db, "SELECT count(*), count(DISTINCT change_seq) FROM parts") == [(24, 6)]
 
 
 async def test_a_batch_alone_in_the_pipeline_is_committed_at_once(
