@@ -40,7 +40,7 @@ def merge_row_groups(db: Database, tasks: int = MERGE_STEP_TASKS) -> None:
     cur = db.cursor()
     cur.execute(f"SET GLOBAL max_vacuum_tasks = {int(tasks)}")
     try:
-        cur.execute("CHECKPOINT")
+        db.checkpoint(force=False)
     finally:
         cur.execute(f"SET GLOBAL max_vacuum_tasks = {MERGE_TASKS}")
 
