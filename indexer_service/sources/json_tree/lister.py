@@ -107,8 +107,11 @@ class TreeLister:
                     skipped[kind] = skipped.get(kind, 0) + 1
         return sum(len(t.dirs) for t in tops), sum(len(t.hot) for t in tops), skipped
 
-    def scan(self, *, full: bool, cancel: CancelFlag | None = None) -> Listing:
-        """One pass; full when asked or when nothing is remembered (first pass, after reset)."""
+    def scan(self, *, full: bool, cancel: CancelFlag | None = None, stat: bool = True) -> Listing:
+        """One pass; full when asked or when nothing is remembered (first pass, after reset).
+        ``stat=False`` on a full pass lists the files without their versions (null columns)
+        and leaves every directory hot, so the next pass stats them: for a first pass that
+        only needs the names (an index that holds none of the files)."""
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
@@ -123,7 +126,8 @@ class TreeLister:
             how = WalkSettings(
                 self._scandir, self.shard, self._hot_ns, self._racy_ns, cancel or threading.Event()
             )
-            walk = Walk(self.root, fd, self._tops, how, full=full or not self.primed)
+            full = full or not self.primed
+            walk = Walk(self.root, fd, self._tops, how, full=full, stat=stat)
             for top in FILE_TYPES:
                 if top in NESTED or self.shard[0] == 0:  # flat directories are shard 0's
                     walk.top(top)

@@ -253,7 +253,11 @@ class Reconciler(anyio.AsyncContextManagerMixin):
 
     def _scan_sync(self, full: bool, now: float, cancel: CancelFlag) -> _Result:
         started = time.thread_time()
-        listing = self._lister.scan(full=full, cancel=cancel)
+        # A first pass over an index that holds none of these files needs their names only:
+        # all are new. (A row the watcher writes meanwhile meets an unknown version, which
+        # compares as unchanged: the watcher has just read it.)
+        stat = self._lister.primed or self._has_rows()
+        listing = self._lister.scan(full=full, cancel=cancel, stat=stat)
         res = _Result(listing)
         if listing.unavailable is not None:
             state = "it is missing" if listing.root_missing else "it cannot be listed"
@@ -261,10 +265,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
             return res
         cur = self._db.cursor()
         params = {"prefix": self._prefix, "now": now}
-        if (
-            not listing.tops
-            and cur.sql(_HAS_ROWS_SQL, params={"prefix": self._prefix}).fetchall()[0][0]
-        ):
+        if not listing.tops and self._has_rows():
             self._lister.reset()  # listed whole when it is back: the real differences then
             res.unavailable = _EMPTY_ROOT
             return res
@@ -301,6 +302,11 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         res.counts["deleted"] = len(res.deleted)
         res.cpu_s = time.thread_time() - started + listing.child_cpu_s
         return res
+
+    def _has_rows(self) -> bool:
+        """Whether ``file_index`` holds a row under the root."""
+        found = self._db.cursor().sql(_HAS_ROWS_SQL, params={"prefix": self._prefix})
+        return bool(found.fetchall()[0][0])
 
     def _confirm(self, res: _Result, rows: pa.ChunkedArray) -> PathList:
         """The rows whose file a stat says is gone, outside directories that failed."""

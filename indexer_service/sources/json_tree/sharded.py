@@ -144,11 +144,12 @@ class ShardedLister:
             child.close()
         self._unshard()
 
-    def scan(self, *, full: bool, cancel: CancelFlag | None = None) -> Listing:
-        """One pass over the whole tree, in two processes once it is large."""
+    def scan(self, *, full: bool, cancel: CancelFlag | None = None, stat: bool = True) -> Listing:
+        """One pass over the whole tree, in two processes once it is large (``stat``: see
+        `TreeLister.scan`; a pass in two processes always stats)."""
         cancel = cancel or threading.Event()
         if self._child is None:
-            listing = self._local.scan(full=full, cancel=cancel)
+            listing = self._local.scan(full=full, cancel=cancel, stat=stat)
             if (
                 listing.full
                 and listing.unavailable is None

@@ -58,9 +58,17 @@ class Walk:
     lister's memory) as it goes: `top` lists one folder, `flush` closes the last batch."""
 
     def __init__(
-        self, root: str, fd: int, tops: dict[str, TopDir], how: WalkSettings, *, full: bool
+        self,
+        root: str,
+        fd: int,
+        tops: dict[str, TopDir],
+        how: WalkSettings,
+        *,
+        full: bool,
+        stat: bool = True,
     ) -> None:
         self.root, self.fd, self.tops, self.how, self.full = root, fd, tops, how, full
+        self.stat = stat or not full  # only a full pass may leave its files unstat'ed
         self.index, self.shards = how.shard
         now = time.time_ns()
         self.hot_cutoff = now - how.hot_ns
@@ -177,8 +185,8 @@ class Walk:
         newest = max(newest, mtime)
         trusted = self._trusted(mtime) if ok and not changed else None
         t.dirs[key] = pack_dir(trusted, newest, joined)
-        if trusted is None or newest >= self.hot_cutoff:
-            t.hot.add(key)
+        if trusted is None or newest >= self.hot_cutoff or not self.stat:
+            t.hot.add(key)  # files not stat'ed: the next pass stats them, then it knows
         else:
             t.hot.discard(key)
         if ok:
@@ -192,7 +200,7 @@ class Walk:
         """scandir + stat: (names, newest mtime, complete, entries skipped)."""
         names: list[str] = []
         skipped: list[tuple[str, str]] = []
-        newest, ok, pre = 0, True, reldir + "/"
+        newest, ok, pre, stat = 0, True, reldir + "/", self.stat
         rel, mt, ns, sz = self.rel.append, self.mt.append, self.ns.append, self.sz.append
         with self.how.scandir(f"{self.root}/{reldir}") as it:
             for e in it:
@@ -202,6 +210,10 @@ class Walk:
                 try:
                     if e.is_file(follow_symlinks=False):  # from readdir: no system call
                         if not indexable_name(n):
+                            continue
+                        if not stat:
+                            names.append(n)
+                            rel(pre + n)
                             continue
                         s = e.stat()
                     else:
@@ -220,6 +232,8 @@ class Walk:
                     continue
                 names.append(n)
                 rel(pre + n)
+                if not stat:  # the version of every file of the pass is left unknown
+                    continue
                 mt(s.st_mtime)
                 ns(m := s.st_mtime_ns)
                 sz(s.st_size)
@@ -281,11 +295,12 @@ class Walk:
     def flush(self) -> None:
         if not self.rel:
             return
+        n = len(self.rel)
         cols = (
             entries.keys(self.rel),
-            pa.array(self.mt, pa.float64()),
-            pa.array(self.ns, pa.int64()),
-            pa.array(self.sz, pa.int64()),
+            pa.array(self.mt, pa.float64()) if self.stat else pa.nulls(n, pa.float64()),
+            pa.array(self.ns, pa.int64()) if self.stat else pa.nulls(n, pa.int64()),
+            pa.array(self.sz, pa.int64()) if self.stat else pa.nulls(n, pa.int64()),
         )
         self.out.batches.append(pa.record_batch(list(cols), schema=SCHEMA))
         for col in (self.rel, self.mt, self.ns, self.sz):
