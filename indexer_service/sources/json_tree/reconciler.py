@@ -46,8 +46,14 @@ from indexer_service.errors import ConfigError
 from indexer_service.model import SCAN_KINDS, Emit, ScanReport
 from indexer_service.settings import at_least, positive
 from indexer_service.source import every
+from indexer_service.sources.json_tree.compare import (
+    DELETED_PARTIAL_SQL,
+    DUE_SQL,
+    FULL_SQL,
+    HAS_ROWS_SQL,
+    MISSING_SQL,
+)
 from indexer_service.sources.json_tree.entries import SKIPPED_KINDS, keys
-from indexer_service.sources.json_tree.file_index import same_version_sql
 from indexer_service.sources.json_tree.layout import FILE_TYPES, classify_relative
 from indexer_service.sources.json_tree.listing import (
     SCHEMA,
@@ -68,38 +74,10 @@ log = structlog.get_logger(__name__)
 
 _MAX_ERROR_LOGS = 20  # listing errors logged one by one per scan; the rest are counted
 
-_SEEN = "(SELECT $prefix || rel AS file_path, mtime, mtime_ns, size FROM _reconcile_seen) s"
-_KIND = f"""CASE WHEN f.file_path IS NULL THEN 'new'
-         WHEN NOT ({same_version_sql("f", "s")}) THEN 'modified'
-         WHEN f.status = 'error' THEN
-              CASE WHEN coalesce(f.retry_after, 0) <= $now THEN 'retried' END
-         WHEN f.status IS DISTINCT FROM 'indexed' THEN 'pending' END"""
-# partial pass: the files stat'ed; full pass: also every row under the root (one join for both)
-_MISSING_SQL = f"""SELECT file_path, kind FROM (
-  SELECT s.file_path, {_KIND} AS kind FROM {_SEEN} LEFT JOIN file_index f USING (file_path)
-) WHERE kind IS NOT NULL ORDER BY file_path"""
-_FULL_SQL = f"""SELECT file_path, kind FROM (
-  SELECT coalesce(s.file_path, f.file_path) AS file_path,
-         CASE WHEN s.file_path IS NULL THEN 'deleted' ELSE {_KIND} END AS kind
-  FROM {_SEEN} FULL OUTER JOIN
-       (SELECT * FROM file_index WHERE starts_with(file_path, $prefix)) f USING (file_path)
-) WHERE kind IS NOT NULL ORDER BY file_path"""
-_DELETED_PARTIAL_SQL = """
-SELECT g.file_path FROM (SELECT $prefix || rel AS file_path FROM _reconcile_gone) g
-SEMI JOIN file_index f ON f.file_path = g.file_path
-"""
-_HAS_ROWS_SQL = (
-    "SELECT count(*) FROM (SELECT 1 FROM file_index WHERE starts_with(file_path, $prefix) LIMIT 1)"
-)
 _EMPTY_ROOT = (
     f"it holds none of the record folders ({', '.join(FILE_TYPES)}), as the mount point of a "
     "disk that is not mounted"
 )
-_DUE_SQL = """
-SELECT file_path FROM file_index
-WHERE starts_with(file_path, $prefix) AND coalesce(status, '') <> 'indexed'
-  AND NOT (coalesce(status, '') = 'error' AND coalesce(retry_after, 0) > $now)
-"""
 
 
 @dataclass
@@ -270,7 +248,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
             res.unavailable = _EMPTY_ROOT
             return res
         if not listing.full:  # pending and due error rows in directories not listed
-            rels = [p[len(self._prefix) :] for (p,) in cur.sql(_DUE_SQL, params=params).fetchall()]
+            rels = [p[len(self._prefix) :] for (p,) in cur.sql(DUE_SQL, params=params).fetchall()]
             rels = [r for r in rels if r.rpartition("/")[0] not in listing.covered]
             if rels := [r for r in rels if classify_relative(r) is not None]:
                 listing.batches.append(self._lister.stat_files(rels))
@@ -278,7 +256,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         cur.register("_reconcile_seen", seen)
         try:
             if listing.full or seen.num_rows:
-                sql = _FULL_SQL if listing.full else _MISSING_SQL
+                sql = FULL_SQL if listing.full else MISSING_SQL
                 found = cur.sql(sql, params=params).to_arrow_table()
                 is_deleted = pc.equal(found.column("kind"), "deleted")
                 missing = found.filter(pc.invert(is_deleted))
@@ -289,7 +267,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
             if listing.gone:
                 cur.register("_reconcile_gone", pa.table({"rel": keys(listing.gone)}))
                 try:
-                    rows = cur.sql(_DELETED_PARTIAL_SQL, params={"prefix": self._prefix})
+                    rows = cur.sql(DELETED_PARTIAL_SQL, params={"prefix": self._prefix})
                     res.deleted = self._confirm(res, rows.to_arrow_table().column(0))
                 finally:
                     cur.unregister("_reconcile_gone")
@@ -305,7 +283,7 @@ class Reconciler(anyio.AsyncContextManagerMixin):
 
     def _has_rows(self) -> bool:
         """Whether ``file_index`` holds a row under the root."""
-        found = self._db.cursor().sql(_HAS_ROWS_SQL, params={"prefix": self._prefix})
+        found = self._db.cursor().sql(HAS_ROWS_SQL, params={"prefix": self._prefix})
         return bool(found.fetchall()[0][0])
 
     def _confirm(self, res: _Result, rows: pa.ChunkedArray) -> PathList:
