@@ -232,8 +232,8 @@ class Reconciler(anyio.AsyncContextManagerMixin):
     def _scan_sync(self, full: bool, now: float, cancel: CancelFlag) -> _Result:
         started = time.thread_time()
         # A first pass over an index that holds none of these files needs their names only:
-        # all are new. (A row the watcher writes meanwhile meets an unknown version, which
-        # compares as unchanged: the watcher has just read it.)
+        # all are new and none is gone, so there is nothing to stat or join. (A file the
+        # watcher indexes meanwhile goes out again and is read twice.)
         stat = self._lister.primed or self._has_rows()
         listing = self._lister.scan(full=full, cancel=cancel, stat=stat)
         res = _Result(listing)
@@ -241,12 +241,28 @@ class Reconciler(anyio.AsyncContextManagerMixin):
             state = "it is missing" if listing.root_missing else "it cannot be listed"
             res.unavailable = f"{state} ({listing.unavailable})"
             return res
-        cur = self._db.cursor()
-        params = {"prefix": self._prefix, "now": now}
         if not listing.tops and self._has_rows():
             self._lister.reset()  # listed whole when it is back: the real differences then
             res.unavailable = _EMPTY_ROOT
             return res
+        if stat:
+            self._compare(res, now)
+        else:  # all new: sorted by path in Arrow
+            rel = pa.chunked_array([b.column("rel") for b in listing.batches], pa.string())
+            res.files, listing.batches = len(rel), []
+            rel = rel.take(pc.sort_indices(rel))
+            res.missing = PathList(pc.binary_join_element_wise(self._prefix, rel, ""))
+            res.counts["new"] = res.files
+        if listing.full:  # hand the Arrow buffers of a big listing back to the OS
+            pa.default_memory_pool().release_unused()
+        res.counts["deleted"] = len(res.deleted)
+        res.cpu_s = time.thread_time() - started + listing.child_cpu_s
+        return res
+
+    def _compare(self, res: _Result, now: float) -> None:
+        """Join the listing with ``file_index``: what is missing, and what is gone."""
+        listing, cur = res.listing, self._db.cursor()
+        params = {"prefix": self._prefix, "now": now}
         if not listing.full:  # pending and due error rows in directories not listed
             rels = [p[len(self._prefix) :] for (p,) in cur.sql(DUE_SQL, params=params).fetchall()]
             rels = [r for r in rels if r.rpartition("/")[0] not in listing.covered]
@@ -274,12 +290,6 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         finally:
             cur.unregister("_reconcile_seen")
         res.files, listing.batches = seen.num_rows, []  # not held while the results go out
-        del seen
-        if listing.full:  # hand the Arrow buffers of a big listing back to the OS
-            pa.default_memory_pool().release_unused()
-        res.counts["deleted"] = len(res.deleted)
-        res.cpu_s = time.thread_time() - started + listing.child_cpu_s
-        return res
 
     def _has_rows(self) -> bool:
         """Whether ``file_index`` holds a row under the root."""
