@@ -149,10 +149,12 @@ class Database:
 
     def _memory_config(self) -> dict[str, str]:
         """DuckDB's memory limit, the WAL size at which a commit checkpoints
-        (`CHECKPOINT_MB`), and no row-group merges in checkpoints (`MERGE_TASKS`)."""
+        (`CHECKPOINT_MB`), no row-group merges in checkpoints (`MERGE_TASKS`), and zstd for
+        the JSON documents (`ZSTD_MIN_STRING_BYTES`)."""
         config = {
             "checkpoint_threshold": f"{CHECKPOINT_MB}MB",
             "max_vacuum_tasks": str(MERGE_TASKS),
+            "zstd_min_string_length": str(ZSTD_MIN_STRING_BYTES),
         }
         if self.memory_limit_mb is not None:
             config["memory_limit"] = f"{self.memory_limit_mb}MB"
@@ -291,6 +293,11 @@ million records one checkpoint merging a backfill's partial row groups took 35 s
 commits waited behind merges for seconds. Without them a checkpoint writes only what the WAL
 holds, and each leaves one partial row group per table written, merged once writes pause
 (`store.compaction`; figures in docs/benchmarks.md)."""
+ZSTD_MIN_STRING_BYTES = 256
+"""Average length from which DuckDB may store a string column with zstd (its default: 4,096).
+The ``raw`` JSON of parts and messages averages 3-5 KB, under DuckDB's default, so it was
+stored uncompressed: the 100k-file index took 404 MB, 89 MB with zstd, and neither the
+backfill nor the queries that read ``raw`` got slower (docs/benchmarks.md)."""
 _USE = f"USE {CATALOG}"
 
 
