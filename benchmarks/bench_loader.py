@@ -123,6 +123,10 @@ async def _load(pool: WorkerPool, paths: Sequence[str], batch: int) -> list[str]
     async def batches() -> AsyncIterator[Batch]:
         for i in range(0, len(paths), batch):
             yield Batch(tuple(paths[i : i + batch]), "size", 0.0)
+        # The pool starts a batch's follow-up (the files past its 32 MB of records) only while
+        # its input goes on, as a service's does until shutdown: end it once all is written.
+        while pool.get_stats()["busy"]:
+            await pool.work_ended()
 
     async def requeue(more: list[str]) -> None:
         requeued.extend(more)
