@@ -200,6 +200,7 @@ class Walk:
         """scandir + stat: (names, newest mtime, complete, entries skipped)."""
         names: list[str] = []
         skipped: list[tuple[str, str]] = []
+        s: os.stat_result | None
         newest, ok, pre, stat = 0, True, reldir + "/", self.stat
         rel, mt, ns, sz = self.rel.append, self.mt.append, self.ns.append, self.sz.append
         with self.how.scandir(f"{self.root}/{reldir}") as it:
@@ -211,11 +212,7 @@ class Walk:
                     if e.is_file(follow_symlinks=False):  # from readdir: no system call
                         if not indexable_name(n):
                             continue
-                        if not stat:
-                            names.append(n)
-                            rel(pre + n)
-                            continue
-                        s = e.stat()
+                        s = e.stat() if stat else None
                     else:
                         found, kind = entries.other(e, self.links)
                         if kind is not None:
@@ -232,7 +229,7 @@ class Walk:
                     continue
                 names.append(n)
                 rel(pre + n)
-                if not stat:  # the version of every file of the pass is left unknown
+                if not stat or s is None:  # the version of every file of the pass is unknown
                     continue
                 mt(s.st_mtime)
                 ns(m := s.st_mtime_ns)

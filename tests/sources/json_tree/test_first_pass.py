@@ -108,7 +108,8 @@ async def test_a_rewrite_in_a_cold_directory_after_a_names_only_pass_is_found(
     move, is still found then, not only at the next full pass."""
     root = tmp_path / "storage"
     files = make_tree(root)
-    rec = Reconciler(root, db, on_missing_files=Received(), full_scan_every=10)
+    received = Received()
+    rec = Reconciler(root, db, on_missing_files=received, full_scan_every=10)
     await rec.scan_now()
     mark_indexed(db, files)
     target = files[-1]
@@ -116,8 +117,7 @@ async def test_a_rewrite_in_a_cold_directory_after_a_names_only_pass_is_found(
     with target.open("r+") as f:  # in place: the directory's mtime does not change
         f.write('{"v": 2}')
     assert target.parent.stat().st_mtime_ns == parent_ns
-    received = Received()
-    rec._on_missing = received
+    received.paths.clear()
     await rec.scan_now()
     assert rec.get_stats()["last_scan_full"] is False
     assert received.paths == [str(target)]
