@@ -20,7 +20,8 @@ Five measurements, each on a fresh database (and tree, but for scale):
   indexing rate, files / (last indexed - first written), and the CPU each side used;
 * backfill: an existing tree of ``--backfill`` files indexed through the same service path;
 * scale (only with ``--only scale``): the existing tree ``--tree`` (the 1M-file one by default)
-  backfilled, its commit times and peak RSS, then the latency run above in the same process
+  backfilled, its commit times and peak RSS, then the latency run above in the same process,
+  with the latency of each 5 s of writing and the reconciliation passes that ran meanwhile
   (``INDEXER_MEMORY_LIMIT_MB`` sets the memory limit).
 """
 
@@ -295,19 +296,55 @@ async def scale(base: Path, tree: Path, rate: float, seconds: float) -> dict[str
                 "peak_rss_mb": round(peak_rss_mb()),
             }
             await anyio.to_thread.run_sync(os.sync)
-            proc = _spawn_writer(tree, rate, seconds, 0, out)
-            await anyio.to_thread.run_sync(proc.join)
+            passes: list[tuple[float, float, bool]] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_record_passes, svc, passes)
+                proc = _spawn_writer(tree, rate, seconds, 0, out)
+                await anyio.to_thread.run_sync(proc.join)
+                tg.cancel_scope.cancel()
             await svc.wait_until_synced()
             live_commits = dict(svc.stats()["workers"]["write_ms"])
         writes = _read_writes(out)
         indexed = _indexed_at(db)
     finally:
         await anyio.to_thread.run_sync(_remove_written, out)
+    began = min(writes.values(), default=0.0)
     return {
         "backfill": backfill,
         "live": {**_latencies(writes, indexed), "commit_ms_since_start": live_commits},
+        "live_by_5s": _latency_series(writes, indexed, began, 5.0),
+        "passes_while_writing": [
+            {"at_s": round(end - s - began, 1), "s": s, "full": full} for end, s, full in passes
+        ],
         "peak_rss_mb": round(peak_rss_mb()),
     }
+
+
+async def _record_passes(svc: IndexerService, passes: list[tuple[float, float, bool]]) -> None:
+    """Append (end, seconds, full) of each reconciliation pass the service ends from now on
+    (a pass holds a core and the GIL for its listing: the live latency may follow it)."""
+    seen = svc.stats()["reconciler"]["last_scan_at"]
+    while True:
+        await anyio.sleep(0.25)
+        rec = svc.stats()["reconciler"]
+        at = rec["last_scan_at"]
+        if at is not None and at != seen:
+            seen = at
+            passes.append((at, rec["last_duration_s"], bool(rec["last_scan_full"])))
+
+
+def _latency_series(
+    writes: dict[str, float], indexed: dict[str, float], began: float, step: float
+) -> list[dict[str, float]]:
+    """The latency of the files written in each ``step`` seconds of the run: p95 and max ms."""
+    buckets: dict[int, list[float]] = {}
+    for p, t in writes.items():
+        if p in indexed:
+            buckets.setdefault(int((t - began) // step), []).append((indexed[p] - t) * 1000)
+    return [
+        {"at_s": k * step, "files": len(v), "p95_ms": round(_pct(v, 95)), "max_ms": round(max(v))}
+        for k, v in sorted(buckets.items())
+    ]
 
 
 _EXT4_RECENT_S = 361
