@@ -130,7 +130,8 @@ class Settings:
     max_batch_files: int = 5_000
     """Batches waiting for a worker are merged up to this size (bulk loads, bursts). Each
     batch costs ~30 ms of fixed DuckDB planning: a 100k-file backfill with 5,000 took 6-27%
-    less time than with 2,000, for 70-150 MB more peak memory."""
+    less time than with 2,000, for 70-150 MB more peak memory. Legacy-tree batches of 1,000
+    files or more share write transactions; smaller ones (live batches) commit on their own."""
     max_pending: int = 100_000
     """Files waiting (pending + in ready batches) before producers are made to wait."""
     workers: int = field(default_factory=default_workers)

@@ -5,7 +5,7 @@ see: reported once its group committed, written again on its own if its group fa
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,12 @@ from indexer_service import pool as pool_module
 from indexer_service.model import Batch, BatchResult
 from indexer_service.pool import WorkerPool
 from indexer_service.sources.json_tree.file_index import FileTracker
-from indexer_service.sources.json_tree.loader import HEAVY_FILE_BYTES, Loader, Prepared
+from indexer_service.sources.json_tree.loader import (
+    GROUP_MIN_FILES,
+    HEAVY_FILE_BYTES,
+    Loader,
+    Prepared,
+)
 from indexer_service.store import group as group_module
 from indexer_service.store.database import Database
 
@@ -33,6 +38,14 @@ def no_age_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     that relied on the age would hang, and fail at its deadline)."""
     monkeypatch.setattr(group_module, "GROUP_SECONDS", 3600.0)
     monkeypatch.setattr(pool_module, "GROUP_SECONDS", 3600.0)
+
+
+@pytest.fixture
+def loader(db: Database, storage: Path) -> Iterator[Loader]:
+    """A loader that groups batches of any size: the tests' batches are small."""
+    loader = Loader(db, FileTracker(db), storage, group_min_files=1)
+    yield loader
+    loader.close()
 
 
 def put_part(root: Path, n: int, text: str = "") -> str:
@@ -92,6 +105,33 @@ async def test_batches_of_heavy_files_are_committed_each_on_its_own(
     assert rows(db, "SELECT count(*), count(DISTINCT change_seq) FROM parts") == [(24, 6)]
 
 
+async def test_live_sized_batches_are_committed_each_on_its_own(
+    db: Database, storage: Path
+) -> None:
+    """Batches smaller than `GROUP_MIN_FILES` (live ones) never wait in a group for others in
+    flight: each is its own transaction, its rows there when it is reported, while a batch
+    of `GROUP_MIN_FILES` files (a backlog merged into one) still shares a group."""
+    paths = [put_part(storage, n) for n in range(240 + 2 * GROUP_MIN_FILES)]
+    as_shipped = Loader(db, FileTracker(db), storage)
+    try:
+        pool = WorkerPool(as_shipped, db, workers=4)
+        await pool.run(batches(paths[:240], 20), nothing_to_requeue)
+        assert rows(db, "SELECT count(*), count(DISTINCT change_seq) FROM parts") == [(240, 12)]
+        big_batches = [paths[240 + i * GROUP_MIN_FILES :][:GROUP_MIN_FILES] for i in (0, 1)]
+        more = [Batch(tuple(keys), "size", 0.0) for keys in big_batches]
+
+        async def both() -> AsyncIterator[Batch]:
+            for batch in more:
+                yield batch
+
+        await pool.run(both(), nothing_to_requeue)
+        assert rows(db, "SELECT count(*), count(DISTINCT change_seq) FROM parts") == [
+            (240 + 2 * GROUP_MIN_FILES, 13)
+        ]
+    finally:
+        as_shipped.close()
+
+
 async def test_a_batch_alone_in_the_pipeline_is_committed_at_once(
     db: Database, storage: Path, loader: Loader
 ) -> None:
@@ -123,7 +163,8 @@ async def test_a_batch_that_fails_in_a_group_sends_the_whole_group_again(
     new = [put_part(storage, n) for n in range(100, 160)]
     rewritten = [put_part(storage, n, "after") for n in range(20)]
     done: list[int] = []
-    restarted = Loader(db, FileTracker(db), storage)  # it has not written the old rows itself
+    # it has not written the old rows itself
+    restarted = Loader(db, FileTracker(db), storage, group_min_files=1)
     pool = WorkerPool(restarted, db, workers=4, on_batch_done=lambda r, b: done.append(r.indexed))
     await pool.run(batches(new + rewritten, 20), nothing_to_requeue)
     assert log_events.counts["write_group_failed"] >= 2  # the failed batch and another

@@ -44,7 +44,7 @@ from indexer_service.store.changes import note_removed
 from indexer_service.store.database import Database
 from indexer_service.store.rows import RowWriter, database_keys, delete_in, one_of
 
-__all__ = ["HEAVY_FILE_BYTES", "PREFETCH_MIN_FILES", "Loader", "Prepared"]
+__all__ = ["GROUP_MIN_FILES", "HEAVY_FILE_BYTES", "PREFETCH_MIN_FILES", "Loader", "Prepared"]
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +54,10 @@ PREFETCH_MIN_FILES = 256
 """Smallest batch that is checked for files missing from the page cache (bulk loads)."""
 HEAVY_FILE_BYTES = 32 * 1024
 """A batch whose files average this size or more is written on its own, not in a write group."""
+GROUP_MIN_FILES = 1_000
+"""A batch of fewer files is written and committed on its own, not in a write group: a live
+batch (cut at ``max_files`` or ``window_ms``) is visible as soon as it is written, however
+many others are in flight. Larger ones, merged while the writer was behind, share groups."""
 
 
 @dataclass
@@ -71,7 +75,8 @@ class Loader:
 
     ``prepare`` may run on any number of threads at once; ``write`` serializes itself. A batch
     stops reading at ``max_batch_bytes`` (the rest follow); with ``defer_to_databases`` a record
-    an OpenCode database holds is not overwritten (that database is indexed too).
+    an OpenCode database holds is not overwritten (that database is indexed too); batches of
+    ``group_min_files`` or more may share a write group (`groupable`).
     """
 
     def __init__(
@@ -83,9 +88,11 @@ class Loader:
         max_file_bytes: int = MAX_FILE_BYTES,
         max_batch_bytes: int = BATCH_BYTES,
         defer_to_databases: bool = False,
+        group_min_files: int = GROUP_MIN_FILES,
     ) -> None:
         self.db = db
         self.max_batch_bytes = max_batch_bytes
+        self.group_min_files = group_min_files
         self.defer_to_databases = defer_to_databases
         self.max_file_bytes = max_file_bytes
         self.tracker = tracker
@@ -227,10 +234,12 @@ class Loader:
         return prepared.rest
 
     def groupable(self, prepared: Prepared) -> bool:
-        """Unless its files are heavy (`HEAVY_FILE_BYTES`, e.g. session diffs): a group of such
-        batches never gives a table a row group of rows (`store.group`), and committed a few
-        hundred MB of WAL at once (2.75 s on the 1M-file tree)."""
-        return prepared.nbytes < HEAVY_FILE_BYTES * max(1, len(prepared.versions))
+        """Unless the batch is small (`GROUP_MIN_FILES`: a live one, which would wait for the
+        group's commit, up to 2 s while others keep coming) or its files are heavy
+        (`HEAVY_FILE_BYTES`, e.g. session diffs: a group of such batches never gives a table a
+        row group of rows, and committed a few hundred MB of WAL at once)."""
+        files = len(prepared.versions)
+        return files >= self.group_min_files and prepared.nbytes < HEAVY_FILE_BYTES * max(1, files)
 
     # -- write -------------------------------------------------------------------------------
 
