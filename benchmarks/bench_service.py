@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import resource
 import shutil
-import statistics
 import time
 from collections.abc import Callable
 from datetime import UTC
@@ -42,6 +41,7 @@ from typing import Any
 
 import anyio
 
+from benchmarks.latency import latencies, latency_series, record_passes
 from benchmarks.sqlite_data import peak_rss_mb, threads_cpu
 from indexer_service import IndexerService, ServiceStats, Settings
 from indexer_service.cli.logs import configure_logging
@@ -154,10 +154,6 @@ async def _run_with_writer(
     return writes, _indexed_at(db), stats
 
 
-def _pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else 0
-
-
 async def latency(base: Path, rate: float, seconds: float, history: int) -> dict[str, Any]:
     writes, indexed, _ = await _run_with_writer(base, "latency", rate, seconds, 0, history)
     span = max(writes.values()) - min(writes.values()) if len(writes) > 1 else 0.0
@@ -165,20 +161,7 @@ async def latency(base: Path, rate: float, seconds: float, history: int) -> dict
         "history": len(indexed) - len(writes),
         "rate_target": rate,
         "rate_written": round(len(writes) / span) if span else 0,  # the writer may fall behind
-        **_latencies(writes, indexed),
-    }
-
-
-def _latencies(writes: dict[str, float], indexed: dict[str, float]) -> dict[str, Any]:
-    """From each file's last write to its row: p50/p95/p99/max ms, and the files never indexed."""
-    lat = [max(0.0, indexed[p] - t) * 1000 for p, t in writes.items() if p in indexed]
-    return {
-        "files": len(writes),
-        "p50_ms": round(_pct(lat, 50), 1),
-        "p95_ms": round(_pct(lat, 95), 1),
-        "p99_ms": round(_pct(lat, 99), 1),
-        "max_ms": round(max(lat), 1),
-        "missing": len(set(writes) - set(indexed)),
+        **latencies(writes, indexed),
     }
 
 
@@ -298,7 +281,7 @@ async def scale(base: Path, tree: Path, rate: float, seconds: float) -> dict[str
             await anyio.to_thread.run_sync(os.sync)
             passes: list[tuple[float, float, bool]] = []
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_record_passes, svc, passes)
+                tg.start_soon(record_passes, svc, passes)
                 proc = _spawn_writer(tree, rate, seconds, 0, out)
                 await anyio.to_thread.run_sync(proc.join)
                 tg.cancel_scope.cancel()
@@ -311,40 +294,13 @@ async def scale(base: Path, tree: Path, rate: float, seconds: float) -> dict[str
     began = min(writes.values(), default=0.0)
     return {
         "backfill": backfill,
-        "live": {**_latencies(writes, indexed), "commit_ms_since_start": live_commits},
-        "live_by_5s": _latency_series(writes, indexed, began, 5.0),
+        "live": {**latencies(writes, indexed), "commit_ms_since_start": live_commits},
+        "live_by_5s": latency_series(writes, indexed, began, 5.0),
         "passes_while_writing": [
             {"at_s": round(end - s - began, 1), "s": s, "full": full} for end, s, full in passes
         ],
         "peak_rss_mb": round(peak_rss_mb()),
     }
-
-
-async def _record_passes(svc: IndexerService, passes: list[tuple[float, float, bool]]) -> None:
-    """Append (end, seconds, full) of each reconciliation pass the service ends from now on
-    (a pass holds a core and the GIL for its listing: the live latency may follow it)."""
-    seen = svc.stats()["reconciler"]["last_scan_at"]
-    while True:
-        await anyio.sleep(0.25)
-        rec = svc.stats()["reconciler"]
-        at = rec["last_scan_at"]
-        if at is not None and at != seen:
-            seen = at
-            passes.append((at, rec["last_duration_s"], bool(rec["last_scan_full"])))
-
-
-def _latency_series(
-    writes: dict[str, float], indexed: dict[str, float], began: float, step: float
-) -> list[dict[str, float]]:
-    """The latency of the files written in each ``step`` seconds of the run: p95 and max ms."""
-    buckets: dict[int, list[float]] = {}
-    for p, t in writes.items():
-        if p in indexed:
-            buckets.setdefault(int((t - began) // step), []).append((indexed[p] - t) * 1000)
-    return [
-        {"at_s": k * step, "files": len(v), "p95_ms": round(_pct(v, 95)), "max_ms": round(max(v))}
-        for k, v in sorted(buckets.items())
-    ]
 
 
 _EXT4_RECENT_S = 361
