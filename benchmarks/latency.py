@@ -20,9 +20,14 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
+def _delays(writes: dict[str, float], indexed: dict[str, float]) -> list[tuple[float, float]]:
+    """(last write, ms from it to the file's row) of each file indexed."""
+    return [(t, max(0.0, indexed[p] - t) * 1000) for p, t in writes.items() if p in indexed]
+
+
 def latencies(writes: dict[str, float], indexed: dict[str, float]) -> dict[str, Any]:
     """From each file's last write to its row: p50/p95/p99/max ms, and the files never indexed."""
-    lat = [max(0.0, indexed[p] - t) * 1000 for p, t in writes.items() if p in indexed]
+    lat = [ms for _, ms in _delays(writes, indexed)]
     return {
         "files": len(writes),
         "p50_ms": round(pct(lat, 50), 1),
@@ -51,9 +56,8 @@ def latency_series(
 ) -> list[dict[str, float]]:
     """The latency of the files written in each ``step`` seconds of the run: p95 and max ms."""
     buckets: dict[int, list[float]] = {}
-    for p, t in writes.items():
-        if p in indexed:
-            buckets.setdefault(int((t - began) // step), []).append((indexed[p] - t) * 1000)
+    for t, ms in _delays(writes, indexed):
+        buckets.setdefault(int((t - began) // step), []).append(ms)
     return [
         {"at_s": k * step, "files": len(v), "p95_ms": round(pct(v, 95)), "max_ms": round(max(v))}
         for k, v in sorted(buckets.items())

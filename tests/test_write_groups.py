@@ -117,14 +117,7 @@ async def test_live_sized_batches_are_committed_each_on_its_own(
         pool = WorkerPool(as_shipped, db, workers=4)
         await pool.run(batches(paths[:240], 20), nothing_to_requeue)
         assert rows(db, "SELECT count(*), count(DISTINCT change_seq) FROM parts") == [(240, 12)]
-        big_batches = [paths[240 + i * GROUP_MIN_FILES :][:GROUP_MIN_FILES] for i in (0, 1)]
-        more = [Batch(tuple(keys), "size", 0.0) for keys in big_batches]
-
-        async def both() -> AsyncIterator[Batch]:
-            for batch in more:
-                yield batch
-
-        await pool.run(both(), nothing_to_requeue)
+        await pool.run(batches(paths[240:], GROUP_MIN_FILES), nothing_to_requeue)
         assert rows(db, "SELECT count(*), count(DISTINCT change_seq) FROM parts") == [
             (240 + 2 * GROUP_MIN_FILES, 13)
         ]
