@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from indexer_service.sources.json_tree.file_index import same_version_sql
 
-__all__ = ["DELETED_PARTIAL_SQL", "DUE_SQL", "FULL_SQL", "HAS_ROWS_SQL", "MISSING_SQL"]
+__all__ = ["DELETED_PARTIAL_SQL", "DUE_SQL", "FULL_SQL", "MISSING_SQL", "ROWS_UP_TO_SQL"]
 
 _SEEN = "(SELECT $prefix || rel AS file_path, mtime, mtime_ns, size FROM _reconcile_seen) s"
 _KIND = f"""CASE WHEN f.file_path IS NULL THEN 'new'
@@ -33,10 +33,10 @@ DELETED_PARTIAL_SQL = """
 SELECT g.file_path FROM (SELECT $prefix || rel AS file_path FROM _reconcile_gone) g
 SEMI JOIN file_index f ON f.file_path = g.file_path
 """
-# whether the index holds any file under the root
-HAS_ROWS_SQL = (
-    "SELECT count(*) FROM (SELECT 1 FROM file_index WHERE starts_with(file_path, $prefix) LIMIT 1)"
-)
+# how many files the index holds under the root, counted up to $cap
+ROWS_UP_TO_SQL = """SELECT count(*) FROM (
+  SELECT 1 FROM file_index WHERE starts_with(file_path, $prefix) LIMIT $cap
+)"""
 # partial pass: the rows read again whatever the listing says (pending, error rows due)
 DUE_SQL = """
 SELECT file_path FROM file_index

@@ -130,6 +130,8 @@ class Listing:
     dirs_checked: int = 0
     child_cpu_s: float = 0.0
     """CPU seconds a listing child process spent on this pass (`sharded`)."""
+    processes: int = 1
+    """Processes that listed this pass (2: a listing child listed half, `sharded`)."""
     unavailable: str | None = None
     root_missing: bool = False
     skipped: list[tuple[str, str]] = field(default_factory=list)

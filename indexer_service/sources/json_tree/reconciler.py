@@ -50,8 +50,8 @@ from indexer_service.sources.json_tree.compare import (
     DELETED_PARTIAL_SQL,
     DUE_SQL,
     FULL_SQL,
-    HAS_ROWS_SQL,
     MISSING_SQL,
+    ROWS_UP_TO_SQL,
 )
 from indexer_service.sources.json_tree.entries import SKIPPED_KINDS, keys
 from indexer_service.sources.json_tree.layout import FILE_TYPES, classify_relative
@@ -102,8 +102,9 @@ class Reconciler(anyio.AsyncContextManagerMixin):
     periodic scan comes one interval after start: callers run the initial scan themselves.
     ``clock`` gives epoch seconds (compared with ``retry_after``); ``scandir`` is the listing
     function (tests inject failures or gates through it). Once a full pass lists
-    ``shard_min_files`` files, a child process lists half of the tree (`ShardedLister`; not with
-    a custom ``scandir``, one CPU, or None); `close` stops it.
+    ``shard_min_files`` files, or from the first pass when the index holds that many under the
+    root, a child process lists half of the tree (`ShardedLister`; not with a custom
+    ``scandir``, one CPU, or None); `close` stops it.
     """
 
     def __init__(
@@ -233,15 +234,17 @@ class Reconciler(anyio.AsyncContextManagerMixin):
         started = time.thread_time()
         # A first pass over an index that holds none of these files needs their names only:
         # all are new and none is gone, so there is nothing to stat or join. (A file the
-        # watcher indexes meanwhile goes out again and is read twice.)
-        stat = self._lister.primed or self._has_rows()
-        listing = self._lister.scan(full=full, cancel=cancel, stat=stat)
+        # watcher indexes meanwhile goes out again and is read twice.) One over a large index
+        # is split between two processes from its start.
+        known = 0 if self._lister.primed else self._rows_up_to(self._lister.min_files or 1)
+        stat = self._lister.primed or known > 0
+        listing = self._lister.scan(full=full, cancel=cancel, stat=stat, known_files=known)
         res = _Result(listing)
         if listing.unavailable is not None:
             state = "it is missing" if listing.root_missing else "it cannot be listed"
             res.unavailable = f"{state} ({listing.unavailable})"
             return res
-        if not listing.tops and self._has_rows():
+        if not listing.tops and self._rows_up_to(1):
             self._lister.reset()  # listed whole when it is back: the real differences then
             res.unavailable = _EMPTY_ROOT
             return res
@@ -291,10 +294,11 @@ class Reconciler(anyio.AsyncContextManagerMixin):
             cur.unregister("_reconcile_seen")
         res.files, listing.batches = seen.num_rows, []  # not held while the results go out
 
-    def _has_rows(self) -> bool:
-        """Whether ``file_index`` holds a row under the root."""
-        found = self._db.cursor().sql(HAS_ROWS_SQL, params={"prefix": self._prefix})
-        return bool(found.fetchall()[0][0])
+    def _rows_up_to(self, cap: int) -> int:
+        """How many rows ``file_index`` holds under the root, counted up to ``cap``."""
+        params = {"prefix": self._prefix, "cap": cap}
+        found = self._db.cursor().sql(ROWS_UP_TO_SQL, params=params).fetchall()
+        return int(found[0][0])
 
     def _confirm(self, res: _Result, rows: pa.ChunkedArray) -> PathList:
         """The rows whose file a stat says is gone, outside directories that failed."""
@@ -353,7 +357,8 @@ class Reconciler(anyio.AsyncContextManagerMixin):
             stats["total"][kind] += n
         (log.info if any(res.counts.values()) or listing.full else log.debug)(
             "reconcile_done", full=listing.full, ms=round(duration * 1000, 1), files=files,
-            dirs_listed=listing.dirs_listed, errors=errors, **res.counts,
+            dirs_listed=listing.dirs_listed, processes=listing.processes, errors=errors,
+            **res.counts,
         )  # fmt: skip
         self.last_report = ScanReport(listing.full, duration, dict(res.counts))
         return self.last_report

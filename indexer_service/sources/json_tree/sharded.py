@@ -5,7 +5,9 @@ Python per file to collect it. A second thread does not help (it fights for the 
 ``stat``); a second process does. So once a full pass lists ``min_files`` files or more, the
 lister's memory is split in two by `listing.shard_of` (`TreeLister.split`): shard 0 stays here,
 shard 1 moves to a child process that lives as long as the lister, and every later pass runs
-both at once and merges their `Listing`. Small trees (tests, a fresh install) never start it.
+both at once and merges their `Listing`. When the index already holds that many files (a
+restart), the first pass is split from its start: the child lists its half of the tree while
+this process lists the other. Small trees (tests, a fresh install) never start it.
 
 The child is a fresh interpreter (``python -c``, not ``multiprocessing``: no fork of a process
 running DuckDB threads, no re-import of the host's ``__main__``) in its own session, so a
@@ -144,20 +146,26 @@ class ShardedLister:
             child.close()
         self._unshard()
 
-    def scan(self, *, full: bool, cancel: CancelFlag | None = None, stat: bool = True) -> Listing:
+    def scan(
+        self,
+        *,
+        full: bool,
+        cancel: CancelFlag | None = None,
+        stat: bool = True,
+        known_files: int = 0,
+    ) -> Listing:
         """One pass over the whole tree, in two processes once it is large (``stat``: see
-        `TreeLister.scan`; a pass in two processes always stats)."""
+        `TreeLister.scan`; a pass in two processes always stats). ``known_files``: the files
+        the index holds under the root; a pass with nothing remembered to go by (the first
+        after a start) is split from its start when they are ``min_files`` or more."""
         cancel = cancel or threading.Event()
+        if self._child is None and not self._local.primed and self._large(known_files):
+            self._start_child(primed=False)
         if self._child is None:
             listing = self._local.scan(full=full, cancel=cancel, stat=stat)
-            if (
-                listing.full
-                and listing.unavailable is None
-                and self.min_files is not None
-                and self._failures < _MAX_FAILURES
-                and sum(b.num_rows for b in listing.batches) >= self.min_files
-            ):
-                self._start_child()
+            files = sum(b.num_rows for b in listing.batches)
+            if listing.full and listing.unavailable is None and self._large(files):
+                self._start_child(primed=True)
             return listing
         full = full or not self.primed
         try:
@@ -191,7 +199,14 @@ class ShardedLister:
         theirs, self._child_primed, self._child_counts = reply
         return mine, theirs
 
-    def _start_child(self) -> None:
+    def _large(self, files: int) -> bool:
+        """Whether a tree of ``files`` files is listed in two processes (a child may start)."""
+        least = self.min_files
+        return least is not None and files >= max(least, 1) and self._failures < _MAX_FAILURES
+
+    def _start_child(self, *, primed: bool) -> None:
+        """Split the lister's memory and start the child with its half (``primed``: that
+        memory is of a whole pass, not empty)."""
         (state,) = self._local.split(2)
         try:
             self._child = _Child(self.root, self._kw, state)
@@ -199,7 +214,7 @@ class ShardedLister:
             self._failed(repr(exc), "this process lists the whole tree")
             self._unshard()
             return
-        self._child_primed, self._child_counts = True, (0, 0, {})
+        self._child_primed, self._child_counts = primed, (0, 0, {})
         log.info("listing_sharded", dir=self.root, processes=2, pid=self._child.pid)
 
     def _failed(self, error: str, action: str) -> None:
@@ -379,6 +394,7 @@ def _merge(a: Listing, b: Listing) -> Listing:
         dirs_listed=a.dirs_listed + b.dirs_listed,
         dirs_checked=a.dirs_checked + b.dirs_checked,
         child_cpu_s=a.child_cpu_s + b.child_cpu_s,
+        processes=a.processes + b.processes,
         skipped=a.skipped + b.skipped,
         tops=max(a.tops, b.tops),
     )

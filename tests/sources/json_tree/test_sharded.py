@@ -119,6 +119,29 @@ def test_child_process_lists_half_of_a_large_tree(root: Path) -> None:
         os.kill(pid, 0)
 
 
+@pytest.mark.parametrize(("known", "first_processes"), [(40 * 4 + 3, 2), (49, 1)])
+def test_first_pass_over_a_large_index_is_split_from_its_start(
+    root: Path, known: int, first_processes: int
+) -> None:
+    """When the index already holds ``min_files`` files (a restart), the child lists half of
+    the first pass too; with fewer, the first pass is this process's and the child starts
+    after it. Either way every pass lists what one lister lists."""
+    lister, whole = ShardedLister(str(root), min_files=50), TreeLister(str(root))
+    try:
+        first = lister.scan(full=True, known_files=known)
+        assert first.processes == first_processes
+        assert (first.child_cpu_s > 0) == (first_processes == 2)
+        assert rows(first) == rows(whole.scan(full=True))
+        assert lister.sharded
+        change(root)
+        got, expected = lister.scan(full=False), whole.scan(full=False)
+        assert got.processes == 2 and lister.counts() == whole.counts()
+        assert rows(got) == rows(expected) and sorted(got.gone) == sorted(expected.gone)
+        assert rows(lister.scan(full=True)) == rows(whole.scan(full=True))
+    finally:
+        lister.close()
+
+
 def test_bad_names_and_skipped_entries_cross_to_the_child_and_back(root: Path) -> None:
     """A file and a folder whose names are not UTF-8, a FIFO and a folder named like a record:
     two processes list the same keys (``\\xNN`` for the bytes) and count the same skipped
@@ -262,6 +285,48 @@ async def test_reconciler_with_a_listing_child(root: Path, db: Database, clock: 
     assert rec.get_stats()["listing_child_pid"] is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_a_restarted_reconciler_lists_its_first_pass_in_two_processes(
+    root: Path, db: Database, clock: FakeClock
+) -> None:
+    """A reconciler started over an index that holds ``shard_min_files`` files of the tree
+    (a service restarted) lists its first pass with the child, and finds what changed while
+    it was stopped: new, modified and deleted files."""
+    tracker = FileTracker(db)
+    tracker.mark_indexed_batch(
+        [
+            IndexedFile(str(p), "part", s.st_mtime, s.st_size, None, s.st_mtime_ns)
+            for p in root.rglob("*.json")
+            for s in [p.stat()]
+        ]
+    )
+    change(root)
+    with open(root / "part/msg_9/prt_1.json", "w") as f:  # in place
+        f.write('{"a": 1}')
+    deleted: list[str] = []
+
+    async def collect(paths: list[str]) -> None:
+        deleted.extend(str(p) for p in paths)
+
+    rec = Reconciler(root, db, on_deleted_files=collect, clock=clock, shard_min_files=50)
+    with structlog.testing.capture_logs() as logs:
+        async with rec:
+            missing = {str(p) for p in await rec.scan_now()}
+    done = [e for e in logs if e["event"] == "reconcile_done"]
+    assert [(e["full"], e["processes"]) for e in done] == [(True, 2)]
+    assert missing == {
+        str(root / r)
+        for r in (
+            "part/msg_3/prt_new.json",
+            "part/msg_new/prt_0.json",
+            "todo/ses_b.json",
+            "part/msg_9/prt_1.json",
+        )
+    }
+    assert set(deleted) == {str(root / "part/msg_5/prt_0.json")} | {
+        str(root / f"part/msg_7/prt_{k}.json") for k in range(3)
+    }
 
 
 def test_child_does_not_outlive_a_killed_parent(root: Path) -> None:
