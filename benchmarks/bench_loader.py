@@ -1,14 +1,18 @@
 """Bulk-load throughput of the Loader through the WorkerPool, against a read+orjson ceiling.
 
-    python -m benchmarks.bench_loader [--files 100000] [--batch 5000] [--workers N] [--runs 3]
+    python -m benchmarks.bench_loader [--files 100000 [1000000]] [--batch 5000] [--workers N]
+                                      [--runs 3]
 
-Generates a synthetic storage tree once (cached under /tmp), then per run: the ceiling (plain
-``open().read()`` + ``orjson.loads`` of every file, one thread), then a load of the whole tree
-into a fresh on-disk DuckDB file through `WorkerPool` with batches as the accumulator coalesces
-them in bulk mode, then the whole ``indexer-service index`` command on the same tree into
-another fresh file, timed from start to exit in a child process, as a user runs it. Prints
+Generates a synthetic storage tree of each size once (cached under /tmp), then per run and
+size: the ceiling (plain ``open().read()`` + ``orjson.loads`` of every file, one thread), then a
+load of the whole tree into a fresh on-disk DuckDB file through `WorkerPool` with batches as
+the accumulator coalesces them in bulk mode, then the whole ``indexer-service index`` command
+on the same tree into another fresh file, timed from start to exit in a child process, as a
+user runs it. Prints
 files/s, the loader/ceiling and command/loader ratios, phase times and peak RSS (the command's
-from the kernel's high-water mark, ``VmHWM``).
+from the kernel's high-water mark, ``VmHWM``). With several sizes (``--files 100000 1000000``)
+each run does every size in turn, and the larger's rates are also given as a share of the
+smaller's in the same run.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -189,9 +194,58 @@ def load(
     }
 
 
+@dataclass
+class _Size:
+    """One tree's figures over the runs."""
+
+    root: Path
+    paths: list[str]
+    rates: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    commands: list[float] = field(default_factory=list)
+    command_ratios: list[float] = field(default_factory=list)
+    command_rss: list[float] = field(default_factory=list)
+
+
+def _best_median(values: list[float], fmt: str) -> str:
+    return f"best {max(values):{fmt}}, median {statistics.median(values):{fmt}}"
+
+
+def _run(size: _Size, run: int, db_path: Path, args: argparse.Namespace) -> None:
+    paths = size.paths
+    ceil = len(paths) / ceiling(paths)
+    r = load(size.root, paths, db_path, args)
+    size.rates.append(r["files_per_s"])
+    size.ratios.append(r["files_per_s"] / ceil)
+    seconds, command_rss = index_command(size.root, db_path.with_name("bench_index.duckdb"))
+    size.commands.append(len(paths) / seconds)
+    size.command_ratios.append(size.commands[-1] / size.rates[-1])
+    size.command_rss.append(command_rss)
+    print(
+        f"{len(paths):,} files, run {run}: loader {r['files_per_s']:,.0f} files/s "
+        f"({r['seconds']:.2f} s), ceiling {ceil:,.0f} files/s, ratio {size.ratios[-1]:.2f} | "
+        f"indexed {r['indexed']:,} errors {r['errors']} skipped {r['skipped']} requeued "
+        f"{r['requeued']} | thread time read {r['read_s']:.1f}s parse {r['parse_s']:.1f}s "
+        f"write {r['write_s']:.1f}s | CPU {r['cpu_us']:.0f} us/file | "
+        f"then checkpoint {r['checkpoint_s']:.2f}s, db {r['db_mb']:,.0f} MB | RSS after "
+        f"batch 1 {r['rss_first']:,.0f} MB, max {r['rss_max']:,.0f} MB "
+        f"(DuckDB buffers {r['duckdb_mb']:,.0f} MB) | `index` command "
+        f"{size.commands[-1]:,.0f} files/s ({seconds:.2f} s), / loader "
+        f"{size.command_ratios[-1]:.2f}, peak RSS {command_rss:,.0f} MB",
+        flush=True,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument(
+        "--files",
+        type=int,
+        nargs="+",
+        default=[100_000],
+        help="tree sizes, each run in turn (e.g. 100000 1000000: both sizes in the same run, "
+        "and the larger's rates as a share of the smaller's)",
+    )
     ap.add_argument(
         "--batch", type=int, default=5_000, help="files per batch (the service's max_batch_files)"
     )
@@ -212,46 +266,46 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
 
-    root = tree(args.files)
-    paths = list_files(root)
-    ceiling(paths)  # warm the page cache: every run below reads warm files
+    sizes = []
+    for files in sorted(set(args.files)):
+        root = tree(files)
+        sizes.append(_Size(root, list_files(root)))
     db_path = args.db or Path(tempfile.gettempdir()) / "indexer-bench" / "bench_loader.duckdb"
-    print(
-        f"{len(paths):,} files, {sum(os.path.getsize(p) for p in paths) / 1e6:,.0f} MB; "
-        f"batch {args.batch}, workers {args.workers or default_workers()}, "
-        f"checkpoint_threshold {args.checkpoint_threshold or 'default'}; "
-        f"RSS before loading {_rss_mb():,.0f} MB"
-    )
-    rates, ratios, commands, command_ratios = [], [], [], []
-    for run in range(1, args.runs + 1):
-        ceil = len(paths) / ceiling(paths)
-        r = load(root, paths, db_path, args)
-        rates.append(r["files_per_s"])
-        ratios.append(r["files_per_s"] / ceil)
-        seconds, command_rss = index_command(root, db_path.with_name("bench_index.duckdb"))
-        commands.append(len(paths) / seconds)
-        command_ratios.append(commands[-1] / rates[-1])
+    for size in sizes:
+        ceiling(size.paths)  # warm the page cache: every run below reads warm files
         print(
-            f"run {run}: loader {r['files_per_s']:,.0f} files/s ({r['seconds']:.2f} s), "
-            f"ceiling {ceil:,.0f} files/s, ratio {ratios[-1]:.2f} | indexed {r['indexed']:,} "
-            f"errors {r['errors']} skipped {r['skipped']} requeued {r['requeued']} | "
-            f"thread time read {r['read_s']:.1f}s parse {r['parse_s']:.1f}s "
-            f"write {r['write_s']:.1f}s | CPU {r['cpu_us']:.0f} us/file | "
-            f"then checkpoint {r['checkpoint_s']:.2f}s, db {r['db_mb']:,.0f} MB | RSS after "
-            f"batch 1 {r['rss_first']:,.0f} MB, max {r['rss_max']:,.0f} MB "
-            f"(DuckDB buffers {r['duckdb_mb']:,.0f} MB) | `index` command {commands[-1]:,.0f} "
-            f"files/s ({seconds:.2f} s), / loader {command_ratios[-1]:.2f}, peak RSS "
-            f"{command_rss:,.0f} MB",
-            flush=True,
+            f"{len(size.paths):,} files, "
+            f"{sum(os.path.getsize(p) for p in size.paths) / 1e6:,.0f} MB; "
+            f"batch {args.batch}, workers {args.workers or default_workers()}, "
+            f"checkpoint_threshold {args.checkpoint_threshold or 'default'}; "
+            f"RSS before loading {_rss_mb():,.0f} MB"
+        )
+    for run in range(1, args.runs + 1):
+        for size in sizes:
+            _run(size, run, db_path, args)
+    for size in sizes:
+        print(
+            f"{len(size.paths):,} files: loader files/s {_best_median(size.rates, ',.0f')}; "
+            f"ratio {_best_median(size.ratios, '.2f')}\n"
+            f"  `index` command files/s {_best_median(size.commands, ',.0f')}; / loader "
+            f"{_best_median(size.command_ratios, '.2f')}; peak RSS "
+            f"{min(size.command_rss):,.0f}-{max(size.command_rss):,.0f} MB"
+        )
+    small, large = sizes[0], sizes[-1]
+    if large is not small:
+        print(
+            f"{len(large.paths):,} against {len(small.paths):,} files, files/s as a share: "
+            f"loader {_best_median(_shares(large.rates, small.rates), '.2f')}; "
+            f"`index` command {_best_median(_shares(large.commands, small.commands), '.2f')}"
         )
     print(
-        f"loader files/s: best {max(rates):,.0f}, median {statistics.median(rates):,.0f}; "
-        f"ratio: best {max(ratios):.2f}, median {statistics.median(ratios):.2f}; "
-        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB\n"
-        f"`index` command files/s: best {max(commands):,.0f}, median "
-        f"{statistics.median(commands):,.0f}; / loader: best {max(command_ratios):.2f}, median "
-        f"{statistics.median(command_ratios):.2f}"
+        f"this process's peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB"
     )
+
+
+def _shares(large: list[float], small: list[float]) -> list[float]:
+    """Each run's rate at the larger size over the same run's at the smaller."""
+    return [a / b for a, b in zip(large, small, strict=True)]
 
 
 if __name__ == "__main__":
