@@ -63,6 +63,17 @@ def change(root: Path) -> None:
     write(root, "todo/ses_b.json")
 
 
+def change_and_rewrite(root: Path) -> tuple[set[str], set[str]]:
+    """`change`, and a file rewritten in place in a cold directory: (the paths a pass must
+    find missing, the paths it must find deleted)."""
+    change(root)
+    with open(root / "part/msg_9/prt_1.json", "w") as f:
+        f.write('{"a": 1}')
+    new = ("part/msg_3/prt_new.json", "part/msg_new/prt_0.json", "todo/ses_b.json")
+    gone = ("part/msg_5/prt_0.json", *(f"part/msg_7/prt_{k}.json" for k in range(3)))
+    return {str(root / r) for r in (*new, "part/msg_9/prt_1.json")}, {str(root / r) for r in gone}
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(time.time())
@@ -263,23 +274,10 @@ async def test_reconciler_with_a_listing_child(root: Path, db: Database, clock: 
             ]
         )
         found.clear()
-        change(root)
-        with open(root / "part/msg_9/prt_1.json", "w") as f:  # in place, in a cold directory
-            f.write('{"a": 1}')
+        expected_missing, expected_gone = change_and_rewrite(root)
         missing = {str(p) for p in await rec.scan_now(full=True)}
-        assert missing == {
-            str(root / r)
-            for r in (
-                "part/msg_3/prt_new.json",
-                "part/msg_new/prt_0.json",
-                "todo/ses_b.json",
-                "part/msg_9/prt_1.json",
-            )
-        }
-        gone = set(found) - missing
-        assert gone == {str(root / "part/msg_5/prt_0.json")} | {
-            str(root / f"part/msg_7/prt_{k}.json") for k in range(3)
-        }
+        assert missing == expected_missing
+        assert set(found) - missing == expected_gone
         pid = rec.get_stats()["listing_child_pid"]
         assert pid is not None
     assert rec.get_stats()["listing_child_pid"] is None
@@ -301,9 +299,7 @@ async def test_a_restarted_reconciler_lists_its_first_pass_in_two_processes(
             for s in [p.stat()]
         ]
     )
-    change(root)
-    with open(root / "part/msg_9/prt_1.json", "w") as f:  # in place
-        f.write('{"a": 1}')
+    expected_missing, expected_gone = change_and_rewrite(root)
     deleted: list[str] = []
 
     async def collect(paths: list[str]) -> None:
@@ -315,18 +311,7 @@ async def test_a_restarted_reconciler_lists_its_first_pass_in_two_processes(
             missing = {str(p) for p in await rec.scan_now()}
     done = [e for e in logs if e["event"] == "reconcile_done"]
     assert [(e["full"], e["processes"]) for e in done] == [(True, 2)]
-    assert missing == {
-        str(root / r)
-        for r in (
-            "part/msg_3/prt_new.json",
-            "part/msg_new/prt_0.json",
-            "todo/ses_b.json",
-            "part/msg_9/prt_1.json",
-        )
-    }
-    assert set(deleted) == {str(root / "part/msg_5/prt_0.json")} | {
-        str(root / f"part/msg_7/prt_{k}.json") for k in range(3)
-    }
+    assert missing == expected_missing and set(deleted) == expected_gone
 
 
 def test_child_does_not_outlive_a_killed_parent(root: Path) -> None:
