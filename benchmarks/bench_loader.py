@@ -8,11 +8,10 @@ size: the ceiling (plain ``open().read()`` + ``orjson.loads`` of every file, one
 load of the whole tree into a fresh on-disk DuckDB file through `WorkerPool` with batches as
 the accumulator coalesces them in bulk mode, then the whole ``indexer-service index`` command
 on the same tree into another fresh file, timed from start to exit in a child process, as a
-user runs it. Prints
-files/s, the loader/ceiling and command/loader ratios, phase times and peak RSS (the command's
-from the kernel's high-water mark, ``VmHWM``). With several sizes (``--files 100000 1000000``)
-each run does every size in turn, and the larger's rates are also given as a share of the
-smaller's in the same run.
+user runs it. Prints files/s, the loader/ceiling and command/loader ratios, phase times and
+peak RSS (the command's from the kernel's high-water mark, ``VmHWM``). With several sizes
+(``--files 100000 1000000``) each run does every size in turn, and the larger's rates are also
+given as a share of the smaller's in the same run.
 """
 
 from __future__ import annotations

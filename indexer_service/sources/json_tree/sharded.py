@@ -159,7 +159,8 @@ class ShardedLister:
         the index holds under the root; a pass with nothing remembered to go by (the first
         after a start) is split from its start when they are ``min_files`` or more."""
         cancel = cancel or threading.Event()
-        if self._child is None and not self._local.primed and self._large(known_files):
+        early = known_files > 0 and not self._local.primed  # an empty index: names only, here
+        if self._child is None and early and self._large(known_files):
             self._start_child(primed=False)
         if self._child is None:
             listing = self._local.scan(full=full, cancel=cancel, stat=stat)
@@ -202,11 +203,10 @@ class ShardedLister:
     def _large(self, files: int) -> bool:
         """Whether a tree of ``files`` files is listed in two processes (a child may start)."""
         least = self.min_files
-        return least is not None and files >= max(least, 1) and self._failures < _MAX_FAILURES
+        return least is not None and files >= least and self._failures < _MAX_FAILURES
 
     def _start_child(self, *, primed: bool) -> None:
-        """Split the lister's memory and start the child with its half (``primed``: that
-        memory is of a whole pass, not empty)."""
+        """Start the child with half of the lister's memory (``primed``: a whole pass's)."""
         (state,) = self._local.split(2)
         try:
             self._child = _Child(self.root, self._kw, state)
